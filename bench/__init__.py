@@ -1,0 +1,1 @@
+"""Standalone benchmark scripts (``python -m bench.ingest --json``); not part of the package."""

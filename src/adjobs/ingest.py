@@ -1,0 +1,147 @@
+"""From a job configuration and "some data" to chunks of bytes for the core.
+
+``post_data`` accepts the data in every form a Python user has at hand (see
+:func:`iter_chunks`); this module turns each into a stream of byte chunks so that no
+upload is ever held in memory whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from .config import JobConfig
+from .errors import ApiError
+from .plan import KIND_CATEGORICAL, KIND_NUMERIC, KIND_TEXT, IngestPlan
+from .timeformat import compile_time_format
+
+CHUNK_BYTES = 1 << 20
+
+
+def plan_for(config: JobConfig) -> IngestPlan:
+    """The reader's view of a job (input fields, kinds, time program, buckets)."""
+    numeric = set(config.numeric_fields)
+    categorical = set(config.categorical_fields)
+    analysis = [name for name in config.analysis_fields if name != config.time_field]
+    kinds = tuple(
+        KIND_NUMERIC if name in numeric else KIND_CATEGORICAL if name in categorical else KIND_TEXT
+        for name in analysis
+    )
+    time_format = compile_time_format(config.time_format)
+    return IngestPlan(
+        format="csv" if config.format == "delimited" else "json",
+        input_fields=(config.time_field, *analysis),
+        field_kinds=kinds,
+        time_format=config.time_format,
+        time_program=time_format.program,
+        default_year=_dt.datetime.now(_dt.timezone.utc).year,
+        bucket_span_ms=config.bucket_span_ms,
+        latency_ms=config.latency_ms,
+        field_delimiter=config.field_delimiter or "\t",
+        quote_character=config.quote_character or '"',
+    )
+
+
+def iter_chunks(data: Any, *, delimited: bool = False) -> Iterator[bytes | memoryview]:
+    """Byte chunks of ``data``.
+
+    ``data`` may be:
+
+    - ``bytes``/``bytearray``/``memoryview`` or ``str`` (the data itself; a ``str`` is
+      never taken as a path);
+    - an ``os.PathLike`` naming a file (``"-"`` is not special here; the CLI handles it);
+    - a binary file object (anything with ``readinto`` or ``read``);
+    - a mapping (one document) or a list of mappings (documents, sent as NDJSON);
+    - any other iterable of ``bytes``/``str`` chunks.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        view = memoryview(data).cast("B")
+        for start in range(0, len(view), CHUNK_BYTES):
+            yield view[start : start + CHUNK_BYTES]
+        return
+    if isinstance(data, os.PathLike):
+        yield from _file_chunks(data)
+        return
+    if hasattr(data, "readinto") or hasattr(data, "read"):
+        yield from _stream_chunks(data)
+        return
+    if isinstance(data, Mapping):
+        data = [data]
+    if isinstance(data, Iterable):
+        yield from _iterable_chunks(data, delimited)
+        return
+    raise ApiError(
+        400,
+        "illegal_argument_exception",
+        f"cannot post data of type [{type(data).__name__}]; expected bytes, str, a path, "
+        "a binary file, a list of objects or an iterable of byte chunks",
+    )
+
+
+def _file_chunks(path: os.PathLike) -> Iterator[bytes]:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, generator-safe
+    except OSError as error:
+        raise ApiError(
+            400,
+            "illegal_argument_exception",
+            f"cannot read data file [{os.fspath(path)}]: {error.strerror or error}",
+        ) from error
+    with handle:
+        yield from _stream_chunks(handle)
+
+
+def _stream_chunks(stream: Any) -> Iterator[bytes]:
+    # One reusable buffer: the core copies each chunk into its own padded buffer.
+    if hasattr(stream, "readinto") and not isinstance(stream, io.TextIOBase):
+        buffer = bytearray(CHUNK_BYTES)
+        view = memoryview(buffer)
+        while True:
+            size = stream.readinto(view)
+            if not size:
+                return
+            yield view[:size]
+    while True:
+        chunk = stream.read(CHUNK_BYTES)
+        if not chunk:
+            return
+        yield chunk.encode("utf-8") if isinstance(chunk, str) else chunk
+
+
+def _iterable_chunks(items: Iterable, delimited: bool) -> Iterator[bytes]:
+    pending: list[bytes] = []
+    size = 0
+    for item in items:
+        if isinstance(item, Mapping):
+            if delimited:
+                raise ApiError(
+                    400,
+                    "illegal_argument_exception",
+                    "a job with format [delimited] takes delimited text, not objects",
+                )
+            line = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        elif isinstance(item, str):
+            line = item.encode("utf-8")
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            line = bytes(item)
+        else:
+            raise ApiError(
+                400,
+                "illegal_argument_exception",
+                f"cannot post an item of type [{type(item).__name__}]; expected objects or "
+                "byte chunks",
+            )
+        pending.append(line)
+        size += len(line)
+        if size >= CHUNK_BYTES:
+            yield b"".join(pending)
+            pending.clear()
+            size = 0
+    if pending:
+        yield b"".join(pending)
