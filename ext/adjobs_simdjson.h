@@ -76,15 +76,14 @@ static inline const char *adjobs_simdjson_version() noexcept { return SIMDJSON_V
 static inline int64_t adjobs_bare_scan(const uint8_t *buf, size_t len, size_t capacity_hint) noexcept {
     simdjson::ondemand::parser parser;
     simdjson::ondemand::document_stream stream;
-    size_t batch = capacity_hint < 1000000 ? 1000000 : capacity_hint;
-    if (parser.iterate_many(buf, len, batch).get(stream)) return -1;
+    (void)capacity_hint;
+    if (parser.iterate_many(buf, len, simdjson::ondemand::DEFAULT_BATCH_SIZE).get(stream)) return -1;
     int64_t fields = 0;
     for (auto doc : stream) {
         simdjson::ondemand::object object;
         if (doc.get_object().get(object)) return -1;
         for (auto field : object) {
-            std::string_view key;
-            if (field.unescaped_key().get(key)) return -1;
+            std::string_view key = field.key_raw_json_token();
             simdjson::ondemand::value value;
             if (field.value().get(value)) return -1;
             std::string_view raw = value.raw_json_token();

@@ -31,8 +31,15 @@ _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
 _DURATION_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 # Functions whose field_name is not a metric (spec 1.4 kinds: only metric fields are numeric).
 _COUNT_FUNCTIONS = {
-    "count", "low_count", "high_count", "non_zero_count", "low_non_zero_count",
-    "high_non_zero_count", "distinct_count", "low_distinct_count", "high_distinct_count",
+    "count",
+    "low_count",
+    "high_count",
+    "non_zero_count",
+    "low_non_zero_count",
+    "high_non_zero_count",
+    "distinct_count",
+    "low_distinct_count",
+    "high_distinct_count",
 }
 
 
@@ -85,29 +92,59 @@ def plan_from_config(config: dict) -> IngestPlan:
 
 
 def make_plan(
-    fields=("value",), kinds=None, *, fmt="json", time_format="epoch", span_ms=1000,
-    latency_ms=0, time_field="time", **extra,
+    fields=("value",),
+    kinds=None,
+    *,
+    fmt="json",
+    time_format="epoch",
+    span_ms=1000,
+    latency_ms=0,
+    time_field="time",
+    **extra,
 ) -> IngestPlan:
     """A plan for targeted tests: time field plus ``fields`` (numeric by default)."""
     kinds = tuple(kinds) if kinds is not None else (KIND_NUMERIC,) * len(fields)
     return IngestPlan(
-        format=fmt, input_fields=(time_field, *fields), field_kinds=kinds,
-        time_format=time_format, time_program=compile_time_format(time_format).program,
-        default_year=DEFAULT_YEAR, bucket_span_ms=span_ms, latency_ms=latency_ms, **extra,
+        format=fmt,
+        input_fields=(time_field, *fields),
+        field_kinds=kinds,
+        time_format=time_format,
+        time_program=compile_time_format(time_format).program,
+        default_year=DEFAULT_YEAR,
+        bucket_span_ms=span_ms,
+        latency_ms=latency_ms,
+        **extra,
     )
 
 
 _COUNTERS = (
-    "processed_record_count", "input_bytes", "input_field_count", "invalid_date_count",
-    "missing_field_count", "out_of_order_timestamp_count", "empty_bucket_count",
-    "sparse_bucket_count", "bucket_count",
+    "processed_record_count",
+    "input_bytes",
+    "input_field_count",
+    "invalid_date_count",
+    "missing_field_count",
+    "out_of_order_timestamp_count",
+    "empty_bucket_count",
+    "sparse_bucket_count",
+    "bucket_count",
 )
 _FIELD_ORDER = (
-    "job_id", "processed_record_count", "processed_field_count", "input_bytes",
-    "input_field_count", "invalid_date_count", "missing_field_count",
-    "out_of_order_timestamp_count", "empty_bucket_count", "sparse_bucket_count",
-    "bucket_count", "earliest_record_timestamp", "latest_record_timestamp",
-    "latest_empty_bucket_timestamp", "latest_sparse_bucket_timestamp", "input_record_count",
+    "job_id",
+    "processed_record_count",
+    "processed_field_count",
+    "input_bytes",
+    "input_field_count",
+    "invalid_date_count",
+    "missing_field_count",
+    "out_of_order_timestamp_count",
+    "empty_bucket_count",
+    "sparse_bucket_count",
+    "bucket_count",
+    "earliest_record_timestamp",
+    "latest_record_timestamp",
+    "latest_empty_bucket_timestamp",
+    "latest_sparse_bucket_timestamp",
+    "input_record_count",
 )
 
 
@@ -238,17 +275,23 @@ def test_spec_example1_output_arrays():
 
 
 def test_plan_from_config_follows_spec_1_4_order():
-    plan = plan_from_config({
-        "analysis_config": {
-            "detectors": [
-                {"function": "mean", "field_name": "metrics.cpu", "by_field_name": "host"},
-                {"function": "count", "by_field_name": "mlcategory", "partition_field_name": "host"},
-            ],
-            "influencers": ["dc", "host", ""],
-            "categorization_field_name": "message",
-        },
-        "data_description": {"time_field": "ts"},
-    })
+    plan = plan_from_config(
+        {
+            "analysis_config": {
+                "detectors": [
+                    {"function": "mean", "field_name": "metrics.cpu", "by_field_name": "host"},
+                    {
+                        "function": "count",
+                        "by_field_name": "mlcategory",
+                        "partition_field_name": "host",
+                    },
+                ],
+                "influencers": ["dc", "host", ""],
+                "categorization_field_name": "message",
+            },
+            "data_description": {"time_field": "ts"},
+        }
+    )
     assert plan.input_fields == ("ts", "metrics.cpu", "host", "dc", "message")
     assert plan.field_kinds == (KIND_NUMERIC, KIND_CATEGORICAL, KIND_CATEGORICAL, KIND_TEXT)
     assert plan.bucket_span_ms == 300_000 and plan.latency_ms == 0
@@ -414,7 +457,9 @@ def test_spec_3_4_missing_comma():
     records, failure = ref.read_json(body, plan)
     assert failure is None
     assert [(r.n_fields, r.missing, r.malformed) for r in records] == [
-        (2, 0, False), (1, 1, True), (2, 0, False)
+        (2, 0, False),
+        (1, 1, True),
+        (2, 0, False),
     ]
     counts = ref.run_upload(plan, ref.open_job_state(plan), body).counts
     assert counts["processed_record_count"] == 3
@@ -427,7 +472,10 @@ def test_spec_3_4_error_in_nested_object(monkeypatch):
     (record,), failure = read(body, fields=("d.ee",))
     assert failure is None
     assert (record.n_fields, record.values, record.malformed, record.end) == (
-        2, {"d.ee": "1"}, True, len(body)
+        2,
+        {"d.ee": "1"},
+        True,
+        len(body),
     )
     assert first_problem(body, monkeypatch).offset == body.index(b'"ff"')
 
@@ -572,7 +620,9 @@ def test_r3_comments_wherever_whitespace_may_stand():
     (record,), failure = read(body)
     assert failure is None
     assert (record.n_fields, record.values, record.malformed) == (
-        2, {"time": "1", "value": "2"}, False
+        2,
+        {"time": "1", "value": "2"},
+        False,
     )
 
 
@@ -634,8 +684,11 @@ def test_r3_grammar_errors_make_the_document_malformed(document, error_byte, mon
     # Resynchronisation starts outside a string [R5]: after an error inside a string, the
     # string's closing quote opens a string that runs to the \n, so the next line's {
     # ends the document; otherwise the document's own } does.
-    inside_string = document.index(error_byte) < document.index(b'"', 19) if (
-        document.startswith(b'{"time":1,"value":"')) else False
+    inside_string = (
+        document.index(error_byte) < document.index(b'"', 19)
+        if (document.startswith(b'{"time":1,"value":"'))
+        else False
+    )
     assert record.malformed and record.end == len(document) + (1 if inside_string else 0)
     assert following.values == {"time": "9"} and not following.malformed
     assert record.values.get("time") == ("1" if document.startswith(b'{"time":1') else None)
@@ -686,7 +739,11 @@ def test_r4_flattening_nulls_arrays_and_values():
     assert failure is None
     assert record.n_fields == 5  # a, o.p.q, b, t, empty
     assert record.values == {
-        "a": "1,2,y,true,s\n", "o.p.q": "-1.5E3", "b": "false", "t": "x", "empty": "",
+        "a": "1,2,y,true,s\n",
+        "o.p.q": "-1.5E3",
+        "b": "false",
+        "t": "x",
+        "empty": "",
     }
     assert record.missing == 3  # time, e (an object), n (null)
 
@@ -719,7 +776,10 @@ def test_r5b_depth_limit(monkeypatch):
     too_deep = b'{"x":1,"a":{"b":{"c":{"d":{"e":1}}}},"y":2}'
     (record,), _ = read(too_deep, ("x", "y"))
     assert (record.n_fields, record.values, record.malformed, record.end) == (
-        1, {"x": "1"}, True, len(too_deep)
+        1,
+        {"x": "1"},
+        True,
+        len(too_deep),
     )
     assert first_problem(too_deep, monkeypatch).offset == too_deep.index(b'{"e"')
     arrays = b'{"a":[[[1]]],"b":[[[[2]]]],"c":3}'
@@ -739,14 +799,17 @@ def test_r5b_default_depth_256():
 
 def test_r5c_size_limit(monkeypatch):
     monkeypatch.setattr(ref, "MAX_DOCUMENT_BYTES", 10)
-    records, failure = read(b'{"value":1}\n{"a":"12"}\n')  # 11 bytes, then exactly 10
+    # 11 bytes, 11 bytes, then exactly 10. The limit is passed at the "}" (offset 10);
+    # resynchronisation from that "}" ends the document just after it.
+    body = b'{"v":"123"}\n{"v":12345}\n{"v":"12"}\n'
+    records, failure = read(body, ("v",))
     assert failure is None
-    assert [(r.malformed, r.values, r.end) for r in records] == [
-        (True, {"value": "1"}, 11), (False, {}, 22)
+    assert [(r.malformed, r.values, r.start, r.end) for r in records] == [
+        (True, {"v": "123"}, 0, 11),  # the string was complete before the limit
+        (True, {}, 12, 23),  # a number needs the byte after it, which is past the limit
+        (False, {"v": "12"}, 24, 34),
     ]
-    # The limit is passed at the "}" (offset 10): the value was complete, so it is kept,
-    # and resynchronisation from the "}" ends the document there.
-    assert first_problem(b'{"value":1}', monkeypatch).offset == 10
+    assert first_problem(body, monkeypatch, ("v",)).offset == 10
 
 
 def test_r5c_size_limit_inside_a_string_resyncs_outside_strings(monkeypatch):
@@ -802,7 +865,9 @@ def test_r5d_pretty_printed_json_is_unaffected():
     body = (json.dumps(document, indent=2) + "\n" + json.dumps(document, indent=0)).encode()
     records, failure = read(body, ("value.a",))
     assert failure is None
-    assert [(r.malformed, r.values) for r in records] == [(False, {"value.a": "1,2"})] * 2
+    assert [(r.malformed, r.values) for r in records] == [
+        (False, {"time": "1", "value.a": "1,2"})
+    ] * 2
 
 
 def test_r5_raw_newline_in_string_breaks_at_the_newline(monkeypatch):
@@ -824,7 +889,8 @@ def test_r5_resync_skips_escaped_quotes():
     body = b'{"time":1 x "q\\"}" } {"time":3}'
     records, _ = read(body)
     assert [(r.malformed, r.values, r.end) for r in records] == [
-        (True, {"time": "1"}, 20), (False, {"time": "3"}, len(body))
+        (True, {"time": "1"}, 20),
+        (False, {"time": "3"}, len(body)),
     ]
 
 
@@ -846,7 +912,9 @@ def test_r5_resync_ignores_comments_and_arrays():
     records, _ = read(body)
     # The } inside the comment closes the object: the rest of the line is junk.
     assert [(r.malformed, r.start, r.end) for r in records] == [
-        (True, 0, 16), (True, 17, 22), (False, 22, len(body))
+        (True, 0, 16),
+        (True, 17, 22),
+        (False, 22, len(body)),
     ]
 
 
@@ -945,9 +1013,11 @@ def test_c2_crlf_bom_empty_rows_and_no_final_newline():
     records, failure = read_csv(body)
     assert failure is None
     assert [r.values for r in records] == [
-        {"time": "1", "value": "2"}, {"time": "2", "value": ""}, {"time": "3", "value": "4"}
+        {"time": "1", "value": "2"},
+        {"time": "2", "value": ""},
+        {"time": "3", "value": "4"},
     ]
-    assert [(r.start, r.end) for r in records] == [(22, 27), (27, 31), (31, 34)]
+    assert [(r.start, r.end) for r in records] == [(20, 25), (25, 29), (29, 32)]
 
 
 def test_c2_only_one_trailing_cr_is_stripped():
@@ -957,7 +1027,7 @@ def test_c2_only_one_trailing_cr_is_stripped():
 
 def test_c3_quoting():
     body = (
-        b'time,value,other\n'
+        b"time,value,other\n"
         b'1,"a,b",x\n'
         b'2,"say ""hi""",x\n'
         b'3,"quoted"tail,x\n'
@@ -969,7 +1039,13 @@ def test_c3_quoting():
     records, failure = read_csv(body)
     assert failure is None
     assert [r.values["value"] for r in records] == [
-        "a,b", 'say "hi"', "quotedtail", 'un"quoted"', "multi\nline\r\nvalue", "", " x"
+        "a,b",
+        'say "hi"',
+        "quotedtail",
+        'un"quoted"',
+        "multi\nline\r\nvalue",
+        "",
+        " x",
     ]
     assert records[-1].values["time"] == " 7"
 
@@ -994,7 +1070,9 @@ def test_c3_quoted_value_line_limit(monkeypatch):
         "parse_exception",
         "max number of lines to read exceeded while reading quoted column beginning on line 3 "
         "and ending on line 6",
-        3, 17, 15,
+        3,
+        17,
+        15,
     )
 
 
@@ -1005,7 +1083,9 @@ def test_c4_input_field_not_in_header():
     assert failure == ref.Failure(
         "illegal_argument_exception",
         "Field configured for analysis 'value' is not in the CSV header '[time, metric]'",
-        1, 0, 0,
+        1,
+        0,
+        0,
     )
 
 
@@ -1060,7 +1140,9 @@ def test_c6_unterminated_quote_fails_after_counting_rows_before():
         "parse_exception",
         "unexpected end of file while reading quoted column beginning on line 3 and ending "
         "on line 5",
-        3, 17, 15,
+        3,
+        17,
+        15,
     )
     assert result.counts["input_bytes"] == 15
 
@@ -1072,7 +1154,10 @@ def test_c6_row_longer_than_size_limit(monkeypatch):
     records, failure = read_csv(b"time,v\n1,234567\n1,2345678\n", fields=("v",))
     assert len(records) == 1
     assert (failure.type, failure.line, failure.offset, failure.consumed) == (
-        "parse_exception", 3, 23, 15
+        "parse_exception",
+        3,
+        24,
+        16,
     )
 
 
@@ -1090,11 +1175,25 @@ def test_csv_empty_body_and_header_only():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("1", 1.0), (" -1.5e3 ", -1500.0), ("+2", 2.0), (".5", 0.5), ("5.", 5.0),
-        ("1E+2", 100.0), ("\t3\n", 3.0),
-        ("", None), ("abc", None), ("NaN", None), ("inf", None), ("1,2", None),
-        ("0x10", None), ("1_000", None), ("1e", None), ("--1", None), ("\u00a01", None),
-        ("١", None), ("true", None),
+        ("1", 1.0),
+        (" -1.5e3 ", -1500.0),
+        ("+2", 2.0),
+        (".5", 0.5),
+        ("5.", 5.0),
+        ("1E+2", 100.0),
+        ("\t3\n", 3.0),
+        ("", None),
+        ("abc", None),
+        ("NaN", None),
+        ("inf", None),
+        ("1,2", None),
+        ("0x10", None),
+        ("1_000", None),
+        ("1e", None),
+        ("--1", None),
+        ("\u00a01", None),
+        ("١", None),
+        ("true", None),
     ],
 )
 def test_parse_decimal(text, expected):
@@ -1140,7 +1239,9 @@ def test_failed_upload_keeps_counts_and_state():
 
 _keys = st.text(st.characters(exclude_categories=("Cs",)), max_size=4)
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(10**20), 10**20),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(st.characters(exclude_categories=("Cs",)), max_size=6),
 )
@@ -1160,7 +1261,8 @@ def _dump(value, indent) -> str:
         return "{" + ",".join(json.dumps(k) + ":" + _dump(v, indent) for k, v in value) + "}"
     if isinstance(value, list):
         if indent:
-            return "[\n" + ",\n".join(_dump(v, indent) for v in value) + "\n]"
+            # Indented like json.dumps(indent=...): no line starts with "{" (see [R5 d]).
+            return "[\n " + ",\n ".join(_dump(v, indent) for v in value) + "\n]"
         return "[" + ",".join(_dump(v, indent) for v in value) + "]"
     return json.dumps(value, ensure_ascii=indent)
 
@@ -1193,8 +1295,10 @@ def _leaves(value, out: list) -> None:
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(documents=st.lists(_documents, max_size=4), indent=st.booleans())
 def test_property_well_formed_documents_match_the_model(documents, indent):
-    texts = ["{" + ",".join(json.dumps(k) + ":" + _dump(v, indent) for k, v in d) + "}"
-             for d in documents]
+    texts = [
+        "{" + ",".join(json.dumps(k) + ":" + _dump(v, indent) for k, v in d) + "}"
+        for d in documents
+    ]
     body = "\n".join(texts).encode()
     fields = []
     expected = []
@@ -1215,8 +1319,9 @@ def test_property_well_formed_documents_match_the_model(documents, indent):
 
 
 _garbage_lines = st.binary(max_size=20).filter(lambda b: b"\n" not in b and b"/" not in b)
-_good_lines = st.dictionaries(st.sampled_from(["time", "value", "x"]),
-                              st.integers(0, 99), max_size=3)
+_good_lines = st.dictionaries(
+    st.sampled_from(["time", "value", "x"]), st.integers(0, 99), max_size=3
+)
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
@@ -1251,7 +1356,8 @@ def test_property_arbitrary_bytes_records_are_ordered_and_counted(body):
     result = ref.run_upload(plan, ref.open_job_state(plan), body)
     counts = result.counts
     assert (
-        counts["processed_record_count"] + counts["invalid_date_count"]
+        counts["processed_record_count"]
+        + counts["invalid_date_count"]
         + counts["out_of_order_timestamp_count"]
     ) == len(records)
     assert counts["input_bytes"] == (len(body) if failure is None else failure.consumed)
@@ -1266,7 +1372,7 @@ def test_property_csv_round_trip(rows):
     def quote(cell: str) -> str:
         return '"' + cell.replace('"', '""') + '"'
 
-    body = ("time,value\n" + "".join(",".join(quote(c) for c in row) + "\n" for row in rows))
+    body = "time,value\n" + "".join(",".join(quote(c) for c in row) + "\n" for row in rows)
     records, failure = read_csv(body.encode())
     assert failure is None
     assert [r.values for r in records] == [{"time": row[0], "value": row[1]} for row in rows]

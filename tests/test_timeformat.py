@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -28,9 +28,11 @@ from adjobs.timeformat import (
     compile_time_format,
 )
 
-CORPUS = json.loads((Path(__file__).parent / "data" / "timestamps.json").read_text(encoding="utf-8"))
+CORPUS = json.loads(
+    (Path(__file__).parent / "data" / "timestamps.json").read_text(encoding="utf-8")
+)
 CORPUS_DEFAULT_YEAR = CORPUS["default_year"]
-EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH_ZERO = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def epoch_ms(moment: datetime) -> int:
@@ -39,7 +41,7 @@ def epoch_ms(moment: datetime) -> int:
 
 
 def utc_ms(*args: int) -> int:
-    return epoch_ms(datetime(*args, tzinfo=timezone.utc))
+    return epoch_ms(datetime(*args, tzinfo=UTC))
 
 
 def program_words(time_format: TimeFormat) -> list[int]:
@@ -198,7 +200,11 @@ def test_kinds():
 def test_parse_accepts_bytes_and_str_alike():
     time_format = compile_time_format("yyyy\u5e74MM\u6708dd\u65e5 HH:mm")
     text = "2021\u5e7402\u670811\u65e5 18:59"
-    assert time_format.parse(text, 2024) == time_format.parse(text.encode(), 2024) == utc_ms(2021, 2, 11, 18, 59)
+    assert (
+        time_format.parse(text, 2024)
+        == time_format.parse(text.encode(), 2024)
+        == utc_ms(2021, 2, 11, 18, 59)
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -209,7 +215,10 @@ def test_parse_accepts_bytes_and_str_alike():
 @pytest.mark.parametrize("case", CORPUS["cases"], ids=corpus_id)
 def test_corpus_reference(case):
     time_format = compile_time_format(case["format"])
-    assert time_format.parse(case["text"], case.get("default_year", CORPUS_DEFAULT_YEAR)) == case["expected"]
+    assert (
+        time_format.parse(case["text"], case.get("default_year", CORPUS_DEFAULT_YEAR))
+        == case["expected"]
+    )
 
 
 @pytest.mark.parametrize("case", CORPUS["invalid_formats"], ids=lambda case: case["format"])
@@ -240,23 +249,31 @@ DAYS = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
 FORMATTERS = {
     "yyyy-MM-dd HH:mm:ss": (lambda m, o: m.strftime("%Y-%m-%d %H:%M:%S").rjust(19, "0"), False),
     "yyyy-MM-dd'T'HH:mm:ss.SSSXXX": (
-        lambda m, o: f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
-        f".{m.microsecond // 1000:03d}{format_offset(o, True)}",
+        lambda m, o: (
+            f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
+            f".{m.microsecond // 1000:03d}{format_offset(o, True)}"
+        ),
         True,
     ),
     "yyyyMMddHHmmssSSS": (
-        lambda m, o: f"{m.year:04d}{m.month:02d}{m.day:02d}{m.hour:02d}{m.minute:02d}{m.second:02d}"
-        f"{m.microsecond // 1000:03d}",
+        lambda m, o: (
+            f"{m.year:04d}{m.month:02d}{m.day:02d}{m.hour:02d}{m.minute:02d}{m.second:02d}"
+            f"{m.microsecond // 1000:03d}"
+        ),
         False,
     ),
     "EEE, dd MMM yyyy HH:mm:ss Z": (
-        lambda m, o: f"{DAYS[m.weekday()]}, {m.day:02d} {MONTHS[m.month - 1]} {m.year:04d} "
-        f"{m.hour:02d}:{m.minute:02d}:{m.second:02d} {format_offset(o, False)}",
+        lambda m, o: (
+            f"{DAYS[m.weekday()]}, {m.day:02d} {MONTHS[m.month - 1]} {m.year:04d} "
+            f"{m.hour:02d}:{m.minute:02d}:{m.second:02d} {format_offset(o, False)}"
+        ),
         True,
     ),
     "M/d/yyyy h:mm:ss a": (
-        lambda m, o: f"{m.month}/{m.day}/{m.year} {(m.hour % 12) or 12}:{m.minute:02d}:{m.second:02d} "
-        f"{'PM' if m.hour >= 12 else 'AM'}",
+        lambda m, o: (
+            f"{m.month}/{m.day}/{m.year} {(m.hour % 12) or 12}:{m.minute:02d}:{m.second:02d} "
+            f"{'PM' if m.hour >= 12 else 'AM'}"
+        ),
         False,
     ),
     "yyyy-DDD kk:mm": (
@@ -268,7 +285,7 @@ FORMATTERS = {
 
 def expected_ms(pattern: str, moment: datetime, offset_minutes: int) -> int:
     """What the text produced by FORMATTERS[pattern] means, by the standard library."""
-    formatter, has_offset = FORMATTERS[pattern]
+    has_offset = FORMATTERS[pattern][1]
     truncated = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
     if "ss" not in pattern:
         truncated = truncated.replace(second=0, microsecond=0)
@@ -308,7 +325,9 @@ def parse_time():
     return core.parse_time
 
 
-def c_parse(parse_time, time_format: TimeFormat, text: str | bytes, default_year: int) -> int | None:
+def c_parse(
+    parse_time, time_format: TimeFormat, text: str | bytes, default_year: int
+) -> int | None:
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
     return parse_time(time_format.program, data, default_year)
 
@@ -323,7 +342,9 @@ def test_corpus_native(parse_time, case):
 # Numbers in the epoch grammar, near it, and plain junk.
 DIGITS = st.text(alphabet="0123456789", max_size=25)
 GRAMMAR_NUMBERS = st.builds(
-    lambda pad1, sign, whole, dot, fraction, exponent, pad2: f"{pad1}{sign}{whole}{dot}{fraction}{exponent}{pad2}",
+    lambda pad1, sign, whole, dot, fraction, exponent, pad2: (
+        f"{pad1}{sign}{whole}{dot}{fraction}{exponent}{pad2}"
+    ),
     st.sampled_from(["", " ", "\t", "\n "]),
     st.sampled_from(["", "+", "-"]),
     DIGITS,
@@ -331,7 +352,12 @@ GRAMMAR_NUMBERS = st.builds(
     DIGITS,
     st.one_of(
         st.just(""),
-        st.builds(lambda e, s, d: f"{e}{s}{d}", st.sampled_from("eE"), st.sampled_from(["", "+", "-"]), DIGITS),
+        st.builds(
+            lambda e, s, d: f"{e}{s}{d}",
+            st.sampled_from("eE"),
+            st.sampled_from(["", "+", "-"]),
+            DIGITS,
+        ),
     ),
     st.sampled_from(["", " ", "\r\n"]),
 )
@@ -388,7 +414,9 @@ def mutated_timestamps(draw):
 def test_mutated_timestamp_parity(parse_time, pattern_and_text, default_year):
     pattern, text = pattern_and_text
     time_format = compile_time_format(pattern)
-    assert c_parse(parse_time, time_format, text, default_year) == time_format.parse(text, default_year)
+    assert c_parse(parse_time, time_format, text, default_year) == time_format.parse(
+        text, default_year
+    )
 
 
 @given(st.sampled_from(PARITY_PATTERNS + ["epoch", "epoch_ms"]), st.binary(max_size=40))
@@ -398,7 +426,10 @@ def test_junk_parity(parse_time, pattern, junk):
     assert c_parse(parse_time, time_format, junk, 2024) == time_format.parse(junk, 2024)
 
 
-@given(st.text(alphabet="yMdDHhKkmsSaEXxZ-: ./'T", min_size=1, max_size=24), st.text(alphabet="0123456789-: ./T+ZAMP", max_size=30))
+@given(
+    st.text(alphabet="yMdDHhKkmsSaEXxZ-: ./'T", min_size=1, max_size=24),
+    st.text(alphabet="0123456789-: ./T+ZAMP", max_size=30),
+)
 @settings(max_examples=500)
 def test_random_pattern_parity(parse_time, pattern, text):
     try:

@@ -18,15 +18,15 @@ import sys
 from dataclasses import dataclass, field
 
 from . import plan as _plan
-from .plan import KIND_CATEGORICAL, KIND_NUMERIC, IngestPlan
+from .plan import IngestPlan
 
 __all__ = [
+    "MALFORMED_JSON_REASON",
     "MAX_DEPTH",
     "MAX_DISTINCT_VALUES",
     "MAX_DOCUMENT_BYTES",
     "MAX_MALFORMED_DOCUMENTS",
     "MAX_QUOTED_LINES",
-    "MALFORMED_JSON_REASON",
     "BucketDiagnostics",
     "Failure",
     "JobIngestState",
@@ -650,7 +650,9 @@ def _join_code_points(code_points: list[int]) -> str:
 
 
 def _malformed_json_failure(body: bytes, problem: int, consumed: int) -> Failure:
-    return Failure(PARSE_EXCEPTION, MALFORMED_JSON_REASON, _line_of(body, problem), problem, consumed)
+    return Failure(
+        PARSE_EXCEPTION, MALFORMED_JSON_REASON, _line_of(body, problem), problem, consumed
+    )
 
 
 def read_json(body: bytes, plan: IngestPlan) -> tuple[list[Record], Failure | None]:
@@ -759,7 +761,6 @@ def _read_csv_row(
         cell = bytearray()
         if body.startswith(quote, index):
             quote_start = index
-            quote_line = _line_of(body, quote_start)
             lines_in_value = 1
             check_size(index)
             index += len(quote)
@@ -767,7 +768,8 @@ def _read_csv_row(
                 if index >= size:
                     raise _CsvError(
                         "unexpected end of file while reading quoted column beginning on "
-                        f"line {quote_line} and ending on line {_line_of(body, size)}",
+                        f"line {_line_of(body, quote_start)} and ending on line "
+                        f"{_line_of(body, size)}",
                         quote_start,
                     )
                 check_size(index)
@@ -781,6 +783,7 @@ def _read_csv_row(
                 if body[index] == _NEWLINE:
                     lines_in_value += 1
                     if lines_in_value > MAX_QUOTED_LINES:
+                        quote_line = _line_of(body, quote_start)
                         raise _CsvError(
                             "max number of lines to read exceeded while reading quoted column "
                             f"beginning on line {quote_line} and ending on line "
@@ -790,10 +793,14 @@ def _read_csv_row(
                 cell.append(body[index])
                 index += 1
         # Unquoted text, or the text after a closing quote, up to the delimiter or row end.
-        while index < size and body[index] != _NEWLINE and not body.startswith(delimiter, index):
-            check_size(index)
-            cell.append(body[index])
-            index += 1
+        row_end = body.find(b"\n", index)
+        row_end = size if row_end < 0 else row_end
+        stop = body.find(delimiter, index, row_end)
+        stop = row_end if stop < 0 else stop
+        if stop > index:
+            check_size(stop - 1)
+        cell += body[index:stop]
+        index = stop
         cells.append(bytes(cell))
         if index < size and body[index] != _NEWLINE:
             check_size(index)
@@ -942,8 +949,7 @@ class BucketDiagnostics:
             self._latest = next_bucket
         self._counts[self._slot(bucket)] += 1
         self._moving += 1
-        if bucket < self._earliest:
-            self._earliest = bucket
+        self._earliest = min(self._earliest, bucket)
 
     def _report(self, bucket_start: int, count: int) -> None:
         """Report one bucket, at most once (spec 2.4)."""

@@ -109,8 +109,7 @@ from __future__ import annotations
 
 import math
 import re
-import sys
-from array import array
+import struct
 from dataclasses import dataclass
 
 __all__ = [
@@ -155,8 +154,18 @@ MAX_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
 MAX_EPOCH_TEXT_LENGTH = 511
 
 MONTH_NAMES_FULL = (
-    "January", "February", "March", "April", "May", "June", "July",
-    "August", "September", "October", "November", "December",
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
 )
 MONTH_NAMES_SHORT = tuple(name[:3] for name in MONTH_NAMES_FULL)
 WEEKDAY_NAMES_FULL = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -292,7 +301,13 @@ class _Offset:
 # Java's offset patterns for each letter and count: (pattern has a colon, zero text).
 _OFFSET_STYLES = {
     "X": {1: (False, "Z"), 2: (False, "Z"), 3: (True, "Z"), 4: (False, "Z"), 5: (True, "Z")},
-    "x": {1: (False, "+00"), 2: (False, "+0000"), 3: (True, "+00:00"), 4: (False, "+0000"), 5: (True, "+00:00")},
+    "x": {
+        1: (False, "+00"),
+        2: (False, "+0000"),
+        3: (True, "+00:00"),
+        4: (False, "+0000"),
+        5: (True, "+00:00"),
+    },
     "Z": {1: (False, "+0000"), 2: (False, "+0000"), 3: (False, "+0000"), 5: (True, "Z")},
 }
 
@@ -381,13 +396,17 @@ class _PatternBuilder:
         if pos >= len(fmt):
             raise self.fail()  # incomplete string literal
         text = fmt[start + 1 : pos]
-        self.append_literal(("'" if text == "" else text.replace("''", "'")).encode("utf-8", "surrogatepass"))
+        self.append_literal(
+            ("'" if text == "" else text.replace("''", "'")).encode("utf-8", "surrogatepass")
+        )
         return pos + 1
 
     def append_letter(self, letter: str, count: int) -> None:
         if letter == "y":
             if count == 2:
-                self.append_value(_Number(FIELD_YEAR_OF_ERA, 2, 2, _SIGN_NOT_NEGATIVE, reduced=True))
+                self.append_value(
+                    _Number(FIELD_YEAR_OF_ERA, 2, 2, _SIGN_NOT_NEGATIVE, reduced=True)
+                )
             elif count < 4:
                 self.append_value(_Number(FIELD_YEAR_OF_ERA, count, 19, _SIGN_NORMAL))
             elif count <= 19:
@@ -754,7 +773,7 @@ class TimeFormat:
         Native-endian int32 array executed by ``adjobs_time_parse``.
     """
 
-    __slots__ = ("pattern", "kind", "program", "_elements")
+    __slots__ = ("_elements", "kind", "pattern", "program")
 
     def __init__(self, pattern: str, kind: str, program: bytes, elements: list) -> None:
         self.pattern = pattern
@@ -819,7 +838,9 @@ def _parse_elements(elements: list, text: bytes) -> _Parsed:
         elif isinstance(element, _Text):
             pos = _parse_text(text, pos, parsed, element.field)
         else:
-            pos = _parse_offset(text, pos, parsed, element.colon, element.no_offset_text.encode("ascii"))
+            pos = _parse_offset(
+                text, pos, parsed, element.colon, element.no_offset_text.encode("ascii")
+            )
     if pos != len(text):
         raise _InvalidDate  # unparsed text found
     return parsed
@@ -874,9 +895,7 @@ def _encode_program(kind_code: int, elements: list) -> bytes:
         else:
             zero_text = element.no_offset_text.encode("ascii")
             words += [OP_OFFSET, int(element.colon), len(zero_text), *zero_text]
-    program = array("i", words)
-    assert program.itemsize == 4 and sys.byteorder in ("little", "big")
-    return program.tobytes()
+    return struct.pack(f"={len(words)}i", *words)  # native byte order, exactly 4 bytes each
 
 
 def compile_time_format(fmt: str) -> TimeFormat:
