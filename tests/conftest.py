@@ -1,0 +1,49 @@
+"""Shared test helpers: jobs from spec-shaped configs, and paths to the real data."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+import adjobs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SPEC_EXAMPLES = SHARED / "spec" / "examples.json"
+FAREQUOTE = SHARED / "data" / "farequote-2021.csv"
+
+
+def strip_clock(counts: dict) -> dict:
+    """Data counts without the wall-clock fields."""
+    return {k: v for k, v in counts.items() if k not in ("last_data_time", "log_time")}
+
+
+@pytest.fixture
+def service():
+    return adjobs.JobService()
+
+
+def open_job(service, body: dict, job_id: str = "job") -> str:
+    service.put_job(job_id, body)
+    service.open_job(job_id)
+    return job_id
+
+
+def metric_job(span: str = "1h", time_format: str = "epoch", **extra) -> dict:
+    """`metric(responsetime) by airline` as in the post_data YAML tests (spec §7.1)."""
+    return {
+        "analysis_config": {
+            "bucket_span": span,
+            "detectors": [
+                {"function": "metric", "field_name": "responsetime", "by_field_name": "airline"}
+            ],
+            **extra,
+        },
+        "data_description": {"time_field": "time", "time_format": time_format},
+    }
+
+
+def spec_cases() -> list[dict]:
+    return json.loads(SPEC_EXAMPLES.read_text())["cases"]
