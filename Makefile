@@ -1,0 +1,29 @@
+# Front door. `make build` compiles the native core in place (simdjson from pysimdjson).
+PYTHON ?= python3
+
+.PHONY: install build debug test bench lint annotate clean
+
+install:
+	$(PYTHON) -m pip install -e '.[test]'
+
+build:
+	$(PYTHON) setup.py build_ext --inplace
+
+debug:
+	ADJOBS_DEBUG=1 $(PYTHON) setup.py build_ext --inplace --force
+
+test:
+	$(PYTHON) -m pytest -q
+
+bench:
+	$(PYTHON) -m bench.ingest --json
+
+lint:
+	$(PYTHON) -m ruff check src tests bench
+	$(PYTHON) -m cython_lint src/adjobs/_core.pyx src/adjobs/_simdjson.pxd
+
+annotate:
+	$(PYTHON) -m cython -a -3 --cplus -I ext src/adjobs/_core.pyx -o build/_core_annotated.cpp
+
+clean:
+	rm -rf build dist src/*.egg-info src/adjobs/_core.cpp src/adjobs/_core.html src/adjobs/*.so
