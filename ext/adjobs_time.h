@@ -134,6 +134,26 @@ static inline int adjobs_time_parse_epoch(const char *text, size_t len, int seco
     while (start < end && s[start] <= 0x20) start++;
     while (end > start && s[end - 1] <= 0x20) end--;
 
+    {
+        /* Fast path, one pass: [+-]? digits{1,18} and nothing else. Anything
+           else falls through to the full grammar below, which gives the same
+           answer for these texts (its own plain-integer path). */
+        size_t j = start;
+        int64_t v = 0;
+        int negative = 0;
+        if (j < end && (s[j] == '+' || s[j] == '-')) { negative = s[j] == '-'; j++; }
+        if (end - j >= 1 && end - j <= 18) {
+            size_t first = j;
+            while (j < end && adjobs_time_is_digit(s[j])) { v = v * 10 + (s[j] - '0'); j++; }
+            if (j == end && j > first) {
+                if (negative) v = -v;
+                if (v < min_whole || v > max_whole) return ADJOBS_TIME_INVALID;
+                *out_ms = seconds ? v * 1000 : v;
+                return ADJOBS_TIME_OK;
+            }
+        }
+    }
+
     /* Grammar: [+-]? (digits [. digits*] | . digits) ([eE] [+-]? digits)? */
     i = start;
     if (i < end && (s[i] == '+' || s[i] == '-')) i++;
@@ -464,6 +484,157 @@ static inline int adjobs_time_resolve(adjobs_time_fields *f, int32_t default_yea
     return ADJOBS_TIME_OK;
 }
 
+/* ------------------------------------------------------------ fast path */
+
+/* Returned by adjobs_time_parse_fast when it cannot decide: run the general path. */
+#define ADJOBS_TIME_FALLBACK (-1)
+
+/* Bit mask of the fields the fast path resolves itself. */
+#define ADJOBS_TIME_FAST_FIELDS                                                      \
+    (((uint32_t)1 << ADJOBS_F_YEAR_OF_ERA) | ((uint32_t)1 << ADJOBS_F_MONTH) |      \
+     ((uint32_t)1 << ADJOBS_F_DAY_OF_MONTH) | ((uint32_t)1 << ADJOBS_F_HOUR_OF_DAY) | \
+     ((uint32_t)1 << ADJOBS_F_MINUTE) | ((uint32_t)1 << ADJOBS_F_SECOND) |          \
+     ((uint32_t)1 << ADJOBS_F_NANO) | ((uint32_t)1 << ADJOBS_F_OFFSET))
+
+/*
+ * Fast path for patterns made only of literals, plain unsigned numbers (no
+ * adjacent-value run, no reduced year, at most 15 digits so the cap never
+ * triggers), a fraction and an offset, that produce only year, month, day,
+ * hour, minute, second, nano and offset, each once. It returns ADJOBS_TIME_OK
+ * with exactly the general path's answer, or ADJOBS_TIME_FALLBACK on anything
+ * else (any other op, a malformed op, a sign, a mismatch, a repeated field, an
+ * out-of-range value...), so that every invalid or unusual input gets its
+ * answer from the general path. The checks on each op are those of the
+ * general interpreter, so a malformed program never yields OK here.
+ */
+static inline int adjobs_time_parse_fast(const int32_t *prog, size_t prog_len,
+                                         const unsigned char *s, size_t len,
+                                         int32_t default_year, int64_t *out_ms)
+{
+    static const int64_t pow10[10] = {1000000000, 100000000, 10000000, 1000000, 100000,
+                                      10000, 1000, 100, 10, 1};
+    int64_t value[ADJOBS_F_COUNT];
+    uint32_t set = 0;
+    size_t ip = 2, pos = 0;
+    int64_t year, month, day, hour, minute, second, nano, offset, extra_days = 0, days, ms, length;
+
+    while (ip < prog_len) {
+        int32_t op = prog[ip];
+        if (op == ADJOBS_OP_NUMBER) {
+            const int32_t *a = prog + ip + 1;
+            int32_t field, max_width;
+            size_t k, limit;
+            int64_t total = 0;
+            unsigned d;
+            if (prog_len - ip < 8) return ADJOBS_TIME_FALLBACK;
+            field = a[0];
+            max_width = a[2];
+            /* Plain unsigned number: no adjacent run (a[3]), no reduced year
+               (a[5]), at most 15 digits so the cap cannot trigger; a field not
+               seen yet. a[4] (sign allowed) does not matter: the first byte
+               must be a digit here. */
+            if ((uint32_t)field >= ADJOBS_F_COUNT || (uint32_t)max_width > 15u ||
+                (uint32_t)a[1] > (uint32_t)max_width || (a[3] | a[5]) != 0 || ((set >> field) & 1u))
+                return ADJOBS_TIME_FALLBACK;
+            ip += 8;
+            limit = (size_t)max_width < len - pos ? (size_t)max_width : len - pos;
+            for (k = 0; k < limit && (d = (unsigned)s[pos + k] - '0') <= 9u; k++) total = total * 10 + d;
+            if (k == 0 || k < (size_t)a[1]) return ADJOBS_TIME_FALLBACK;
+            value[field] = total;
+            set |= (uint32_t)1 << field;
+            pos += k;
+        } else if (op == ADJOBS_OP_LITERAL) {
+            int32_t n, k;
+            if (prog_len - ip < 2) return ADJOBS_TIME_FALLBACK;
+            n = prog[ip + 1];
+            ip += 2;
+            if ((uint32_t)n > prog_len - ip || (size_t)(uint32_t)n > len - pos) return ADJOBS_TIME_FALLBACK;
+            for (k = 0; k < n; k++)
+                if (s[pos + (size_t)k] != (unsigned char)prog[ip + (size_t)k]) return ADJOBS_TIME_FALLBACK;
+            pos += (size_t)n;
+            ip += (size_t)n;
+        } else if (op == ADJOBS_OP_FRACTION) {
+            size_t k, limit;
+            int64_t total = 0;
+            unsigned d;
+            ip++;
+            if (pos == len) continue; /* absent at the end of the text */
+            if (set & ((uint32_t)1 << ADJOBS_F_NANO)) return ADJOBS_TIME_FALLBACK;
+            limit = len - pos < 9 ? len - pos : 9;
+            for (k = 0; k < limit && (d = (unsigned)s[pos + k] - '0') <= 9u; k++) total = total * 10 + d;
+            value[ADJOBS_F_NANO] = total * pow10[k];
+            set |= (uint32_t)1 << ADJOBS_F_NANO;
+            pos += k;
+        } else if (op == ADJOBS_OP_OFFSET) {
+            int32_t colon, n;
+            adjobs_time_fields tmp;
+            if (prog_len - ip < 3) return ADJOBS_TIME_FALLBACK;
+            colon = prog[ip + 1];
+            n = prog[ip + 2];
+            ip += 3;
+            if (n < 1 || (size_t)n > prog_len - ip) return ADJOBS_TIME_FALLBACK;
+            if (set & ((uint32_t)1 << ADJOBS_F_OFFSET)) return ADJOBS_TIME_FALLBACK;
+            if (n == 1 && pos < len && s[pos] == (unsigned char)prog[ip]) {
+                /* One-byte zero text ('Z'): matched first, as in adjobs_time_op_offset. */
+                value[ADJOBS_F_OFFSET] = 0;
+                pos++;
+            } else {
+                tmp.set = 0;
+                if (adjobs_time_op_offset(s, len, &pos, &tmp, colon, prog + ip, n) != ADJOBS_TIME_OK)
+                    return ADJOBS_TIME_FALLBACK;
+                value[ADJOBS_F_OFFSET] = tmp.value[ADJOBS_F_OFFSET];
+            }
+            set |= (uint32_t)1 << ADJOBS_F_OFFSET;
+            ip += (size_t)n;
+        } else {
+            return ADJOBS_TIME_FALLBACK; /* text fields, or a malformed program */
+        }
+    }
+    if (pos != len) return ADJOBS_TIME_FALLBACK;
+
+    /* adjobs_time_resolve restricted to these fields: no clock hours, no AM/PM,
+       no day-of-year, and nothing left over to cross-check. */
+    if ((set & ~ADJOBS_TIME_FAST_FIELDS) ||
+        (set & (((uint32_t)1 << ADJOBS_F_MONTH) | ((uint32_t)1 << ADJOBS_F_DAY_OF_MONTH) |
+                ((uint32_t)1 << ADJOBS_F_HOUR_OF_DAY))) !=
+            (((uint32_t)1 << ADJOBS_F_MONTH) | ((uint32_t)1 << ADJOBS_F_DAY_OF_MONTH) |
+             ((uint32_t)1 << ADJOBS_F_HOUR_OF_DAY)))
+        return ADJOBS_TIME_FALLBACK;
+    year = (set & ((uint32_t)1 << ADJOBS_F_YEAR_OF_ERA)) ? value[ADJOBS_F_YEAR_OF_ERA] : default_year;
+    if (year < 1 || year > 10000) return ADJOBS_TIME_FALLBACK;
+    month = value[ADJOBS_F_MONTH];
+    day = value[ADJOBS_F_DAY_OF_MONTH];
+    if (month < 1 || month > 12 || day < 1 || day > 31) return ADJOBS_TIME_FALLBACK;
+    length = adjobs_time_month_length(year, month);
+    if (day > length) day = length; /* SMART: Feb 30 -> Feb 28/29 */
+    {
+        int has_minute = (set >> ADJOBS_F_MINUTE) & 1u;
+        int has_second = (set >> ADJOBS_F_SECOND) & 1u;
+        int has_nano = (set >> ADJOBS_F_NANO) & 1u;
+        if ((!has_minute && (has_second || has_nano)) || (has_minute && !has_second && has_nano))
+            return ADJOBS_TIME_FALLBACK;
+        hour = value[ADJOBS_F_HOUR_OF_DAY];
+        minute = has_minute ? value[ADJOBS_F_MINUTE] : 0;
+        second = has_second ? value[ADJOBS_F_SECOND] : 0;
+        nano = has_nano ? value[ADJOBS_F_NANO] : 0;
+    }
+    if (minute < 0 || minute > 59) return ADJOBS_TIME_FALLBACK;
+    if (hour == 24 && minute == 0 && second == 0 && nano == 0) {
+        hour = 0; /* SMART: 24:00 is the next day's midnight */
+        extra_days = 1;
+    } else if (hour < 0 || hour > 23 || second < 0 || second > 59) {
+        return ADJOBS_TIME_FALLBACK;
+    }
+    offset = (set & ((uint32_t)1 << ADJOBS_F_OFFSET)) ? value[ADJOBS_F_OFFSET] : 0;
+    if (offset < -ADJOBS_TIME_MAX_OFFSET_SECONDS || offset > ADJOBS_TIME_MAX_OFFSET_SECONDS)
+        return ADJOBS_TIME_FALLBACK;
+    days = adjobs_time_days_from_civil(year, month, day) + extra_days;
+    ms = (days * 86400 + hour * 3600 + minute * 60 + second - offset) * 1000 + nano / 1000000;
+    if (ms < ADJOBS_TIME_MIN_MS || ms > ADJOBS_TIME_MAX_MS) return ADJOBS_TIME_FALLBACK;
+    *out_ms = ms;
+    return ADJOBS_TIME_OK;
+}
+
 /* ----------------------------------------------------------------- entry */
 
 /* 0 = ok (*out_ms written), nonzero = invalid date (2 = malformed program). */
@@ -480,6 +651,9 @@ static inline int adjobs_time_parse(const int32_t *prog, size_t prog_len,
     if (prog[1] == ADJOBS_KIND_EPOCH) return adjobs_time_parse_epoch(text, len, 1, out_ms);
     if (prog[1] == ADJOBS_KIND_EPOCH_MS) return adjobs_time_parse_epoch(text, len, 0, out_ms);
     if (prog[1] != ADJOBS_KIND_PATTERN) return ADJOBS_TIME_BAD_PROGRAM;
+
+    rc = adjobs_time_parse_fast(prog, prog_len, s, len, default_year, out_ms);
+    if (rc != ADJOBS_TIME_FALLBACK) return rc;
 
     fields.set = 0;
     while (ip < prog_len) {

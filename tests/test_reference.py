@@ -562,7 +562,7 @@ def test_r2_unterminated_block_comment_runs_to_end():
         (b" tru ", 1),  # incomplete literal
         (b" 1. ", 1),  # incomplete number: junk from its first byte
         (b" - ", 1),
-        (b" 1x ", 2),  # complete number 1, then junk "x"
+        (b" 1x ", 1),  # "1x" is one token, not a number: junk from its first byte
         (b' "a\x01b" ', 1),  # invalid string: junk from its opening quote
         (b' "a\xffb" ', 1),  # invalid UTF-8 in a string
         (b' "\\q" ', 1),  # invalid escape
@@ -580,10 +580,11 @@ def test_r2_junk_is_one_malformed_document_up_to_next_brace(between, junk_offset
     ]
 
 
-def test_r2_adjacent_numbers_are_complete_tokens():
-    # Maximal munch: "01" is the numbers 0 and 1, both complete, so nothing is junk.
+def test_r2_a_token_runs_to_the_next_delimiter():
+    # "01" is one token and not a JSON number: junk from its first byte up to the "{".
     records, failure = read(b'01 {"time":1}')
-    assert failure is None and len(records) == 1 and not records[0].malformed
+    assert failure is None
+    assert shape(records) == [(0, {}, 2, True, 0, 3), (1, {"time": "1"}, 1, False, 3, 13)]
 
 
 def test_r2_junk_to_end_of_body_is_counted_without_failure():
@@ -653,65 +654,55 @@ def test_r3_valid_utf8_kept():
 
 
 @pytest.mark.parametrize(
-    ("document", "error_byte"),
+    ("document", "error_offset"),
     [
-        (b'{"time":1,"value":"a\xffb"}', b"\xff"),  # never a UTF-8 byte
-        (b'{"time":1,"value":"a\xc3("}', b"("),  # continuation missing
-        (b'{"time":1,"value":"a\xe0\x80\x80"}', b"\x80"),  # overlong
-        (b'{"time":1,"value":"a\xed\xa0\x80"}', b"\xa0"),  # encoded surrogate
-        (b'{"time":1,"value":"a\xf4\x90\x80\x80"}', b"\x90"),  # above U+10FFFF
-        (b'{"time":1,"value":"a\x1fb"}', b"\x1f"),  # raw control byte
-        (b'{"time":1,"value":"a\\xb"}', b"x"),  # unknown escape
-        (b'{"time":1,"value":"a\\u12g4"}', b"g"),  # bad \u escape
-        (b'{"time":1,"value":+1}', b"+"),
-        (b'{"time":1,"value":NaN}', b"N"),
-        (b'{"time":1,"value":1.}', b"}"),
-        (b'{"time":1,"value":1e}', b"}"),
-        (b'{"time":1,"value":tru}', b"}"),
-        (b'{"time":1,"value":nul}', b"}"),
-        (b"{'time':1}", b"'"),
-        (b'{"time":1,}', b"}"),
-        (b'{"time":1 "value":2}', b'"v'),
-        (b'{"time"=1}', b"="),
-        (b'{"time":1 /x }', b"x"),
+        (b'{"time":1,"value":"a\xffb"}', 20),  # never a UTF-8 byte
+        (b'{"time":1,"value":"a\xc3("}', 20),  # continuation missing: at the lead byte
+        (b'{"time":1,"value":"a\xe0\x80\x80"}', 20),  # overlong
+        (b'{"time":1,"value":"a\xed\xa0\x80"}', 20),  # encoded surrogate
+        (b'{"time":1,"value":"a\xf4\x90\x80\x80"}', 20),  # above U+10FFFF
+        (b'{"time":1,"value":"a\x1fb"}', 20),  # raw control byte
+        (b'{"time":1,"value":"a\\xb"}', 20),  # unknown escape: at its backslash
+        (b'{"time":1,"value":"a\\u12g4"}', 20),  # bad \u escape: at its backslash
+        (b'{"time":1,"value":+1}', 18),
+        (b'{"time":1,"value":NaN}', 18),
+        (b'{"time":1,"value":1.}', 18),  # a token that is not a number: at its first byte
+        (b'{"time":1,"value":1e}', 18),
+        (b'{"time":1,"value":tru}', 18),
+        (b'{"time":1,"value":nul}', 18),
+        (b"{'time':1}", 1),
+        (b'{"time":1,}', 10),
+        (b'{"time":1 "value":2}', 10),
+        (b'{"time"=1}', 7),
+        (b'{"time":1 /x }', 10),  # "/" that starts no comment
     ],
 )
-def test_r3_grammar_errors_make_the_document_malformed(document, error_byte, monkeypatch):
+def test_r3_grammar_errors_make_the_document_malformed(document, error_offset, monkeypatch):
     body = document + b'\n{"time":9}'
     records, failure = read(body)
     assert failure is None
     record, following = records
-    # Resynchronisation starts outside a string [R5]: after an error inside a string, the
-    # string's closing quote opens a string that runs to the \n, so the next line's {
-    # ends the document; otherwise the document's own } does.
-    inside_string = (
-        document.index(error_byte) < document.index(b'"', 19)
-        if (document.startswith(b'{"time":1,"value":"'))
-        else False
-    )
-    assert record.malformed and record.end == len(document) + (1 if inside_string else 0)
+    # Resynchronisation starts inside the string when the break was inside one [R5], so
+    # the document's own "}" ends it.
+    assert record.malformed and record.end == len(document)
     assert following.values == {"time": "9"} and not following.malformed
     assert record.values.get("time") == ("1" if document.startswith(b'{"time":1') else None)
-    offset = document.index(error_byte, 1 if error_byte != b"}" else len(document) - 1)
-    assert first_problem(body, monkeypatch).offset == offset
+    assert first_problem(body, monkeypatch).offset == error_offset
 
 
-def test_r3_error_inside_a_string_of_the_last_line_truncates():
-    # Literal [R5]+[R6]: resynchronisation starts outside a string, so the string's
-    # closing quote opens a string that ends at the final \n, and the body ends with the
-    # document still open: the upload fails and the document is not counted.
+def test_r3_error_inside_a_string_of_the_last_line_keeps_the_record():
     body = b'{"time":1}\n{"time":2,"value":"a\xffb"}\n'
     records, failure = read(body)
-    assert len(records) == 1
-    assert failure == ref.Failure("parse_exception", MALFORMED, 2, 31, len(body))
+    assert failure is None
+    assert [(r.malformed, r.values.get("time")) for r in records] == [(False, "1"), (True, "2")]
 
 
-def test_r3_leading_zero_keeps_the_complete_number(monkeypatch):
+def test_r3_leading_zero_breaks_at_the_token(monkeypatch):
     body = b'{"value":01,"time":2}'
     (record,), _ = read(body)
-    # "0" is a complete number; the "1" after it breaks the grammar.
-    assert (record.values, record.n_fields, record.malformed) == ({"value": "0"}, 1, True)
-    assert first_problem(body, monkeypatch).offset == 10
+    # "01" is one token and not a JSON number: the grammar breaks at its first byte.
+    assert (record.values, record.n_fields, record.malformed) == ({}, 0, True)
+    assert first_problem(body, monkeypatch).offset == 9
 
 
 def test_r3_invalid_utf8_in_a_comment_is_allowed():
@@ -812,18 +803,15 @@ def test_r5c_size_limit(monkeypatch):
     assert first_problem(body, monkeypatch, ("v",)).offset == 10
 
 
-def test_r5c_size_limit_inside_a_string_resyncs_outside_strings(monkeypatch):
+def test_r5c_size_limit_inside_a_string_resyncs_inside_it(monkeypatch):
     monkeypatch.setattr(ref, "MAX_DOCUMENT_BYTES", 10)
-    # The limit falls inside the string; resynchronisation starts outside a string at byte
-    # 10, so the closing quote opens a string that runs to the \n, and the next line's {
-    # ends the document.
+    # The limit falls inside the string; resynchronisation starts inside it at byte 10, so
+    # the string ends at its closing quote and the document's own } ends the document.
     body = b'{"v":"1234567890"}\n{"time":1}'
     records, failure = read(body)
     assert failure is None
-    assert [(r.malformed, r.start, r.end) for r in records] == [(True, 0, 19), (False, 19, 29)]
-    # Without a following line the document never closes: truncated, offset of the error.
-    records, failure = read(b'{"v":"1234567890"}')
-    assert records == [] and (failure.offset, failure.consumed) == (10, 18)
+    assert [(r.malformed, r.start, r.end) for r in records] == [(True, 0, 18), (False, 19, 29)]
+    assert first_problem(body, monkeypatch).offset == 10
 
 
 def test_r5d_line_rule():

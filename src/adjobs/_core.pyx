@@ -617,7 +617,9 @@ cdef class BucketDiagnostics:
             self.earliest = bucket
             memset(self.counts, 0, self.capacity * sizeof(int64_t))
         while bucket > self.latest:
-            if self._size() >= self.capacity:
+            # Full when the next slot is the earliest bucket's (§2.2, literally: with a
+            # latency of 10+ spans a record may land one bucket beyond the window).
+            if self._slot(self.latest + self.span) == self._slot(self.earliest):
                 slot = self._slot(self.earliest)
                 self._report(self.earliest, self.counts[slot])
                 self.moving -= self.counts[slot]
@@ -2099,7 +2101,7 @@ cdef class Upload:
                         in_quotes = False
                     elif c == 10:
                         lines += 1
-                        if lines > max_quoted_lines:
+                        if lines >= max_quoted_lines:  # at most 10,000 lines [C3]
                             self._note_problem(start)
                             self._fail(FAIL_CSV_QUOTE, self.buf_base + start)
                             return R_FAILED

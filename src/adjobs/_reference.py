@@ -87,6 +87,8 @@ _REPLACEMENT_CHARACTER = "\ufffd"
 
 # Numeric field text: optional ASCII whitespace, sign, digits with optional fraction (or a
 # bare fraction), optional exponent, optional ASCII whitespace ("Records → counts").
+_JSON_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_TOKEN_DELIMITERS = frozenset(b',]}:[{"/')
 _DECIMAL_NUMBER = re.compile(
     rb"[ \t\n\r\f\v]*[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?[ \t\n\r\f\v]*"
 )
@@ -265,6 +267,7 @@ class _JsonReader:
         self.seen_newline = False
         self.n_fields = 0
         self.values: dict[str, str] = {}
+        self.in_string = False
 
     # -- byte access ---------------------------------------------------------------------
 
@@ -314,7 +317,7 @@ class _JsonReader:
                             break
                         index += 1
                 else:
-                    raise _Broken(index + 1)  # "/" must start a comment
+                    raise _Broken(index)  # "/" must start a comment
             else:
                 return index
 
@@ -324,9 +327,11 @@ class _JsonReader:
         """Read the JSON string starting at ``index`` (a ``"``); return its text and end."""
         code_points: list[int] = []
         index += 1
+        self.in_string = True  # a break inside a string resynchronises inside it ([R5])
         while True:
             byte = self._at(index)
             if byte == _QUOTE:
+                self.in_string = False
                 return _join_code_points(code_points), index + 1
             if byte == _BACKSLASH:
                 escape = self._at(index + 1)
@@ -337,11 +342,11 @@ class _JsonReader:
                 elif escape == ord("u"):
                     for digit_index in range(index + 2, index + 6):
                         if self._at(digit_index) not in _HEX_DIGITS:
-                            raise _Broken(digit_index)
+                            raise _Broken(index)  # a bad escape breaks at its backslash
                     code_points.append(int(self.body[index + 2 : index + 6], 16))
                     index += 6
                 else:
-                    raise _Broken(index + 1)
+                    raise _Broken(index)  # a bad escape breaks at its backslash
             elif byte < 0x20:
                 raise _Broken(index)  # [R3] no raw control bytes in strings
             elif byte < 0x80:
@@ -378,68 +383,37 @@ class _JsonReader:
             code_point = lead & 0x07
         else:
             raise _Broken(index)
+        lead_index = index
         for low, high in ranges:
             index += 1
             byte = self._at(index)
             if not low <= byte <= high:
-                raise _Broken(index)
+                raise _Broken(lead_index)  # an invalid sequence breaks at its lead byte
             code_point = (code_point << 6) | (byte & 0x3F)
         return code_point, index + 1
 
-    def _number(self, index: int, fetch) -> tuple[str, int]:
-        """Read a JSON number (strict grammar, [R3]) starting at ``index``.
-
-        ``fetch(i)`` returns byte ``i``; it may raise, or return -1 at the end of the body
-        (top level, where the end of the body ends a token).
-        """
+    def _token(self, index: int, fetch) -> tuple[str, int]:
+        """A number or literal: the run of bytes up to a delimiter (whitespace or one of
+        ``,]}:[{"/``), which must be exactly a JSON number, ``true``, ``false`` or
+        ``null``; otherwise the grammar breaks at its first byte ([R3])."""
         start = index
-        if fetch(index) == _MINUS:
+        while True:
+            byte = fetch(index)
+            if byte < 0 or byte in _JSON_WHITESPACE or byte in _TOKEN_DELIMITERS:
+                break
             index += 1
-        first = fetch(index)
-        if first == ord("0"):
-            index += 1  # no leading zeros: a digit after "0" is not part of the number
-        elif first in _DIGITS:
-            index += 1
-            while fetch(index) in _DIGITS:
-                index += 1
-        else:
-            raise _Broken(index)
-        if fetch(index) == ord("."):
-            index += 1
-            if fetch(index) not in _DIGITS:
-                raise _Broken(index)
-            while fetch(index) in _DIGITS:
-                index += 1
-        if fetch(index) in (ord("e"), ord("E")):
-            index += 1
-            if fetch(index) in (ord("+"), ord("-")):
-                index += 1
-            if fetch(index) not in _DIGITS:
-                raise _Broken(index)
-            while fetch(index) in _DIGITS:
-                index += 1
-        return self.body[start:index].decode("ascii"), index
-
-    def _literal(self, index: int, word: bytes) -> int:
-        for offset, expected in enumerate(word):
-            if self._at(index + offset) != expected:
-                raise _Broken(index + offset)
-        return index + len(word)
+        text = self.body[start:index]
+        if text in (b"true", b"false", b"null") or _JSON_NUMBER.fullmatch(text):
+            return text.decode("ascii"), index
+        raise _Broken(start)
 
     def _scalar(self, index: int) -> tuple[str | None, int]:
         """Read a scalar value; its text (None for ``null``) and end."""
         byte = self._at(index)
         if byte == _QUOTE:
             return self._string(index)
-        if byte == ord("t"):
-            return "true", self._literal(index, b"true")
-        if byte == ord("f"):
-            return "false", self._literal(index, b"false")
-        if byte == ord("n"):
-            return None, self._literal(index, b"null")
-        if byte == _MINUS or byte in _DIGITS:
-            return self._number(index, self._at)
-        raise _Broken(index)
+        text, end = self._token(index, self._at)
+        return (None if text == "null" else text), end
 
     # -- containers ------------------------------------------------------------------------
 
@@ -532,27 +506,28 @@ class _JsonReader:
         self.seen_newline = False
         self.n_fields = 0
         self.values = {}
+        self.in_string = False
 
     def _make_record(self, start: int, end: int, malformed: bool) -> Record:
         missing = sum(1 for name in self.input_fields if name not in self.values)
         return Record(self.n_fields, self.values, missing, malformed, start, end)
 
-    def _resynchronise(self, position: int, open_objects: int) -> int | None:
+    def _resynchronise(self, position: int, open_objects: int, in_string: bool) -> int | None:
         """Skip the rest of a malformed document ([R5]); return its end, None at end of body.
 
         Only strings (ending at an unescaped ``"`` or at any ``\\n``) and object depth are
-        tracked, starting outside a string at the error position itself.
+        tracked, starting at the error position itself, inside the string when the break
+        was inside one. A backslash in a string escapes the next byte, whatever it is.
         """
         body = self.body
         depth = open_objects
-        in_string = False
         index = position
         while index < self.size:
             byte = body[index]
             if in_string:
                 if byte == _NEWLINE or byte == _QUOTE:
                     in_string = False
-                elif byte == _BACKSLASH and index + 1 < self.size and body[index + 1] != _NEWLINE:
+                elif byte == _BACKSLASH:
                     index += 1  # the escaped byte cannot close the string
             elif byte == _QUOTE:
                 in_string = True
@@ -584,7 +559,7 @@ class _JsonReader:
             # [R5 d] the document ends at the \n; the { after it starts the next one.
             return self._make_record(start, line_break.position, True), line_break.position
         except _Broken as broken:
-            end = self._resynchronise(broken.position, self.open_objects)
+            end = self._resynchronise(broken.position, self.open_objects, self.in_string)
             if end is None:
                 return None, broken.position
             return self._make_record(start, end, True), broken.position
@@ -617,15 +592,10 @@ class _JsonReader:
                 return self._string(index)[1]
             except (_Broken, _Truncated):
                 return None
-        if byte == _MINUS or byte in _DIGITS:
-            try:
-                return self._number(index, self._top_level_fetch)[1]
-            except _Broken:
-                return None  # an incomplete number is not a complete token
-        for word in (b"true", b"false", b"null"):
-            if body.startswith(word, index):
-                return index + len(word)
-        return None
+        try:
+            return self._token(index, self._top_level_fetch)[1]
+        except _Broken:
+            return None
 
 
 def _join_code_points(code_points: list[int]) -> str:
@@ -1138,6 +1108,12 @@ def run_upload(plan: IngestPlan, state: JobIngestState, body: bytes) -> UploadRe
             invalid_dates += 1
             input_fields += fields_for_record
             continue
+        # Categorical values of every record with a valid time get codes, out-of-order
+        # ones included (docs/ingest-semantics.md, "Records → counts").
+        record_codes = [
+            -1 if record.values.get(name) is None else strings.intern(record.values[name])
+            for name in categorical_fields
+        ]
         # 3. out of order relative to the start of the latest record's bucket (spec 5).
         if _trunc_div(t, 1000) < _trunc_div(_bucket_start(latest, span), 1000) - latency_s:
             out_of_order += 1
@@ -1160,9 +1136,8 @@ def run_upload(plan: IngestPlan, state: JobIngestState, body: bytes) -> UploadRe
         for column, name in zip(numeric, numeric_fields):
             text = record.values.get(name)
             column.append(math.nan if text is None else parse_decimal(text))
-        for column, name in zip(codes, categorical_fields):
-            text = record.values.get(name)
-            column.append(-1 if text is None else strings.intern(text))
+        for column, code in zip(codes, record_codes):
+            column.append(code)
 
     counts = {
         "processed_record_count": processed,
