@@ -497,6 +497,61 @@ static inline int adjobs_time_resolve(adjobs_time_fields *f, int32_t default_yea
      ((uint32_t)1 << ADJOBS_F_NANO) | ((uint32_t)1 << ADJOBS_F_OFFSET))
 
 /*
+ * The usual "date sep date sep date sep HH:mm:ss" head of a program: six
+ * lenient numbers (1..9 digits, no adjacent run, no reduced year) for
+ * year/month/day in any order then hour, minute, second, separated by
+ * one-byte literals. ADJOBS_TIME_CORE_WORDS words after the two header words;
+ * words where the mask is 0 (fields of the date, sign-allowed flags,
+ * separators) are checked separately.
+ */
+#define ADJOBS_TIME_CORE_WORDS 63
+#define ADJOBS_TIME_CORE_NUMBER(field, fmask) 2, field, 1, 9, 0, 0, 0, 0
+#define ADJOBS_TIME_CORE_NUMBER_MASK(fmask) -1, fmask, -1, -1, -1, 0, -1, -1
+static const int32_t adjobs_time_core_words[ADJOBS_TIME_CORE_WORDS] = {
+    ADJOBS_TIME_CORE_NUMBER(0, 0), 1, 1, 0,
+    ADJOBS_TIME_CORE_NUMBER(0, 0), 1, 1, 0,
+    ADJOBS_TIME_CORE_NUMBER(0, 0), 1, 1, 0,
+    ADJOBS_TIME_CORE_NUMBER(ADJOBS_F_HOUR_OF_DAY, -1), 1, 1, ':',
+    ADJOBS_TIME_CORE_NUMBER(ADJOBS_F_MINUTE, -1), 1, 1, ':',
+    ADJOBS_TIME_CORE_NUMBER(ADJOBS_F_SECOND, -1)};
+static const int32_t adjobs_time_core_mask[ADJOBS_TIME_CORE_WORDS] = {
+    ADJOBS_TIME_CORE_NUMBER_MASK(0), -1, -1, 0,
+    ADJOBS_TIME_CORE_NUMBER_MASK(0), -1, -1, 0,
+    ADJOBS_TIME_CORE_NUMBER_MASK(0), -1, -1, 0,
+    ADJOBS_TIME_CORE_NUMBER_MASK(-1), -1, -1, -1,
+    ADJOBS_TIME_CORE_NUMBER_MASK(-1), -1, -1, -1,
+    ADJOBS_TIME_CORE_NUMBER_MASK(-1)};
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ADJOBS_TIME_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define ADJOBS_TIME_ALWAYS_INLINE inline
+#endif
+
+/* A lenient number of 1..9 digits at *pos (the text must start with a digit), or -1. */
+static ADJOBS_TIME_ALWAYS_INLINE int64_t adjobs_time_fast_digits(const unsigned char *s, size_t len, size_t *pos)
+{
+    size_t p = *pos, limit = len - p < 9 ? len : p + 9;
+    unsigned d;
+    int64_t total;
+    if (p >= limit || (d = (unsigned)s[p] - '0') > 9u) return -1;
+    total = d;
+    for (p++; p < limit && (d = (unsigned)s[p] - '0') <= 9u; p++) total = total * 10 + d;
+    *pos = p;
+    return total;
+}
+
+/* The one-byte literal `sep` at *pos then a lenient number as above, or -1. */
+static ADJOBS_TIME_ALWAYS_INLINE int64_t adjobs_time_fast_sep_digits(const unsigned char *s, size_t len,
+                                                                   size_t *pos, int32_t sep)
+{
+    size_t p = *pos;
+    if (p >= len || s[p] != (unsigned char)sep) return -1;
+    *pos = p + 1;
+    return adjobs_time_fast_digits(s, len, pos);
+}
+
+/*
  * Fast path for patterns made only of literals, plain unsigned numbers (no
  * adjacent-value run, no reduced year, at most 15 digits so the cap never
  * triggers), a fraction and an offset, that produce only year, month, day,
@@ -518,6 +573,38 @@ static inline int adjobs_time_parse_fast(const int32_t *prog, size_t prog_len,
     size_t ip = 2, pos = 0;
     int64_t year, month, day, hour, minute, second, nano, offset, extra_days = 0, days, ms, length;
 
+    if (prog_len - 2 >= ADJOBS_TIME_CORE_WORDS) {
+        const int32_t *c = prog + 2;
+        uint32_t diff = 0;
+        int i;
+        for (i = 0; i < ADJOBS_TIME_CORE_WORDS; i++)
+            diff |= (uint32_t)(c[i] ^ adjobs_time_core_words[i]) & (uint32_t)adjobs_time_core_mask[i];
+        /* The three date fields: year, month and day of month in some order. */
+        if (diff == 0 && (uint32_t)c[1] < 3u && (uint32_t)c[12] < 3u && (uint32_t)c[23] < 3u &&
+            (((uint32_t)1 << c[1]) | ((uint32_t)1 << c[12]) | ((uint32_t)1 << c[23])) == 7u) {
+            int64_t v0, v1, v2, v3, v4, v5;
+            size_t p = 0;
+            if ((v0 = adjobs_time_fast_digits(s, len, &p)) < 0 ||
+                (v1 = adjobs_time_fast_sep_digits(s, len, &p, c[10])) < 0 ||
+                (v2 = adjobs_time_fast_sep_digits(s, len, &p, c[21])) < 0 ||
+                (v3 = adjobs_time_fast_sep_digits(s, len, &p, c[32])) < 0 ||
+                (v4 = adjobs_time_fast_sep_digits(s, len, &p, ':')) < 0 ||
+                (v5 = adjobs_time_fast_sep_digits(s, len, &p, ':')) < 0)
+                return ADJOBS_TIME_FALLBACK;
+            value[c[1]] = v0;
+            value[c[12]] = v1;
+            value[c[23]] = v2;
+            value[ADJOBS_F_HOUR_OF_DAY] = v3;
+            value[ADJOBS_F_MINUTE] = v4;
+            value[ADJOBS_F_SECOND] = v5;
+            set = ((uint32_t)1 << ADJOBS_F_YEAR_OF_ERA) | ((uint32_t)1 << ADJOBS_F_MONTH) |
+                  ((uint32_t)1 << ADJOBS_F_DAY_OF_MONTH) | ((uint32_t)1 << ADJOBS_F_HOUR_OF_DAY) |
+                  ((uint32_t)1 << ADJOBS_F_MINUTE) | ((uint32_t)1 << ADJOBS_F_SECOND);
+            pos = p;
+            ip = 2 + ADJOBS_TIME_CORE_WORDS;
+        }
+    }
+
     while (ip < prog_len) {
         int32_t op = prog[ip];
         if (op == ADJOBS_OP_NUMBER) {
@@ -538,8 +625,11 @@ static inline int adjobs_time_parse_fast(const int32_t *prog, size_t prog_len,
                 return ADJOBS_TIME_FALLBACK;
             ip += 8;
             limit = (size_t)max_width < len - pos ? (size_t)max_width : len - pos;
-            for (k = 0; k < limit && (d = (unsigned)s[pos + k] - '0') <= 9u; k++) total = total * 10 + d;
-            if (k == 0 || k < (size_t)a[1]) return ADJOBS_TIME_FALLBACK;
+            /* At least one digit, then as many as allowed. */
+            if (limit == 0 || (d = (unsigned)s[pos] - '0') > 9u) return ADJOBS_TIME_FALLBACK;
+            total = d;
+            for (k = 1; k < limit && (d = (unsigned)s[pos + k] - '0') <= 9u; k++) total = total * 10 + d;
+            if (k < (size_t)a[1]) return ADJOBS_TIME_FALLBACK;
             value[field] = total;
             set |= (uint32_t)1 << field;
             pos += k;
@@ -549,6 +639,12 @@ static inline int adjobs_time_parse_fast(const int32_t *prog, size_t prog_len,
             n = prog[ip + 1];
             ip += 2;
             if ((uint32_t)n > prog_len - ip || (size_t)(uint32_t)n > len - pos) return ADJOBS_TIME_FALLBACK;
+            if (n == 1) { /* the usual separator */
+                if (s[pos] != (unsigned char)prog[ip]) return ADJOBS_TIME_FALLBACK;
+                pos++;
+                ip++;
+                continue;
+            }
             for (k = 0; k < n; k++)
                 if (s[pos + (size_t)k] != (unsigned char)prog[ip + (size_t)k]) return ADJOBS_TIME_FALLBACK;
             pos += (size_t)n;

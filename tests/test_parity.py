@@ -3,6 +3,7 @@ including hostile ones and any chunking (docs/ingest-semantics.md)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from hypothesis import HealthCheck, given, settings
@@ -40,7 +41,7 @@ def run_core(plan, body: bytes, cuts: list[int]):
         codes.extend(tuple(row) for row in batch_codes.tolist())
 
     bounds = [0, *sorted(cuts), len(body)]
-    for start, end in zip(bounds, bounds[1:]):
+    for start, end in itertools.pairwise(bounds):
         upload.feed(body[start:end])
         drain()
     upload.finish()

@@ -4,12 +4,13 @@ hostile input, CSV ([C1]-[C6]) and streaming in chunks."""
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import pathlib
 
 import numpy as np
 import pytest
-from conftest import metric_job, open_job, strip_clock
+from conftest import open_job, strip_clock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ def value_job(span: str = "1s", **data_description) -> dict:
 def post(body, config=None, chunks=None):
     service = adjobs.JobService()
     job_id = open_job(service, config or value_job())
-    data = body if chunks is None else [body[i:j] for i, j in zip(chunks, chunks[1:])]
+    data = body if chunks is None else [body[i:j] for i, j in itertools.pairwise(chunks)]
     return service, job_id, strip_clock(service.post_data(job_id, data))
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from .errors import ApiError
-from .ingest import CHUNK_BYTES
+from .ingest import iter_chunks
 
 
 class Progress:
@@ -58,14 +58,9 @@ class Progress:
 
 
 def _read_with_progress(stream: BinaryIO, progress: Progress) -> Iterator[bytes]:
-    buffer = bytearray(CHUNK_BYTES)
-    view = memoryview(buffer)
-    while True:
-        size = stream.readinto(view)
-        if not size:
-            return
-        progress.advance(size)
-        yield view[:size]
+    for chunk in iter_chunks(stream):
+        progress.advance(len(chunk))
+        yield chunk
 
 
 def _job_id_for(config_path: str, config: dict) -> str:

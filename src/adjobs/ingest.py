@@ -38,7 +38,7 @@ def plan_for(config: JobConfig) -> IngestPlan:
         field_kinds=kinds,
         time_format=config.time_format,
         time_program=time_format.program,
-        default_year=_dt.datetime.now(_dt.timezone.utc).year,
+        default_year=_dt.datetime.now(_dt.UTC).year,
         bucket_span_ms=config.bucket_span_ms,
         latency_ms=config.latency_ms,
         field_delimiter=config.field_delimiter or "\t",

@@ -326,13 +326,16 @@ class JobService:
                 "illegal_argument_exception",
                 f"Invalid time range: end time '{end}' is earlier than start time '{start}'.",
             )
-        if "advance_time" in parsed and "skip_time" in parsed:
-            if parsed["advance_time"] // 1000 <= parsed["skip_time"] // 1000:
-                raise ApiError(
-                    400,
-                    "illegal_argument_exception",
-                    f"advance_time [{advance_time}] must be later than skip_time [{skip_time}]",
-                )
+        if (
+            "advance_time" in parsed
+            and "skip_time" in parsed
+            and parsed["advance_time"] // 1000 <= parsed["skip_time"] // 1000
+        ):
+            raise ApiError(
+                400,
+                "illegal_argument_exception",
+                f"advance_time [{advance_time}] must be later than skip_time [{skip_time}]",
+            )
         entry = self._jobs.get(job_id)
         if entry is None:
             raise job_not_open(job_id)

@@ -53,7 +53,7 @@ def _parse(text: str) -> int | None:
             int(parts["h"] or 0),
             int(parts["mi"] or 0),
             int(parts["s"] or 0),
-            tzinfo=_dt.timezone.utc,
+            tzinfo=_dt.UTC,
         )
     except ValueError:
         return None
