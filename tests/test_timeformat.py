@@ -315,14 +315,15 @@ def test_reference_epoch_integers(seconds):
 
 # --------------------------------------------------------------------------------------
 # Parity: the C parser (ext/adjobs_time.h through adjobs._core.parse_time) must give
-# exactly the reference's answer. Guarded until the native core builds.
+# exactly the reference's answer.
 # --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def parse_time():
-    core = pytest.importorskip("adjobs._core")
-    return core.parse_time
+    from adjobs import _core
+
+    return _core.parse_time
 
 
 def c_parse(
