@@ -955,13 +955,10 @@ cdef class Upload:
     # Buffer management
 
     cdef int _append(self, const uint8_t *p, int64_t n) noexcept nogil:
-        cdef int64_t keep
         self.input_bytes += n
         # Drop what has been read so that memory stays bounded by the window plus one
         # document; remember how many lines went with it for error positions.
-        if self.pos > 0 and self.top_state != TOP_SKIP and not self.pending:
-            self._discard_read()
-        elif self.pos > 0:
+        if self.pos > 0:
             self._discard_read()
         if bytebuf_append(&self.buf, p, n) != 0:
             return -1
@@ -1201,14 +1198,11 @@ cdef class Upload:
         # Streaming states that are still open when the body ends [R2] [R6].
         if self.top_state == TOP_JUNK:
             self.top_state = TOP
-            self.acc_reset_for_junk()
+            self._acc_reset()
             self._finish_record(self.junk_start, self.buf.length, True)
         elif self.top_state == TOP_SKIP:
             self._fail(FAIL_TRUNCATED, self.buf_base + self.buf.length)
         self.top_state = TOP
-
-    cdef inline void acc_reset_for_junk(self) noexcept nogil:
-        self._acc_reset()
 
     cdef int64_t _choose_cut(self, bint final) noexcept nogil:
         """End of the next window: after the last newline or '}' in the buffered data.
