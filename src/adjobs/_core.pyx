@@ -535,6 +535,38 @@ cdef class StringTable:
         cdef bytes raw = value.encode("utf-8", "surrogateescape")
         return self.intern(<const uint8_t *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
 
+    def raw_values(self, int64_t start=0) -> list:
+        """Interned values as bytes, from code ``start`` on (what the store persists)."""
+        cdef int64_t code
+        return [(<char *>self.arena.data)[self._start(code):self._end(code)]
+                for code in range(max(start, 0), self.offsets.count)]
+
+    def extend(self, values) -> None:
+        """Intern ``values`` (bytes) in order: restores a persisted table's codes."""
+        cdef bytes raw
+        cdef int32_t code
+        for raw in values:
+            code = self.intern(<const uint8_t *>PyBytes_AS_STRING(raw), PyBytes_GET_SIZE(raw))
+            if code != self.offsets.count - 1:
+                raise ValueError(f"value {raw!r} is a duplicate or over the limit")
+
+    def truncate(self, int64_t count) -> None:
+        """Forget codes ``count`` and later (an upload that was cut off is rolled back)."""
+        cdef int64_t code, j
+        cdef uint64_t h
+        if count < 0 or count >= self.offsets.count:
+            return
+        self.arena.length = self._start(count)
+        self.offsets.count = count
+        memset(self.slots, 0xFF, self.slot_count * sizeof(int32_t))
+        for code in range(count):
+            h = hash_bytes(self.arena.data + self._start(code), self._end(code) - self._start(code))
+            j = <int64_t>(h & <uint64_t>(self.slot_count - 1))
+            while self.slots[j] >= 0:
+                j = (j + 1) & (self.slot_count - 1)
+            self.slots[j] = <int32_t>code
+            self.slot_hashes[j] = h
+
     def values(self) -> list:
         """All interned values, index = code."""
         cdef int64_t code
@@ -658,6 +690,45 @@ cdef class BucketDiagnostics:
         counts = (self.bucket_count, self.empty_bucket_count, self.sparse_bucket_count)
         self.bucket_count = self.empty_bucket_count = self.sparse_bucket_count = 0
         return counts
+
+    def get_state(self) -> dict:
+        """The whole window as plain ints, so that a store can commit it (D6)."""
+        return {
+            "span": self.span,
+            "capacity": self.capacity,
+            "empty": bool(self.empty),
+            "latest": self.latest,
+            "earliest": self.earliest,
+            "moving": self.moving,
+            "last_flushed": self.last_flushed,
+            "counts": [self.counts[i] for i in range(self.capacity)],
+            "pending": [self.bucket_count, self.empty_bucket_count, self.sparse_bucket_count],
+            "latest_empty": self._latest_empty if self._has_empty else None,
+            "latest_sparse": self._latest_sparse if self._has_sparse else None,
+            "published": [self.latest_empty_bucket_ms, self.latest_sparse_bucket_ms],
+        }
+
+    def set_state(self, dict state) -> None:
+        """Restore a window saved by :meth:`get_state` (same span and latency)."""
+        cdef int64_t i
+        if state["span"] != self.span or state["capacity"] != self.capacity:
+            raise ValueError("the saved diagnostics window has a different span or latency")
+        counts = state["counts"]
+        if len(counts) != self.capacity:
+            raise ValueError("the saved diagnostics window is damaged")
+        for i in range(self.capacity):
+            self.counts[i] = counts[i]
+        self.empty = state["empty"]
+        self.latest = state["latest"]
+        self.earliest = state["earliest"]
+        self.moving = state["moving"]
+        self.last_flushed = state["last_flushed"]
+        self.bucket_count, self.empty_bucket_count, self.sparse_bucket_count = state["pending"]
+        self._has_empty = state["latest_empty"] is not None
+        self._latest_empty = state["latest_empty"] or 0
+        self._has_sparse = state["latest_sparse"] is not None
+        self._latest_sparse = state["latest_sparse"] or 0
+        self.latest_empty_bucket_ms, self.latest_sparse_bucket_ms = state["published"]
 
 
 # ---------------------------------------------------------------------------------------

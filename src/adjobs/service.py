@@ -5,24 +5,38 @@ returns the dict the REST response body would hold, so the HTTP server is a thin
 over this class. Every failure is an :class:`~adjobs.errors.ApiError` carrying the REST
 status, ``type`` and ``reason``.
 
-Jobs live in memory for now; one lock per job runs its operations one at a time (D10).
+Jobs live in a :class:`~adjobs.store.Store`: an SQLite database under ``path``, or a
+private in-memory one. A job opened here is held in memory as well, and owned through
+:mod:`adjobs.ownership`, so no other process writes it until it is closed. One lock per
+job runs its operations one at a time (D10).
+
+An upload is all or nothing unless it is *reported*: when ``post_data`` returns, or
+raises the 400 of malformed data, everything it counted is committed (D6). An upload that
+is cut off instead (the data source raises, the client goes away, the process dies, the
+store cannot write) counts nothing at all: the job is rolled back to where it was before
+the upload started. See ``docs/store.md``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
 
 from . import _core
 from .config import JobConfig, apply_update, parse_job_config
 from .counts import DataCounts
-from .errors import ApiError, job_already_exists, job_not_found, job_not_open, malformed_json
+from .errors import ApiError, job_not_found, job_not_open, malformed_json
 from .ingest import iter_chunks, plan_for
+from .ownership import Claim, JobOwnership, owned_elsewhere
 from .plan import IngestPlan
+from .store import Store, StoredJob
 from .timeparams import parse_time_param
 
 RecordListener = Callable[[Any, Any, Any], None]
@@ -33,21 +47,45 @@ def _now_ms() -> int:
 
 
 @dataclass
-class _OpenState:
+class _OpenJob:
+    """A job opened by this service: its state in memory, and the claim that owns it."""
+
+    config: JobConfig
+    plan: IngestPlan
+    totals: DataCounts
     ingest: _core.JobIngestState
+    claim: Claim
     opened_at: int
+    last_finalized_bucket_end: int | None
+    committed_strings: int  # string-table codes below this are in the store
 
 
 @dataclass
-class _JobEntry:
-    config: JobConfig
-    plan: IngestPlan
-    totals: DataCounts = field(default_factory=DataCounts)
-    open: _OpenState | None = None
-    strings: _core.StringTable = field(default_factory=_core.StringTable)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    listeners: list[RecordListener] = field(default_factory=list)
-    last_finalized_bucket_end: int | None = None
+class _Checkpoint:
+    """What an upload may change, taken before it starts, to roll a cut-off upload back."""
+
+    totals: DataCounts
+    latest_ms: int | None
+    earliest_ms: int | None
+    diagnostics: dict
+    string_count: int
+
+    @classmethod
+    def of(cls, job: _OpenJob) -> _Checkpoint:
+        return cls(
+            totals=dataclasses.replace(job.totals),
+            latest_ms=job.ingest.latest_ms,
+            earliest_ms=job.ingest.earliest_ms,
+            diagnostics=job.ingest.diagnostics.get_state(),
+            string_count=len(job.ingest.strings),
+        )
+
+    def restore(self, job: _OpenJob) -> None:
+        job.totals = self.totals
+        job.ingest.latest_ms = self.latest_ms
+        job.ingest.earliest_ms = self.earliest_ms
+        job.ingest.diagnostics.set_state(self.diagnostics)
+        job.ingest.strings.truncate(self.string_count)
 
 
 class JobService:
@@ -56,18 +94,40 @@ class JobService:
     Parameters
     ----------
     path
-        Where jobs are stored. ``None`` keeps everything in memory.
+        The data directory. Jobs are stored in ``<path>/adjobs.db`` and survive restarts;
+        ``None`` keeps everything in memory for the life of the object.
+
+    Use it as a context manager, or call :meth:`close`, to close the jobs it opened.
     """
 
-    def __init__(self, path: str | None = None) -> None:
-        if path is not None:
-            raise ApiError(
-                400,
-                "illegal_argument_exception",
-                "a persistent store is not available yet; use JobService() for an in-memory one",
-            )
-        self._jobs: dict[str, _JobEntry] = {}
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self._store = Store.open(path) if path is not None else Store.in_memory()
+        self._ownership = JobOwnership(self._store.directory)
+        self._open: dict[str, _OpenJob] = {}
+        self._job_locks: dict[str, threading.Lock] = {}
+        self._listeners: dict[str, list[RecordListener]] = {}
         self._registry_lock = threading.Lock()
+
+    @property
+    def path(self) -> Path | None:
+        """The data directory, or ``None`` for an in-memory service."""
+        return self._store.directory
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def close(self) -> None:
+        """Close every job this service has open, then the store."""
+        for job_id in list(self._open):
+            self.close_job(job_id)
+        self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     # --------------------------------------------------------------------------------
     # Jobs
@@ -75,73 +135,122 @@ class JobService:
     def put_job(self, job_id: str, body: dict | None = None, **kwargs: Any) -> dict:
         """Create a job (``PUT _ml/anomaly_detectors/<job_id>``)."""
         config = parse_job_config(job_id, {**(body or {}), **kwargs})
-        plan = plan_for(config)
-        with self._registry_lock:
-            if job_id in self._jobs:
-                raise job_already_exists(job_id)
-            self._jobs[job_id] = _JobEntry(config=config, plan=plan)
+        plan_for(config)  # rejects configs the reader cannot run, before storing them
+        self._store.create(job_id, config.to_dict(), DataCounts().to_state())
         return config.to_dict()
 
     def update_job(self, job_id: str, body: dict | None = None, **kwargs: Any) -> dict:
         """Change a job's updatable settings (``POST …/<job_id>/_update``)."""
-        entry = self._entry(job_id)
-        with entry.lock:
-            entry.config = apply_update(entry.config, {**(body or {}), **kwargs})
-            return entry.config.to_dict()
+        update = {**(body or {}), **kwargs}
+        with self._job_lock(job_id):
+            job = self._open.get(job_id)
+            if job is not None:
+                config = apply_update(job.config, update)
+                self._store.save_config(job_id, config.to_dict())
+                job.config = config
+                return config.to_dict()
+            with self._claimed(job_id) as stored:
+                config = apply_update(JobConfig.from_dict(stored.config), update)
+                self._store.save_config(job_id, config.to_dict())
+                return config.to_dict()
 
     def get_jobs(self, job_id: str | None = None, allow_no_match: bool = True) -> dict:
         """Jobs matching an id expression (``GET _ml/anomaly_detectors/<expr>``)."""
         ids = self._expand(job_id, allow_no_match)
-        jobs = [self._jobs[i].config.to_dict() for i in ids]
+        configs = self._store.load_configs()
+        jobs = [configs[i] for i in ids if i in configs]
         return {"count": len(jobs), "jobs": jobs}
 
     def delete_job(self, job_id: str, force: bool = False, **_: Any) -> dict:
-        """Delete a job and everything it holds."""
-        entry = self._entry(job_id)
-        with entry.lock:
-            if entry.open is not None and not force:
-                raise ApiError(
-                    409,
-                    "status_exception",
-                    f"Cannot delete job [{job_id}] because the job is opened",
-                )
-            entry.open = None
-            with self._registry_lock:
-                self._jobs.pop(job_id, None)
+        """Delete a job and everything it holds. An open job needs ``force``."""
+        with self._job_lock(job_id):
+            job = self._open.get(job_id)
+            if job is not None:
+                if not force:
+                    raise ApiError(
+                        409,
+                        "status_exception",
+                        f"Cannot delete job [{job_id}] because the job is opened",
+                    )
+                del self._open[job_id]
+                claim = job.claim
+            else:
+                if self._store.load(job_id) is None:
+                    raise job_not_found(job_id)
+                claim = self._ownership.claim(job_id)
+            try:
+                self._store.delete(job_id)
+            finally:
+                claim.release(remove=True)
+            self._listeners.pop(job_id, None)
         return {"acknowledged": True}
 
     def reset_job(self, job_id: str, **_: Any) -> dict:
         """Clear a closed job's counts and results, keeping its configuration."""
-        entry = self._entry(job_id)
-        with entry.lock:
-            if entry.open is not None:
+        with self._job_lock(job_id):
+            if job_id in self._open:
                 raise ApiError(
                     409,
                     "status_exception",
                     f"Can only reset a job when it is closed; job [{job_id}] is opened",
                 )
-            entry.totals = DataCounts()
-            entry.strings = _core.StringTable()
-            entry.last_finalized_bucket_end = None
+            with self._claimed(job_id):
+                self._store.reset(job_id, DataCounts().to_state())
         return {"acknowledged": True}
 
     # --------------------------------------------------------------------------------
     # Open, post, flush, close
 
     def open_job(self, job_id: str, **_: Any) -> dict:
-        """Open a job so that it accepts data. Opening an open job is a no-op."""
-        entry = self._entry(job_id)
-        with entry.lock:
-            if entry.open is None:
-                state = _core.JobIngestState(
-                    entry.plan.bucket_span_ms,
-                    entry.plan.latency_ms,
-                    latest_ms=entry.totals.latest_record_timestamp,
-                    earliest_ms=entry.totals.earliest_record_timestamp,
-                    strings=entry.strings,
-                )
-                entry.open = _OpenState(ingest=state, opened_at=_now_ms())
+        """Open a job so that it accepts data. Opening an open job is a no-op.
+
+        The diagnostics are seeded with the phantom record of §2.3, so a gap across a
+        close counts as empty buckets. A job whose owner died while it was open (a kill
+        -9) instead continues from the window its last acknowledged upload committed.
+        """
+        with self._job_lock(job_id):
+            if job_id in self._open:
+                return {"opened": True, "node": "adjobs"}
+            if self._store.load(job_id) is None:
+                raise job_not_found(job_id)
+            claim = self._ownership.claim(job_id)
+            try:
+                self._open[job_id] = self._load_open(job_id, claim)
+            except BaseException:
+                claim.release()
+                raise
         return {"opened": True, "node": "adjobs"}
+
+    def _load_open(self, job_id: str, claim: Claim) -> _OpenJob:
+        stored = self._store.load(job_id)
+        if stored is None:  # deleted by another process before we held the claim
+            raise job_not_found(job_id)
+        config = JobConfig.from_dict(stored.config)
+        plan = plan_for(config)
+        totals = DataCounts.from_state(stored.counts)
+        strings = _core.StringTable()
+        strings.extend(self._store.load_strings(job_id, stored.string_count))
+        ingest = _core.JobIngestState(
+            plan.bucket_span_ms,
+            plan.latency_ms,
+            latest_ms=totals.latest_record_timestamp,
+            earliest_ms=totals.earliest_record_timestamp,
+            strings=strings,
+        )
+        if stored.open_since is not None and stored.diagnostics is not None:
+            ingest.diagnostics.set_state(stored.diagnostics)
+        now = _now_ms()
+        self._store.mark_open(job_id, now, ingest.diagnostics.get_state())
+        return _OpenJob(
+            config=config,
+            plan=plan,
+            totals=totals,
+            ingest=ingest,
+            claim=claim,
+            opened_at=now,
+            last_finalized_bucket_end=stored.last_finalized_bucket_end,
+            committed_strings=stored.string_count,
+        )
 
     def post_data(
         self,
@@ -153,18 +262,37 @@ class JobService:
         """Send data to an open job; returns this upload's data counts (HTTP 202).
 
         ``data`` is bytes or str (the data itself), an ``os.PathLike`` file, a binary
-        file object, a list of dicts, or an iterable of byte chunks. Records counted
-        before a failure stay counted in the job's totals.
+        file object, a list of dicts, or an iterable of byte chunks. The counts are
+        committed before this returns, including those of records read before a 400
+        for malformed data. If ``data`` raises instead, nothing of it is counted.
         """
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            # ES 6.5+: an unknown job is simply "not open" for post_data (§6.2).
-            raise job_not_open(job_id)
-        with entry.lock:
-            if entry.open is None:
+        with self._job_lock(job_id):
+            job = self._open.get(job_id)
+            if job is None:
+                # ES 6.5+: an unknown job is simply "not open" for post_data (§6.2).
                 raise job_not_open(job_id)
             self._parse_reset(reset_start, reset_end)
-            return self._upload(entry, data)
+            checkpoint = _Checkpoint.of(job)
+            try:
+                response, upload = self._upload(job, data)
+                self._commit(job)
+            except BaseException:
+                checkpoint.restore(job)
+                raise
+        if upload.failure:
+            raise self._failure_error(upload)
+        return response
+
+    def _commit(self, job: _OpenJob) -> None:
+        strings = job.ingest.strings
+        self._store.commit_upload(
+            job.config.job_id,
+            job.totals.to_state(),
+            job.ingest.diagnostics.get_state(),
+            strings.raw_values(job.committed_strings),
+            job.committed_strings,
+        )
+        job.committed_strings = len(strings)
 
     def _parse_reset(self, reset_start: Any, reset_end: Any) -> None:
         start = parse_time_param("start", reset_start) if reset_start not in (None, "") else None
@@ -177,36 +305,34 @@ class JobService:
                 f"'{reset_start}'.",
             )
 
-    def _upload(self, entry: _JobEntry, data: Any) -> dict:
-        job_id = entry.config.job_id
-        state = entry.open.ingest
-        totals = entry.totals
+    def _upload(self, job: _OpenJob, data: Any) -> tuple[dict | None, _core.Upload]:
+        """Read one upload into the job's in-memory state; the caller commits it."""
+        state = job.ingest
         incremental = DataCounts()
         # Diagnostics counts produced since the last hand-over move in first (§1.2).
-        self._move_diagnostics(state, incremental, totals)
-        upload = _core.Upload(entry.plan, state)
-        delimited = entry.plan.format == "csv"
-        try:
-            for chunk in iter_chunks(data, delimited=delimited):
-                upload.feed(chunk)
-                self._deliver(entry, upload)
-                if upload.failure:
-                    break
-            upload.finish()
-            self._deliver(entry, upload)
-        finally:
-            self._account(upload, incremental, totals)
+        self._move_diagnostics(state, incremental, job.totals)
+        upload = _core.Upload(job.plan, state)
+        delimited = job.plan.format == "csv"
+        for chunk in iter_chunks(data, delimited=delimited):
+            upload.feed(chunk)
+            self._deliver(job, upload)
+            if upload.failure:
+                break
+        upload.finish()
+        self._deliver(job, upload)
+        self._account(upload, incremental, job.totals)
         if upload.failure:
-            raise self._failure_error(entry, upload)
+            # Counted records stay counted (D6); the window is not flushed, as in ES.
+            return None, upload
         now = _now_ms()
         if not (delimited and upload.input_bytes == 0):
             # ES's CSV reader returns before "finish reporting" on an empty body (§6c).
-            incremental.last_data_time = totals.last_data_time = now
+            incremental.last_data_time = job.totals.last_data_time = now
         state.diagnostics.flush()
-        self._move_diagnostics(state, incremental, totals)
-        totals.log_time = now
-        k = entry.plan.analysed_fields_per_record
-        return incremental.to_dict(job_id, k, with_log_time=False)
+        self._move_diagnostics(state, incremental, job.totals)
+        job.totals.log_time = now
+        k = job.plan.analysed_fields_per_record
+        return incremental.to_dict(job.config.job_id, k, with_log_time=False), upload
 
     @staticmethod
     def _account(upload: _core.Upload, incremental: DataCounts, totals: DataCounts) -> None:
@@ -243,15 +369,14 @@ class JobService:
                 "latest_sparse_bucket_timestamp", diagnostics.latest_sparse_bucket_ms
             )
 
-    @staticmethod
-    def _deliver(entry: _JobEntry, upload: _core.Upload) -> None:
+    def _deliver(self, job: _OpenJob, upload: _core.Upload) -> None:
         times, numeric, codes = upload.take_batch()
         if len(times):
-            for listener in entry.listeners:
+            for listener in self._listeners.get(job.config.job_id, ()):
                 listener(times, numeric, codes)
 
     @staticmethod
-    def _failure_error(entry: _JobEntry, upload: _core.Upload) -> ApiError:
+    def _failure_error(upload: _core.Upload) -> ApiError:
         line, offset = upload.problem or (1, 0)
         failure = upload.failure
         if failure in (_core.FAILURE_MALFORMED_LIMIT, _core.FAILURE_TRUNCATED):
@@ -336,15 +461,13 @@ class JobService:
                 "illegal_argument_exception",
                 f"advance_time [{advance_time}] must be later than skip_time [{skip_time}]",
             )
-        entry = self._jobs.get(job_id)
-        if entry is None:
-            raise job_not_open(job_id)
-        with entry.lock:
-            if entry.open is None:
+        with self._job_lock(job_id):
+            job = self._open.get(job_id)
+            if job is None:
                 raise job_not_open(job_id)
-            span = entry.plan.bucket_span_ms
-            finalized = entry.last_finalized_bucket_end
-            latest = entry.totals.latest_record_timestamp
+            span = job.plan.bucket_span_ms
+            finalized = job.last_finalized_bucket_end
+            latest = job.totals.latest_record_timestamp
             if latest is not None:
                 # Every bucket before the latest record's bucket is complete.
                 finalized = max(finalized or 0, latest // span * span)
@@ -353,7 +476,9 @@ class JobService:
                 finalized = max(finalized or 0, -(-skip // span) * span)
             if "advance_time" in parsed:
                 finalized = max(finalized or 0, parsed["advance_time"] // span * span)
-            entry.last_finalized_bucket_end = finalized
+            if finalized != job.last_finalized_bucket_end:
+                self._store.save_finalized(job_id, finalized)
+                job.last_finalized_bucket_end = finalized
         response: dict = {"flushed": True}
         if finalized:
             response["last_finalized_bucket_end"] = finalized
@@ -361,35 +486,66 @@ class JobService:
 
     def close_job(self, job_id: str, force: bool = False, allow_no_match: bool = True,
                   **_: Any) -> dict:
-        """Close jobs matching an id expression; their counts stay."""
+        """Close jobs matching an id expression; their counts stay.
+
+        Closing a job that is not open is a no-op, as in ES; a job another process has
+        open is a 409.
+        """
         for one_id in self._expand(job_id, allow_no_match):
-            entry = self._jobs[one_id]
-            with entry.lock:
-                entry.open = None
+            with self._job_lock(one_id):
+                job = self._open.pop(one_id, None)
+                if job is None:
+                    if self._ownership.owned_by_other(one_id):
+                        raise owned_elsewhere(one_id)
+                    continue
+                try:
+                    self._store.mark_closed(one_id)
+                finally:
+                    job.claim.release()
         return {"closed": True}
 
     # --------------------------------------------------------------------------------
     # Stats
 
     def get_job_stats(self, job_id: str | None = None, allow_no_match: bool = True) -> dict:
-        """Stats of jobs matching an id expression (§1.3, rest-api §4.3)."""
-        jobs = [self._stats(self._jobs[i]) for i in self._expand(job_id, allow_no_match)]
+        """Stats of jobs matching an id expression (§1.3, rest-api §4.3).
+
+        A job open here reports its in-memory totals; any other job reports what the
+        store holds, which for a job open in another process is its last committed upload.
+        """
+        jobs = []
+        for one_id in self._expand(job_id, allow_no_match):
+            job = self._open.get(one_id)
+            if job is not None:
+                jobs.append(self._stats(job.config, job.plan, job.totals, job.opened_at))
+                continue
+            stored = self._store.load(one_id)
+            if stored is None:  # deleted meanwhile
+                continue
+            config = JobConfig.from_dict(stored.config)
+            opened_at = None
+            if self._ownership.owned_by_other(one_id):
+                opened_at = stored.open_since or _now_ms()
+            jobs.append(self._stats(config, plan_for(config),
+                                    DataCounts.from_state(stored.counts), opened_at))
         return {"count": len(jobs), "jobs": jobs}
 
-    def _stats(self, entry: _JobEntry) -> dict:
-        job_id = entry.config.job_id
-        k = entry.plan.analysed_fields_per_record
+    @staticmethod
+    def _stats(config: JobConfig, plan: IngestPlan, totals: DataCounts,
+               opened_at: int | None) -> dict:
+        job_id = config.job_id
+        k = plan.analysed_fields_per_record
         now = _now_ms()
         stats: dict = {
             "job_id": job_id,
-            "data_counts": entry.totals.to_dict(job_id, k),
+            "data_counts": totals.to_dict(job_id, k),
             "model_size_stats": {
                 "job_id": job_id,
                 "result_type": "model_size_stats",
                 "model_bytes": 0,
                 "peak_model_bytes": 0,
                 "model_bytes_exceeded": 0,
-                "model_bytes_memory_limit": entry.config.model_memory_limit_mb * 1024 * 1024,
+                "model_bytes_memory_limit": config.model_memory_limit_mb * 1024 * 1024,
                 "total_by_field_count": 0,
                 "total_over_field_count": 0,
                 "total_partition_field_count": 0,
@@ -409,7 +565,7 @@ class JobService:
                 "total": 0,
                 "forecasted_jobs": 0,
             },
-            "state": "opened" if entry.open is not None else "closed",
+            "state": "opened" if opened_at is not None else "closed",
             "timing_stats": {
                 "job_id": job_id,
                 "bucket_count": 0,
@@ -417,10 +573,10 @@ class JobService:
                 "exponential_average_bucket_processing_time_per_hour_ms": 0.0,
             },
         }
-        if entry.open is not None:
+        if opened_at is not None:
             stats["node"] = {"id": "adjobs", "name": "adjobs", "attributes": {}}
             stats["assignment_explanation"] = ""
-            stats["open_time"] = f"{max(0, now - entry.open.opened_at) // 1000}s"
+            stats["open_time"] = f"{max(0, now - opened_at) // 1000}s"
         return stats
 
     # --------------------------------------------------------------------------------
@@ -428,37 +584,79 @@ class JobService:
 
     def add_record_listener(self, job_id: str, listener: RecordListener) -> None:
         """Call ``listener(time_ms, numeric, codes)`` with the numpy arrays of every
-        batch of processed records (the analysis feeds on the same arrays)."""
-        self._entry(job_id).listeners.append(listener)
+        batch of processed records (the analysis feeds on the same arrays).
+
+        Batches arrive while an upload is read; an upload that is then cut off is rolled
+        back in the job, so a listener that keeps state must allow for that.
+        """
+        with self._job_lock(job_id):
+            if job_id not in self._open and self._store.load(job_id) is None:
+                raise job_not_found(job_id)
+            self._listeners.setdefault(job_id, []).append(listener)
 
     def string_values(self, job_id: str) -> list[str]:
         """The job's interned categorical values; a code in ``codes`` indexes this."""
-        return self._entry(job_id).strings.values()
-
-    def _entry(self, job_id: str) -> _JobEntry:
-        entry = self._jobs.get(job_id)
-        if entry is None:
+        job = self._open.get(job_id)
+        if job is not None:
+            return job.ingest.strings.values()
+        stored = self._store.load(job_id)
+        if stored is None:
             raise job_not_found(job_id)
-        return entry
+        return [value.decode("utf-8", "replace")
+                for value in self._store.load_strings(job_id, stored.string_count)]
+
+    def _job_lock(self, job_id: str) -> threading.Lock:
+        with self._registry_lock:
+            lock = self._job_locks.get(job_id)
+            if lock is None:
+                lock = self._job_locks[job_id] = threading.Lock()
+            return lock
+
+    def _claimed(self, job_id: str) -> _ClaimedJob:
+        """Own a closed job for one write: 404 if unknown, 409 if another process has it."""
+        return _ClaimedJob(self, job_id)
 
     def _expand(self, expression: str | None, allow_no_match: bool) -> list[str]:
         """Job ids matching ``_all``, ``*``, wildcards or a comma list (ES order: sorted)."""
+        known = self._store.job_ids()
         if expression in (None, "", "_all", "*"):
-            ids = sorted(self._jobs)
-            if not ids and not allow_no_match and expression not in (None, ""):
+            if not known and not allow_no_match and expression not in (None, ""):
                 raise job_not_found(expression)
-            return ids
+            return known
+        present = set(known)
         matched: set[str] = set()
         for token in (part.strip() for part in str(expression).split(",")):
             if not token:
                 continue
             if "*" in token:
-                hits = [i for i in self._jobs if fnmatch.fnmatchcase(i, token)]
+                hits = [i for i in known if fnmatch.fnmatchcase(i, token)]
                 if not hits and not allow_no_match:
                     raise job_not_found(token)
                 matched.update(hits)
-            elif token in self._jobs:
+            elif token in present:
                 matched.add(token)
             else:
                 raise job_not_found(token)
         return sorted(matched)
+
+
+class _ClaimedJob:
+    def __init__(self, service: JobService, job_id: str) -> None:
+        self._service = service
+        self._job_id = job_id
+        self._claim: Claim | None = None
+
+    def __enter__(self) -> StoredJob:
+        service = self._service
+        if service._store.load(self._job_id) is None:
+            raise job_not_found(self._job_id)
+        self._claim = service._ownership.claim(self._job_id)
+        stored = service._store.load(self._job_id)
+        if stored is None:
+            self._claim.release()
+            raise job_not_found(self._job_id)
+        return stored
+
+    def __exit__(self, *_: object) -> None:
+        if self._claim is not None:
+            self._claim.release()
