@@ -1,7 +1,9 @@
 """Command line: ``adjobs run`` posts files to a job, ``adjobs demo`` shows it on
-generated data.
+generated data, and ``stats``/``reset``/``delete``/``backup`` look after the store.
 
-Output is JSON on stdout (one document), progress goes to stderr when it is a terminal.
+Jobs live in the data directory: ``--data-dir``, else ``$ADJOBS_DATA_DIR``, else
+``./adjobs-data``. Output is JSON on stdout (one document); progress goes to stderr when
+it is a terminal.
 """
 
 from __future__ import annotations
@@ -15,10 +17,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
+from .config import parse_job_config
 from .errors import ApiError
 from .ingest import iter_chunks
+from .service import JobService
+
+DEFAULT_DATA_DIR = "adjobs-data"
+DATA_DIR_ENV = "ADJOBS_DATA_DIR"
 
 
 class Progress:
@@ -70,16 +77,53 @@ def _job_id_for(config_path: str, config: dict) -> str:
     return re.sub(r"[^a-z0-9_-]+", "-", stem).strip("-_") or "job"
 
 
-def run_job(config: dict, job_id: str, paths: list[str], *, out: Any = None) -> dict:
-    """Create the job, open it, post each file as one upload, close it.
+#: Settings that a job keeps from its creation and that do not change what it computes.
+_BOOKKEEPING = ("job_id", "job_version", "create_time", "description")
 
-    Returns ``{"job_id", "uploads": [{"file", "data_counts" | "error"}], "totals"}``.
+
+def _prepare_job(service: JobService, job_id: str, config: dict, replace: bool) -> str:
+    """Create the job, or reuse the stored one when its settings match the file.
+
+    Returns ``"created"``, ``"replaced"`` or ``"continued"``.
     """
-    from .service import JobService
-
-    service = JobService()
     body = {key: value for key, value in config.items() if key != "job_id"}
+    wanted = parse_job_config(job_id, body).to_dict()
+    try:
+        existing = service.get_jobs(job_id)["jobs"]
+    except ApiError as error:
+        if error.status != 404:
+            raise
+        existing = []
+    if existing and not replace:
+        stored = existing[0]
+        differing = sorted(
+            key for key in set(wanted) | set(stored)
+            if key not in _BOOKKEEPING and wanted.get(key) != stored.get(key)
+        )
+        if differing:
+            raise ApiError(
+                400,
+                "illegal_argument_exception",
+                f"job [{job_id}] already exists in {service.path} with different settings "
+                f"({', '.join(differing)}); pass --replace to delete it and start again, or "
+                "--job-id to use another id",
+            )
+        return "continued"
+    if existing:
+        service.delete_job(job_id, force=True)
     service.put_job(job_id, body)
+    return "replaced" if existing else "created"
+
+
+def run_job(service: JobService, config: dict, job_id: str, paths: list[str], *,
+            replace: bool = False) -> dict:
+    """Create the job (or continue the stored one), open it, post each file as one
+    upload, flush and close it.
+
+    Returns ``{"job_id", "job", "data_dir", "uploads": [{"file", "data_counts" |
+    "error"}], "totals"}``.
+    """
+    how = _prepare_job(service, job_id, config, replace)
     service.open_job(job_id)
     uploads = []
     for path in paths:
@@ -106,7 +150,19 @@ def run_job(config: dict, job_id: str, paths: list[str], *, out: Any = None) -> 
     service.flush_job(job_id)
     service.close_job(job_id)
     totals = service.get_job_stats(job_id)["jobs"][0]["data_counts"]
-    return {"job_id": job_id, "uploads": uploads, "totals": totals}
+    return {
+        "job_id": job_id,
+        "job": how,
+        "data_dir": str(service.path) if service.path is not None else None,
+        "uploads": uploads,
+        "totals": totals,
+    }
+
+
+def _service(args: argparse.Namespace) -> JobService:
+    if args.in_memory:
+        return JobService()
+    return JobService(args.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -118,7 +174,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     job_id = args.job_id or _job_id_for(args.job, config)
     try:
-        report = run_job(config, job_id, args.data)
+        with _service(args) as service:
+            report = run_job(service, config, job_id, args.data, replace=args.replace)
     except ApiError as error:
         print(json.dumps(error.to_body(), indent=2))
         return 1
@@ -132,7 +189,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="adjobs-demo-") as folder:
         path = pathlib.Path(folder) / "farequote-demo.ndjson"
         records = datagen.write_ndjson(path, datagen.generate_records(seed=args.seed))
-        report = run_job(datagen.demo_job_config(), "farequote-demo", [str(path)])
+        try:
+            with _service(args) as service:
+                report = run_job(service, datagen.demo_job_config(), "farequote-demo",
+                                 [str(path)], replace=True)
+        except ApiError as error:
+            print(json.dumps(error.to_body(), indent=2))
+            return 1
     report["generated"] = {
         "records": records,
         "seed": args.seed,
@@ -144,17 +207,60 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_store(args: argparse.Namespace) -> int:
+    """stats / reset / delete / backup: one store operation, its result as JSON."""
+    try:
+        with _service(args) as service:
+            if args.command == "stats":
+                result = service.get_job_stats(args.job_id, allow_no_match=True)
+            elif args.command == "reset":
+                result = service.reset_job(args.job_id)
+            elif args.command == "delete":
+                result = service.delete_job(args.job_id)
+            else:
+                service.store.backup(args.destination)
+                result = {"backup": args.destination}
+    except ApiError as error:
+        print(json.dumps(error.to_body(), indent=2))
+        return 1
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adjobs", description=__doc__)
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--data-dir",
+        help=f"where jobs are stored (default: ${DATA_DIR_ENV}, else ./{DEFAULT_DATA_DIR})",
+    )
+    store.add_argument("--in-memory", action="store_true",
+                       help="keep jobs in memory only; nothing is written")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="create a job, post files to it, print the counts")
+    run = commands.add_parser("run", parents=[store],
+                              help="create a job, post files to it, print the counts")
     run.add_argument("job", help="job configuration (JSON, the body of put_job)")
     run.add_argument("data", nargs="+", help="data files, one upload each ('-' = stdin)")
     run.add_argument("--job-id", help="job id (default: job_id in the config, or its file name)")
+    run.add_argument("--replace", action="store_true",
+                     help="delete a stored job of the same id first, instead of continuing it")
     run.set_defaults(handler=_cmd_run)
-    demo = commands.add_parser("demo", help="run a job over generated farequote-shaped data")
+    demo = commands.add_parser("demo", parents=[store],
+                               help="run a job over generated farequote-shaped data")
     demo.add_argument("--seed", type=int, default=42)
     demo.set_defaults(handler=_cmd_demo)
+    stats = commands.add_parser("stats", parents=[store], help="job stats, as _stats returns")
+    stats.add_argument("job_id", nargs="?", default="_all",
+                       help="id, comma list or wildcard (default _all)")
+    for name, text in (("reset", "clear a closed job's counts, keep its config"),
+                       ("delete", "delete a closed job and everything it holds")):
+        command = commands.add_parser(name, parents=[store], help=text)
+        command.add_argument("job_id")
+    backup = commands.add_parser("backup", parents=[store],
+                                 help="copy the store consistently, even while it is in use")
+    backup.add_argument("destination", help="the SQLite file to write")
+    for name in ("stats", "reset", "delete", "backup"):
+        commands.choices[name].set_defaults(handler=_cmd_store)
     args = parser.parse_args(argv)
     return args.handler(args)
 
