@@ -18,6 +18,9 @@ test:
 bench:
 	$(PYTHON) -m bench.ingest --json
 
+bench-store:
+	$(PYTHON) -m bench.store --json
+
 lint:
 	$(PYTHON) -m ruff check src tests bench
 	$(PYTHON) -m cython_lint src/adjobs/_core.pyx src/adjobs/_simdjson.pxd

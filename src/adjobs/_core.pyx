@@ -640,9 +640,23 @@ cdef class BucketDiagnostics:
                 self._latest_sparse = bucket
                 self._has_sparse = True
 
+    cdef void _report_empty_run(self, int64_t first, int64_t n) noexcept nogil:
+        """Report buckets first, first + span, ... (n of them), all empty, as _report would."""
+        cdef int64_t last = first + (n - 1) * self.span
+        cdef int64_t lowest = -floor_div(-(self.last_flushed + 1), self.span) * self.span
+        if n <= 0 or last <= self.last_flushed:
+            return
+        if first > lowest:
+            lowest = first
+        self.bucket_count += (last - lowest) // self.span + 1
+        self.empty_bucket_count += (last - lowest) // self.span + 1
+        self.last_flushed = last
+        self._latest_empty = last
+        self._has_empty = True
+
     cdef void add_nogil(self, int64_t time_ms) noexcept nogil:
         cdef int64_t bucket = floor_div(time_ms, self.span) * self.span
-        cdef int64_t slot
+        cdef int64_t slot, skip
         if self.empty:
             self.empty = False
             self.latest = bucket
@@ -652,6 +666,14 @@ cdef class BucketDiagnostics:
             # Full when the next slot is the earliest bucket's (§2.2, literally: with a
             # latency of 10+ spans a record may land one bucket beyond the window).
             if self._slot(self.latest + self.span) == self._slot(self.earliest):
+                if self.moving == 0 and bucket - self.latest > self.capacity * self.span:
+                    # A full window of zeros: one step at a time would take hours for a
+                    # jump of years, so report the run of empty buckets at once.
+                    skip = (bucket - self.latest) // self.span - self.capacity
+                    self._report_empty_run(self.earliest, skip)
+                    self.earliest += skip * self.span
+                    self.latest += skip * self.span
+                    continue
                 slot = self._slot(self.earliest)
                 self._report(self.earliest, self.counts[slot])
                 self.moving -= self.counts[slot]

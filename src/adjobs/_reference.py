@@ -910,6 +910,13 @@ class BucketDiagnostics:
         while bucket > self._latest:
             next_bucket = self._latest + span
             if self._slot(next_bucket) == self._slot(self._earliest):
+                if self._moving == 0 and bucket - self._latest > self.capacity * span:
+                    # A full window of zeros: report the run of empty buckets at once.
+                    skip = (bucket - self._latest) // span - self.capacity
+                    self._report_empty_run(self._earliest, skip)
+                    self._earliest += skip * span
+                    self._latest += skip * span
+                    continue
                 # The window is full: report the earliest bucket, then drop it.
                 earliest_count = self._counts[self._slot(self._earliest)]
                 self._report(self._earliest, earliest_count)
@@ -920,6 +927,20 @@ class BucketDiagnostics:
         self._counts[self._slot(bucket)] += 1
         self._moving += 1
         self._earliest = min(self._earliest, bucket)
+
+    def _report_empty_run(self, first: int, n: int) -> None:
+        """Report ``n`` consecutive empty buckets from ``first``, as ``_report`` would."""
+        span = self.bucket_span_ms
+        last = first + (n - 1) * span
+        if n <= 0 or last <= self._last_flushed:
+            return
+        lowest = max(first, -(-(self._last_flushed + 1) // span) * span)
+        reported = (last - lowest) // span + 1
+        self._bucket_count += reported
+        self._empty_bucket_count += reported
+        self._last_flushed = last
+        if last > 0:
+            self.latest_empty_bucket_ms = max(self.latest_empty_bucket_ms or last, last)
 
     def _report(self, bucket_start: int, count: int) -> None:
         """Report one bucket, at most once (spec 2.4)."""

@@ -111,14 +111,14 @@ class Store:
             belongs to another program, or was written by a newer adjobs.
         """
         folder = Path(directory)
+        if folder.exists() and not folder.is_dir():
+            raise StoreError(f"the data directory '{folder}' is not a directory")
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(
                 f"cannot create the data directory '{folder}': {error.strerror or error}"
             ) from None
-        if not folder.is_dir():
-            raise StoreError(f"the data directory '{folder}' is not a directory")
         database = folder / DATABASE_NAME
         _check_writable(folder, database)
         try:
@@ -169,6 +169,17 @@ class Store:
                 # FULL: each commit fsyncs the WAL, so it survives the OS crashing too.
                 db.execute("PRAGMA synchronous=FULL")
             db.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            if tables:
+                # Damage past the first page shows up only when read: look before the
+                # first write, so that a damaged store is refused untouched.
+                problems = [row[0] for row in db.execute("PRAGMA quick_check(5)")]
+                if problems != ["ok"]:
+                    raise StoreError(
+                        f"the job store '{self.location}' is damaged ({'; '.join(problems)}); "
+                        "restore it from a backup (adjobs never repairs it in place)"
+                    )
+            if version == SCHEMA_VERSION:
+                return
             with self._transaction():
                 version = db.execute("PRAGMA user_version").fetchone()[0]
                 if version == 0:
