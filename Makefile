@@ -1,7 +1,7 @@
 # Front door. `make build` compiles the native core in place (simdjson from pysimdjson).
 PYTHON ?= python3
 
-.PHONY: install build debug test bench lint annotate clean
+.PHONY: install build debug test bench bench-store lint annotate clean
 
 install:
 	$(PYTHON) -m pip install -e '.[test]'

@@ -373,11 +373,13 @@ class Store:
 def _check_writable(folder: Path, database: Path) -> None:
     """A clear error for a directory or database we may not write (root passes any mode
     check, so the probe actually writes)."""
-    probe = folder / f".adjobs-write-probe-{os.getpid()}"
+    # One fixed name: a process killed between the write and the unlink leaves one
+    # small file behind that the next start reuses, not one per process id.
+    probe = folder / ".adjobs-write-probe"
     try:
         with open(probe, "wb") as handle:
             handle.write(b"x")
-        probe.unlink()
+        probe.unlink(missing_ok=True)
     except OSError as error:
         raise StoreError(
             f"the data directory '{folder}' is not writable: {error.strerror or error}"
