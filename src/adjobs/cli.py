@@ -26,6 +26,7 @@ from .service import JobService
 
 DEFAULT_DATA_DIR = "adjobs-data"
 DATA_DIR_ENV = "ADJOBS_DATA_DIR"
+API_KEY_ENV = "ADJOBS_API_KEY"
 
 
 class Progress:
@@ -227,6 +228,31 @@ def _cmd_store(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from .server import parse_size, serve
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        limit = parse_size(args.max_content_length)
+    except ValueError as error:
+        print(f"adjobs serve: --max-content-length: {error}", file=sys.stderr)
+        return 2
+    try:
+        service = _service(args)
+    except ApiError as error:
+        print(f"adjobs serve: {error.reason}", file=sys.stderr)
+        return 1
+    where = service.path if service.path is not None else "memory (nothing is kept)"
+    logging.getLogger("adjobs.server").info("jobs are stored in %s", where)
+    serve(service, host=args.host, port=args.port,
+          api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+          max_content_length=limit, body_idle_timeout=args.body_timeout)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adjobs", description=__doc__)
     store = argparse.ArgumentParser(add_help=False)
@@ -259,6 +285,17 @@ def main(argv: list[str] | None = None) -> int:
     backup = commands.add_parser("backup", parents=[store],
                                  help="copy the store consistently, even while it is in use")
     backup.add_argument("destination", help="the SQLite file to write")
+    serve = commands.add_parser("serve", parents=[store],
+                                help="serve the Elasticsearch ML job API over HTTP")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=9200)
+    serve.add_argument("--api-key", help=f"require 'Authorization: ApiKey KEY' (or ${API_KEY_ENV})")
+    serve.add_argument("--max-content-length", default="100mb",
+                       help="largest request body, e.g. 100mb (larger gets 413)")
+    serve.add_argument("--body-timeout", type=float, default=120.0, metavar="SECONDS",
+                       help="cut off an upload whose body stalls this long (408)")
+    serve.set_defaults(handler=_cmd_serve)
     for name in ("stats", "reset", "delete", "backup"):
         commands.choices[name].set_defaults(handler=_cmd_store)
     args = parser.parse_args(argv)
