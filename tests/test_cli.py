@@ -114,7 +114,59 @@ def test_reset_delete_and_backup_commands(tmp_path, job_file, capsys):
 def test_an_unusable_data_dir_is_a_clear_error(tmp_path, job_file, capsys):
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")
-    code, error = _run(capsys, "stats", "--data-dir", not_a_dir)
+    data = _write(tmp_path, "d.ndjson", [{"time": 0, "rt": 1.0, "airline": "AAL"}])
+    code, error = _run(capsys, "run", "--data-dir", not_a_dir, job_file, data)
     assert code == 1
     assert error["error"]["type"] == "store_exception"
     assert str(not_a_dir) in error["error"]["reason"]
+
+
+def test_store_commands_never_create_a_store(tmp_path, capsys):
+    missing = tmp_path / "typo"
+    for argv in (["stats"], ["reset", "x"], ["delete", "x"], ["backup", tmp_path / "b.db"]):
+        code, error = _run(capsys, *argv, "--data-dir", missing)
+        assert code == 1
+        assert error["status"] == 404
+        assert str(missing / "adjobs.db") in error["error"]["reason"]
+    assert not missing.exists()
+
+
+def test_backup_to_an_unwritable_place_is_a_store_error(tmp_path, job_file, capsys):
+    data_dir = tmp_path / "store"
+    data = _write(tmp_path, "d.ndjson", [{"time": 0, "rt": 1.0, "airline": "AAL"}])
+    _run(capsys, "run", "--data-dir", data_dir, job_file, data)
+    code, error = _run(capsys, "backup", "--data-dir", data_dir, tmp_path / "no" / "x.db")
+    assert code == 1
+    assert error["error"]["type"] == "store_exception"
+    assert "backup" in error["error"]["reason"]
+
+
+def test_a_missing_file_posts_nothing_and_creates_no_job(tmp_path, job_file, capsys):
+    data_dir = tmp_path / "store"
+    day1 = _write(tmp_path, "day1.ndjson", [{"time": 0, "rt": 1.0, "airline": "AAL"}])
+    code, error = _run(capsys, "run", "--data-dir", data_dir, job_file, day1,
+                       tmp_path / "typo.ndjson")
+    assert code == 1
+    assert error["status"] == 400
+    assert "typo.ndjson" in error["error"]["reason"]
+    assert "nothing was posted" in error["error"]["reason"]
+    code, stats = _run(capsys, "stats", "--data-dir", data_dir)
+    assert (code, stats) == (0, {"count": 0, "jobs": []})
+
+
+def test_the_first_failed_upload_stops_the_run(tmp_path, job_file, capsys):
+    data_dir = tmp_path / "store"
+    day1 = _write(tmp_path, "day1.ndjson",
+                  [{"time": 3600 * h, "rt": 1.0, "airline": "AAL"} for h in range(2)])
+    broken = tmp_path / "day2.ndjson"
+    broken.write_text('{"time": 7200, "rt": 2.0, "airline": "AAL"}\n{"time": 10800, "rt')
+    day3 = _write(tmp_path, "day3.ndjson", [{"time": 3600 * 5, "rt": 1.0, "airline": "AAL"}])
+    code, report = _run(capsys, "run", "--data-dir", data_dir, job_file, day1, broken, day3)
+    assert code == 1
+    assert [upload["file"] for upload in report["uploads"]] == [str(day1), str(broken)]
+    assert report["uploads"][1]["error"]["reason"] == "The input JSON data is malformed."
+    assert report["not_posted"] == [str(day3)]
+    # Day 2's whole record before the truncated one stays counted (D2, D6); the truncated
+    # one is not a record, and day 3 was never sent.
+    assert report["totals"]["processed_record_count"] == 3
+    assert report["totals"]["latest_record_timestamp"] == 7200 * 1000

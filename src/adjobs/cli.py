@@ -23,6 +23,7 @@ from .config import parse_job_config
 from .errors import ApiError
 from .ingest import iter_chunks
 from .service import JobService
+from .store import DATABASE_NAME
 
 DEFAULT_DATA_DIR = "adjobs-data"
 DATA_DIR_ENV = "ADJOBS_DATA_DIR"
@@ -119,51 +120,77 @@ def _prepare_job(service: JobService, job_id: str, config: dict, replace: bool) 
 def run_job(service: JobService, config: dict, job_id: str, paths: list[str], *,
             replace: bool = False) -> dict:
     """Create the job (or continue the stored one), open it, post each file as one
-    upload, flush and close it.
+    upload in order, flush and close it.
+
+    Every file is checked for readability before the job is touched, and the first upload
+    that fails stops the run: posting later files would move the out-of-order baseline
+    past the failed one, so that re-posting it later would count it all as out of order.
 
     Returns ``{"job_id", "job", "data_dir", "uploads": [{"file", "data_counts" |
-    "error"}], "totals"}``.
+    "error"}], "not_posted": [...], "totals"}``.
     """
+    for path in paths:
+        if path != "-" and not os.access(path, os.R_OK):
+            reason = "no such file" if not os.path.exists(path) else "not readable"
+            raise ApiError(400, "illegal_argument_exception",
+                           f"cannot read data file [{path}]: {reason}; nothing was posted")
     how = _prepare_job(service, job_id, config, replace)
     service.open_job(job_id)
-    uploads = []
-    for path in paths:
-        if path == "-":
-            stream, total = sys.stdin.buffer, None
-        else:
-            try:
-                stream = open(path, "rb")  # noqa: SIM115 - closed in the finally below
-            except OSError as error:
-                uploads.append({"file": path, "error": {"type": "illegal_argument_exception",
-                                "reason": f"cannot read data file [{path}]: {error.strerror}"}})
-                continue
-            total = os.fstat(stream.fileno()).st_size
-        progress = Progress(pathlib.Path(path).name, total)
-        try:
-            counts = service.post_data(job_id, _read_with_progress(stream, progress))
-            uploads.append({"file": path, "data_counts": counts})
-        except ApiError as error:
-            uploads.append({"file": path, "error": error.to_body()["error"]})
-        finally:
-            progress.close()
-            if stream is not sys.stdin.buffer:
-                stream.close()
-    service.flush_job(job_id)
-    service.close_job(job_id)
+    uploads: list[dict] = []
+    remaining = list(paths)
+    try:
+        while remaining:
+            path = remaining.pop(0)
+            upload = _post_file(service, job_id, path)
+            uploads.append(upload)
+            if "error" in upload:
+                break
+    finally:
+        # Reached on Ctrl-C too: the interrupted upload counted nothing (all or nothing),
+        # and the job is closed so that the next run can open it.
+        service.flush_job(job_id)
+        service.close_job(job_id)
     totals = service.get_job_stats(job_id)["jobs"][0]["data_counts"]
     return {
         "job_id": job_id,
         "job": how,
         "data_dir": str(service.path) if service.path is not None else None,
         "uploads": uploads,
+        "not_posted": remaining,
         "totals": totals,
     }
 
 
+def _post_file(service: JobService, job_id: str, path: str) -> dict:
+    if path == "-":
+        stream, total = sys.stdin.buffer, None
+    else:
+        try:
+            stream = open(path, "rb")  # noqa: SIM115 - closed in the finally below
+        except OSError as error:
+            return {"file": path, "error": {"type": "illegal_argument_exception",
+                    "reason": f"cannot read data file [{path}]: {error.strerror}"}}
+        total = os.fstat(stream.fileno()).st_size
+    progress = Progress(pathlib.Path(path).name, total)
+    try:
+        counts = service.post_data(job_id, _read_with_progress(stream, progress))
+        return {"file": path, "data_counts": counts}
+    except ApiError as error:
+        return {"file": path, "error": error.to_body()["error"]}
+    finally:
+        progress.close()
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def _data_dir(args: argparse.Namespace) -> str:
+    return args.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+
+
 def _service(args: argparse.Namespace) -> JobService:
-    if args.in_memory:
+    if getattr(args, "in_memory", False):
         return JobService()
-    return JobService(args.data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+    return JobService(_data_dir(args))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -180,6 +207,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ApiError as error:
         print(json.dumps(error.to_body(), indent=2))
         return 1
+    except KeyboardInterrupt:
+        print("adjobs: interrupted; the upload in progress counted nothing and the job is "
+              "closed", file=sys.stderr)
+        return 130
     print(json.dumps(report, indent=2))
     return 1 if any("error" in upload for upload in report["uploads"]) else 0
 
@@ -210,6 +241,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_store(args: argparse.Namespace) -> int:
     """stats / reset / delete / backup: one store operation, its result as JSON."""
+    store = pathlib.Path(_data_dir(args)) / DATABASE_NAME
+    if not store.is_file():
+        # Do not create an empty store where the user mistyped the directory.
+        print(json.dumps(ApiError(
+            404, "resource_not_found_exception",
+            f"no job store at '{store}'; pass --data-dir or set ${DATA_DIR_ENV}").to_body(),
+            indent=2))
+        return 1
     try:
         with _service(args) as service:
             if args.command == "stats":
@@ -260,10 +299,11 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir",
         help=f"where jobs are stored (default: ${DATA_DIR_ENV}, else ./{DEFAULT_DATA_DIR})",
     )
-    store.add_argument("--in-memory", action="store_true",
-                       help="keep jobs in memory only; nothing is written")
+    volatile = argparse.ArgumentParser(add_help=False)
+    volatile.add_argument("--in-memory", action="store_true",
+                          help="keep jobs in memory only; nothing is written")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", parents=[store],
+    run = commands.add_parser("run", parents=[store, volatile],
                               help="create a job, post files to it, print the counts")
     run.add_argument("job", help="job configuration (JSON, the body of put_job)")
     run.add_argument("data", nargs="+", help="data files, one upload each ('-' = stdin)")
@@ -271,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--replace", action="store_true",
                      help="delete a stored job of the same id first, instead of continuing it")
     run.set_defaults(handler=_cmd_run)
-    demo = commands.add_parser("demo", parents=[store],
+    demo = commands.add_parser("demo", parents=[store, volatile],
                                help="run a job over generated farequote-shaped data")
     demo.add_argument("--seed", type=int, default=42)
     demo.set_defaults(handler=_cmd_demo)
@@ -285,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     backup = commands.add_parser("backup", parents=[store],
                                  help="copy the store consistently, even while it is in use")
     backup.add_argument("destination", help="the SQLite file to write")
-    serve = commands.add_parser("serve", parents=[store],
+    serve = commands.add_parser("serve", parents=[store, volatile],
                                 help="serve the Elasticsearch ML job API over HTTP")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to bind (default 127.0.0.1: this machine only)")
@@ -299,7 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("stats", "reset", "delete", "backup"):
         commands.choices[name].set_defaults(handler=_cmd_store)
     args = parser.parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:
+        # `adjobs stats | head`: the reader left; say nothing more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

@@ -269,8 +269,7 @@ class JobService:
         with self._job_lock(job_id):
             job = self._open.get(job_id)
             if job is None:
-                # ES 6.5+: an unknown job is simply "not open" for post_data (§6.2).
-                raise job_not_open(job_id)
+                raise self._not_open_here(job_id)
             self._parse_reset(reset_start, reset_end)
             checkpoint = _Checkpoint.of(job)
             try:
@@ -282,6 +281,16 @@ class JobService:
         if upload.failure:
             raise self._failure_error(upload)
         return response
+
+    def _not_open_here(self, job_id: str) -> ApiError:
+        """409 for post/flush on a job not open in this service: "not open" as in ES 6.5+
+        (an unknown job included, §6.2), or "opened by another process"."""
+        try:
+            if self._ownership.owned_by_other(job_id):
+                return owned_elsewhere(job_id)
+        except ApiError:  # an id that cannot name a lock file cannot be open anywhere
+            pass
+        return job_not_open(job_id)
 
     def _commit(self, job: _OpenJob) -> None:
         strings = job.ingest.strings
@@ -464,7 +473,7 @@ class JobService:
         with self._job_lock(job_id):
             job = self._open.get(job_id)
             if job is None:
-                raise job_not_open(job_id)
+                raise self._not_open_here(job_id)
             span = job.plan.bucket_span_ms
             finalized = job.last_finalized_bucket_end
             latest = job.totals.latest_record_timestamp

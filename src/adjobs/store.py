@@ -362,12 +362,13 @@ class Store:
     def backup(self, destination: str | os.PathLike) -> None:
         """Copy the whole store to ``destination`` (a new SQLite file), consistently, while
         other processes keep writing (SQLite's online backup)."""
-        target = sqlite3.connect(destination)
-        try:
-            with self._lock, self._failures("backup"):
-                self._db.backup(target)
-        finally:
-            target.close()
+        with self._failures(f"backup to '{destination}'"):
+            target = sqlite3.connect(destination)
+            try:
+                with self._lock:
+                    self._db.backup(target)
+            finally:
+                target.close()
 
 
 def _check_writable(folder: Path, database: Path) -> None:
