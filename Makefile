@@ -1,7 +1,7 @@
 # Front door. `make build` compiles the native core in place (simdjson from pysimdjson).
 PYTHON ?= python3
 
-.PHONY: install build debug test bench bench-store lint annotate clean
+.PHONY: install build debug test bench bench-store bench-http lint annotate clean
 
 install:
 	$(PYTHON) -m pip install -e '.[test]'
@@ -20,6 +20,9 @@ bench:
 
 bench-store:
 	$(PYTHON) -m bench.store --json
+
+bench-http:
+	$(PYTHON) -m bench.http --json
 
 lint:
 	$(PYTHON) -m ruff check src tests bench

@@ -7,6 +7,7 @@ configuration allocated. Figures are medians of several runs after one warm-up r
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -93,6 +94,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6
 
 
+def worker_env() -> dict:
+    """The environment of a worker subprocess: ours, with the repository on ``PYTHONPATH``.
+
+    The worker imports ``bench`` from the repository; ``adjobs`` comes from the same
+    environment as ours (installed, or ``PYTHONPATH=src``).
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
 def run_worker(module: str, args: Sequence[str]) -> dict:
     """Run ``python -m module *args`` in a fresh process and return its JSON result.
 
@@ -117,12 +129,8 @@ def run_worker(module: str, args: Sequence[str]) -> dict:
     RuntimeError
         If the worker fails or prints no JSON.
     """
-    env = dict(os.environ)
-    # The worker imports bench from the repository; adjobs comes from the same environment
-    # as ours (installed, or PYTHONPATH=src).
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     command = [sys.executable, "-m", module, *args]
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE)
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=worker_env(), stdout=subprocess.PIPE)
     with process.stdout:
         output = process.stdout.read()
     # wait4 rather than Popen.wait: it also returns the resource usage of this one child.
@@ -141,6 +149,59 @@ def run_worker(module: str, args: Sequence[str]) -> dict:
     scale = 1 if sys.platform == "darwin" else 1024
     result["peak_rss_mb"] = round(usage.ru_maxrss * scale / 1e6, 1)
     return result
+
+
+class LineWorker:
+    """A worker subprocess that stays alive across measurements, driven one line at a time.
+
+    Like :func:`run_worker`, but the posts of two configurations can alternate one by one
+    while each keeps its own warm process. The worker prints one JSON line when ready
+    (kept as ``ready``) and one per ``run`` line it reads; ``quit`` (or the end of its
+    stdin) makes it print a last line and exit.
+    """
+
+    def __init__(self, module: str, args: Sequence[str]) -> None:
+        self.command = [sys.executable, "-m", module, *args]
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=REPO_ROOT,
+            env=worker_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.ready = self.reply()
+
+    def send(self, line: str) -> None:
+        self.process.stdin.write(line + "\n")
+        self.process.stdin.flush()
+
+    def reply(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.kill()
+            self.process.wait()
+            raise RuntimeError("worker died (its stderr is above): " + " ".join(self.command))
+        return json.loads(line)
+
+    def run(self) -> dict:
+        """One measurement: send ``run``, return the worker's line."""
+        self.send("run")
+        return self.reply()
+
+    def close(self) -> float:
+        """Stop the worker; return its peak RSS in MB, as the kernel measured it."""
+        self.send("quit")
+        self.process.stdin.close()
+        self.reply()  # its own last line; the kernel's figure below is the one reported
+        self.process.stdout.close()
+        _, status, usage = os.wait4(self.process.pid, 0)
+        self.process.returncode = os.waitstatus_to_exitcode(status)
+        if self.process.returncode != 0:
+            raise RuntimeError(f"worker exited with {self.process.returncode}")
+        # ru_maxrss is in KiB on Linux and in bytes on macOS.
+        scale = 1 if sys.platform == "darwin" else 1024
+        return round(usage.ru_maxrss * scale / 1e6, 1)
 
 
 def cpu_model() -> str:
@@ -164,7 +225,7 @@ def simdjson_kernel() -> str | None:
     return _core.simdjson_kernel()
 
 
-def _version(distribution: str) -> str | None:
+def package_version(distribution: str) -> str | None:
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
@@ -179,12 +240,12 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
-        "numpy": _version("numpy"),
-        "adjobs": _version("adjobs"),
+        "numpy": package_version("numpy"),
+        "adjobs": package_version("adjobs"),
         "simdjson_kernel": simdjson_kernel(),
-        "orjson": _version("orjson"),
-        "ciso8601": _version("ciso8601"),
-        "pandas": _version("pandas"),
+        "orjson": package_version("orjson"),
+        "ciso8601": package_version("ciso8601"),
+        "pandas": package_version("pandas"),
     }
 
 
@@ -256,3 +317,37 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 def log(message: str) -> None:
     """Progress goes to stderr, so that stdout holds only the JSON document."""
     print(message, file=sys.stderr, flush=True)
+
+
+def bench_parser(module: str, description: str, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark has: ``--json``, ``--quick``, ``--seed``, ``--repeats``,
+    ``--cache-dir``; the caller adds its own."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
+    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument(
+        "--repeats", type=int, default=None, help=f"measured runs (>= {MIN_REPEATS})"
+    )
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: bench/.cache")
+    return parser
+
+
+def run_and_print(
+    parser: argparse.ArgumentParser,
+    options: argparse.Namespace,
+    run: Callable[[argparse.Namespace], dict],
+    print_table: Callable[[dict], None],
+) -> None:
+    """Check ``--repeats`` (3 for ``--quick``, else at least MIN_REPEATS), run the benchmark
+    and print its report: JSON with ``--json``, else a table."""
+    if options.repeats is None:
+        options.repeats = 3 if options.quick else MIN_REPEATS
+    elif options.repeats < MIN_REPEATS and not options.quick:
+        parser.error(f"--repeats must be at least {MIN_REPEATS} (medians of fewer runs are noise)")
+    report = run(options)
+    if options.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(report)

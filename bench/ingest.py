@@ -38,8 +38,8 @@ import sys
 from pathlib import Path
 
 from bench._common import (
-    DEFAULT_SEED,
     MIN_REPEATS,
+    bench_parser,
     cache_dir,
     fingerprint,
     load_average,
@@ -49,6 +49,7 @@ from bench._common import (
     median_seconds,
     peak_rss_mb,
     ratio,
+    run_and_print,
     run_worker,
     throughput,
 )
@@ -490,22 +491,13 @@ def _print_table(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (``python -m bench.ingest --help``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.ingest", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    parser.add_argument("--quick", action="store_true", help="small inputs, for a smoke run")
+    parser = bench_parser("bench.ingest", __doc__.split("\n")[0], "small inputs, for a smoke run")
     parser.add_argument("--big", action="store_true", help="also post a >=1 GB NDJSON file")
     parser.add_argument(
         "--baselines-only",
         action="store_true",
         help="measure only the orjson and pandas baselines (no adjobs needed)",
     )
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument(
-        "--repeats", type=int, default=None, help=f"measured runs (>= {MIN_REPEATS})"
-    )
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: bench/.cache")
     # Internal: one configuration, in a subprocess started by the driver.
     parser.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--file", type=Path, help=argparse.SUPPRESS)
@@ -517,16 +509,7 @@ def main(argv: list[str] | None = None) -> None:
             options.worker, options.file, options.records, options.repeats or MIN_REPEATS
         )
         return
-    if options.repeats is None:
-        options.repeats = 3 if options.quick else MIN_REPEATS
-    elif options.repeats < MIN_REPEATS and not options.quick:
-        parser.error(f"--repeats must be at least {MIN_REPEATS} (medians of fewer runs are noise)")
-    report = run(options)
-    if options.json:
-        json.dump(report, sys.stdout, indent=2)
-        print()
-    else:
-        _print_table(report)
+    run_and_print(parser, options, run, _print_table)
 
 
 if __name__ == "__main__":

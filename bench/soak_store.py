@@ -60,9 +60,11 @@ def run(iterations: int, directory: Path, seed: int) -> dict:
                 break
             if (k + 1) % 50 == 0:
                 figures = harness.figures
-                log(f"{k + 1}/{iterations} iterations, {figures.acked_uploads} acknowledged "
+                log(
+                    f"{k + 1}/{iterations} iterations, {figures.acked_uploads} acknowledged "
                     f"uploads, in flight counted {figures.in_flight_counted} / lost "
-                    f"{figures.in_flight_lost}, {time.perf_counter() - started:.0f} s")
+                    f"{figures.in_flight_lost}, {time.perf_counter() - started:.0f} s"
+                )
     finally:
         harness.close()
     elapsed = time.perf_counter() - started
@@ -96,12 +98,16 @@ def run(iterations: int, directory: Path, seed: int) -> dict:
             "database_bytes": database.stat().st_size,
         },
         "leftover_files": sorted(
-            p.name for p in directory.iterdir()
+            p.name
+            for p in directory.iterdir()
             if p.name not in ("adjobs.db", "adjobs.db-wal", "adjobs.db-shm", "locks")
         ),
         "seed": seed,
-        "machine": {k: v for k, v in machine_info().items()
-                    if k in ("cpu", "logical_cpus", "python", "adjobs")},
+        "machine": {
+            k: v
+            for k, v in machine_info().items()
+            if k in ("cpu", "logical_cpus", "python", "adjobs")
+        },
     }
 
 
@@ -111,8 +117,12 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m bench.soak_store", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--iterations", type=int, default=DEFAULT_ITERATIONS)
-    parser.add_argument("--dir", type=Path, default=None,
-                        help="a new data directory, kept; default: a temporary one, removed")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="a new data directory, kept; default: a temporary one, removed",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     options = parser.parse_args(argv)

@@ -47,16 +47,14 @@ import platform
 import shutil
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from bench._common import (
-    DEFAULT_SEED,
-    MIN_REPEATS,
-    REPO_ROOT,
+    LineWorker,
+    bench_parser,
     cache_dir,
     load_average,
     load_note,
@@ -64,6 +62,7 @@ from bench._common import (
     machine_info,
     peak_rss_mb,
     ratio,
+    run_and_print,
     run_worker,
     throughput,
 )
@@ -210,9 +209,10 @@ def _serve_large(backend: str, data_dir: Path, path: Path, records: int) -> None
         job_id = f"bench-store-large-{index}"
         _new_job(service, job_id)
         cpu_start = time.process_time()
-        start = time.perf_counter()
+        # time.monotonic: one clock for every process, so bench.http can span two workers.
+        start = time.monotonic()
         counts = service.post_data(job_id, path)
-        seconds = time.perf_counter() - start
+        end = time.monotonic()
         cpu_seconds = time.process_time() - cpu_start
         if counts["processed_record_count"] != records:
             raise SystemExit(
@@ -222,7 +222,9 @@ def _serve_large(backend: str, data_dir: Path, path: Path, records: int) -> None
         service.close_job(job_id)
         service.delete_job(job_id)
         return {
-            "seconds": seconds,
+            "seconds": end - start,
+            "start": start,
+            "end": end,
             "cpu_seconds": cpu_seconds,
             "commit_seconds": commit_seconds[-1],
         }
@@ -236,56 +238,6 @@ def _serve_large(backend: str, data_dir: Path, path: Path, records: int) -> None
     finally:
         service.close()
     print(json.dumps({"vm_hwm_mb": round(peak_rss_mb(), 1)}), flush=True)
-
-
-class _Server:
-    """A ``_serve_large`` worker subprocess, driven one post at a time.
-
-    Like :func:`bench._common.run_worker`, but alive across posts, so that the posts of the
-    two backends can alternate one by one while each backend keeps its own process.
-    """
-
-    def __init__(self, args: list[str]) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-        )
-        self.command = [sys.executable, "-m", "bench.store", *args]
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=REPO_ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        self.warmup = self._reply()
-
-    def _reply(self) -> dict:
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.kill()
-            self.process.wait()
-            raise RuntimeError("worker died (its stderr is above): " + " ".join(self.command))
-        return json.loads(line)
-
-    def run(self) -> dict:
-        self.process.stdin.write("run\n")
-        self.process.stdin.flush()
-        return self._reply()
-
-    def close(self) -> float:
-        """Stop the worker; return its peak RSS in MB, as the kernel measured it."""
-        self.process.stdin.write("quit\n")
-        self.process.stdin.close()
-        self._reply()  # its own VmHWM; the kernel's figure below is the one reported
-        self.process.stdout.close()
-        _, status, usage = os.wait4(self.process.pid, 0)
-        self.process.returncode = os.waitstatus_to_exitcode(status)
-        if self.process.returncode != 0:
-            raise RuntimeError(f"worker exited with {self.process.returncode}")
-        scale = 1 if sys.platform == "darwin" else 1024
-        return round(usage.ru_maxrss * scale / 1e6, 1)
 
 
 CASES = ("small-store", "small-memory", "large-store", "large-memory")
@@ -442,7 +394,7 @@ def measure_large(repeats: int, data: dict, root: Path) -> dict:
                     file=Path(data["path"]).resolve(),
                     records=data["records"],
                 )
-                servers[backend] = _Server(args)
+                servers[backend] = LineWorker("bench.store", args)
             for inner in range(LARGE_INNER_RUNS):
                 pair = {}
                 for backend in order if inner % 2 == 0 else order[::-1]:
@@ -583,22 +535,13 @@ def _print_table(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (``python -m bench.store --help``)."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.store", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    parser.add_argument("--quick", action="store_true", help="fewer uploads, ~5 MB file")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument(
-        "--repeats", type=int, default=None, help=f"measured runs (>= {MIN_REPEATS})"
-    )
+    parser = bench_parser("bench.store", __doc__.split("\n")[0], "fewer uploads, ~5 MB file")
     parser.add_argument(
         "--dir",
         default=None,
         help="where the temporary data directories go (default: the current directory)",
     )
     parser.add_argument("--uploads", type=int, default=None, help="small uploads per repeat")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: bench/.cache")
     # Internal: one configuration, in a subprocess started by the driver.
     parser.add_argument("--worker", choices=CASES, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -609,18 +552,9 @@ def main(argv: list[str] | None = None) -> None:
     if options.worker:
         _run_worker_main(options)
         return
-    if options.repeats is None:
-        options.repeats = 3 if options.quick else MIN_REPEATS
-    elif options.repeats < MIN_REPEATS and not options.quick:
-        parser.error(f"--repeats must be at least {MIN_REPEATS} (medians of fewer runs are noise)")
     if options.uploads is not None and options.uploads < 1:
         parser.error("--uploads must be positive")
-    report = run(options)
-    if options.json:
-        json.dump(report, sys.stdout, indent=2)
-        print()
-    else:
-        _print_table(report)
+    run_and_print(parser, options, run, _print_table)
 
 
 if __name__ == "__main__":

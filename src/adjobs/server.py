@@ -39,6 +39,9 @@ Send = Callable[[dict], Awaitable[None]]
 MAX_WAITING_PER_JOB = 100
 #: How much of a ``_data`` body is handed to the core at a time.
 FEED_BATCH_BYTES = 1 << 20
+#: Batches of a ``_data`` body read ahead while the core parses the one before: a
+#: 100 MB upload holds at most about (2 + 2) MiB of body at a time.
+READ_AHEAD_BATCHES = 2
 #: Largest JSON body accepted by the other endpoints, whatever ``max_content_length`` is.
 MAX_JSON_BODY_BYTES = 16 << 20
 DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024
@@ -239,12 +242,38 @@ class _Body:
         return await self.next_batch(self._limit + 1)
 
     def stream_from(self, loop: asyncio.AbstractEventLoop) -> Iterator[bytes]:
-        """Iterate the body from a worker thread, pulling each batch from the loop."""
-        while not self.done:
-            batch = asyncio.run_coroutine_threadsafe(
-                self.next_batch(FEED_BATCH_BYTES), loop).result()
-            if batch:
-                yield batch
+        """Iterate the body from a worker thread, read ahead on the loop.
+
+        A task on the loop keeps up to ``READ_AHEAD_BATCHES`` batches ready while the
+        thread feeds the core (which releases the GIL), so receiving and parsing overlap
+        instead of taking turns. Errors of the body (413, 408, a disconnect, bad gzip)
+        reach the thread after the batches before them. Closing the iterator early stops
+        the reading.
+        """
+        ready: asyncio.Queue = asyncio.Queue(READ_AHEAD_BATCHES)
+
+        async def read_ahead() -> None:
+            try:
+                while not self.done:
+                    batch = await self.next_batch(FEED_BATCH_BYTES)
+                    if batch:
+                        await ready.put(batch)
+            except Exception as error:  # noqa: BLE001 - raised in the thread, in order
+                await ready.put(error)
+                return
+            await ready.put(None)
+
+        reader = asyncio.run_coroutine_threadsafe(read_ahead(), loop)
+        try:
+            while True:
+                item = asyncio.run_coroutine_threadsafe(ready.get(), loop).result()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            reader.cancel()
 
 
 class _JobQueue:
@@ -502,6 +531,9 @@ def serve(
         access_log=False,  # RestApp logs one line per request, with its outcome
         lifespan="on",
         http="auto",
+        # Pinned: with uvloop installed, "auto" would pick it, and it measured no faster
+        # on large bodies here (bench/http.py); one loop means one set of figures.
+        loop="asyncio",
         timeout_graceful_shutdown=30,
     )
     # uvicorn re-raises the signal that stopped it once it has shut down cleanly; with
