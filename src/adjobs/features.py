@@ -1,0 +1,342 @@
+"""Bucket features: what each detector measures per bucket and series, from record arrays.
+
+The ingest core hands over processed records as numpy arrays (``times`` in epoch ms, a
+``float64`` column per numeric field, an ``int32`` code per categorical field, ``-1`` when
+absent). A detector turns the records of finalised buckets into one *feature* per
+(bucket, series), where a series is a (partition value, by value, over value) combination
+(spec ``analysis.md`` A.2, A.3):
+
+=================================  ==========================================================
+function                           feature of the series in the bucket
+=================================  ==========================================================
+count, high_count, low_count       number of records (weighted by the summary count field)
+non_zero_count (nzc), high_/low_   the same; buckets without records are not modelled
+distinct_count (dc), high_/low_    number of distinct values of ``field_name``
+mean (avg), high_/low_             mean of ``field_name`` (weighted by the summary count)
+median, high_/low_                 median of ``field_name``
+min, max                           minimum, maximum
+sum, high_/low_                    sum (a bucket without records is 0)
+non_null_sum, high_/low_           sum (a bucket without records is not modelled)
+varp, high_/low_                   population variance within the bucket
+metric                             min, mean and max, modelled as three features
+rare                               number of records of the by value (modelled by rarity)
+=================================  ==========================================================
+
+Everything is vectorised: records are sorted once by (bucket, partition, by, over) and
+reduced with ``ufunc.reduceat``; nothing loops over records in Python.
+
+Records whose split fields are missing are not analysed by that detector unless the
+detector has ``use_null: true``, in which case "missing" is a value of its own (ES).
+Records whose metric field is missing or not a number are ignored by metric functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import Detector, JobConfig
+
+#: Functions whose feature is a count of records.
+COUNT_FUNCTIONS = frozenset(
+    {
+        "count",
+        "high_count",
+        "low_count",
+        "non_zero_count",
+        "high_non_zero_count",
+        "low_non_zero_count",
+    }
+)
+DISTINCT_COUNT_FUNCTIONS = frozenset(
+    {"distinct_count", "high_distinct_count", "low_distinct_count"}
+)
+#: Metric functions by the statistic they take of the field.
+METRIC_STATISTIC = {
+    "mean": "mean",
+    "high_mean": "mean",
+    "low_mean": "mean",
+    "avg": "mean",
+    "high_avg": "mean",
+    "low_avg": "mean",
+    "median": "median",
+    "high_median": "median",
+    "low_median": "median",
+    "min": "min",
+    "max": "max",
+    "sum": "sum",
+    "high_sum": "sum",
+    "low_sum": "sum",
+    "non_null_sum": "sum",
+    "high_non_null_sum": "sum",
+    "low_non_null_sum": "sum",
+    "varp": "varp",
+    "high_varp": "varp",
+    "low_varp": "varp",
+    "metric": "metric",
+}
+#: Functions for which a bucket where the series has no records has the feature 0 (it is
+#: modelled); for the others such a bucket is skipped.
+ZERO_WHEN_EMPTY = frozenset({"count", "high_count", "low_count", "sum", "high_sum", "low_sum"})
+#: How each statistic is shown in a record's ``function_description``.
+DESCRIPTION = {
+    "count": "count",
+    "distinct_count": "distinct_count",
+    "mean": "mean",
+    "median": "median",
+    "min": "min",
+    "max": "max",
+    "sum": "sum",
+    "varp": "varp",
+    "rare": "rare",
+}
+
+
+def side_of(function: str) -> int:
+    """+1 for high_ functions and max, -1 for low_ functions and min, 0 otherwise.
+
+    ``max`` and ``min`` only look one way in ES: an unusually low maximum is not reported.
+    """
+    if function.startswith("high_") or function == "max":
+        return 1
+    if function.startswith("low_") or function == "min":
+        return -1
+    return 0
+
+
+def statistics_of(function: str) -> tuple[str, ...]:
+    """The statistics a function models: one, or three for ``metric``."""
+    if function in COUNT_FUNCTIONS:
+        return ("count",)
+    if function in DISTINCT_COUNT_FUNCTIONS:
+        return ("distinct_count",)
+    if function == "rare":
+        return ("rare",)
+    statistic = METRIC_STATISTIC[function]
+    return ("min", "mean", "max") if statistic == "metric" else (statistic,)
+
+
+@dataclass(frozen=True)
+class DetectorColumns:
+    """Where a detector's fields are in the record arrays (-1: not used)."""
+
+    value: int  # numeric column of field_name (metric functions)
+    distinct: int  # categorical column of field_name (distinct_count)
+    partition: int  # categorical columns of the split fields
+    by: int
+    over: int
+    use_null: bool
+
+    @classmethod
+    def of(cls, detector: Detector, config: JobConfig) -> DetectorColumns:
+        numeric = list(config.numeric_fields)
+        categorical = list(config.categorical_fields)
+
+        def column(name: str | None, names: list[str]) -> int:
+            return names.index(name) if name and name in names else -1
+
+        return cls(
+            value=column(detector.field_name, numeric)
+            if detector.function in METRIC_STATISTIC
+            else -1,
+            distinct=column(detector.field_name, categorical)
+            if detector.function in DISTINCT_COUNT_FUNCTIONS
+            else -1,
+            partition=column(detector.partition_field_name, categorical),
+            by=column(detector.by_field_name, categorical),
+            over=column(detector.over_field_name, categorical),
+            use_null=detector.use_null,
+        )
+
+
+@dataclass
+class Features:
+    """One detector's features for some finalised buckets, one row per (bucket, series).
+
+    Rows are sorted by (bucket, partition, by, over). Codes are the job's string-table
+    codes, ``-1`` for "missing" (only with ``use_null``) or for a split field the detector
+    does not have.
+    """
+
+    bucket: np.ndarray  # int64, bucket start (epoch ms)
+    partition: np.ndarray  # int32
+    by: np.ndarray  # int32
+    over: np.ndarray  # int32
+    values: np.ndarray  # float64, shape (rows, statistics)
+    count: np.ndarray  # float64, records behind the row (summary-count weighted)
+    #: ``order[first[i]:first[i] + size[i]]`` are the indices (into the arrays given to
+    #: :func:`detector_features`) of the records behind row ``i``.
+    order: np.ndarray
+    first: np.ndarray
+    size: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.bucket)
+
+
+def _empty(statistics: int) -> Features:
+    none = np.empty(0, dtype=np.int64)
+    return Features(
+        bucket=none,
+        partition=np.empty(0, np.int32),
+        by=np.empty(0, np.int32),
+        over=np.empty(0, np.int32),
+        values=np.empty((0, statistics)),
+        count=np.empty(0),
+        order=none,
+        first=none,
+        size=none,
+    )
+
+
+def _split_codes(codes: np.ndarray, column: int, n: int) -> np.ndarray:
+    if column < 0:
+        return np.full(n, -1, dtype=np.int32)
+    return codes[:, column]
+
+
+def detector_features(
+    function: str,
+    columns: DetectorColumns,
+    times: np.ndarray,
+    numeric: np.ndarray,
+    codes: np.ndarray,
+    span_ms: int,
+    weights: np.ndarray | None = None,
+) -> Features:
+    """Features of one detector over records of finalised buckets.
+
+    Parameters
+    ----------
+    times, numeric, codes
+        The record arrays of the ingest core: ``int64[n]``, ``float64[n, numeric fields]``,
+        ``int32[n, categorical fields]``.
+    span_ms
+        The bucket span.
+    weights
+        The summary count of each record (``None``: every record counts once). Records
+        with a missing or non-positive summary count are ignored.
+    """
+    statistics = statistics_of(function)
+    n = len(times)
+    keep = np.ones(n, dtype=bool)
+    partition = _split_codes(codes, columns.partition, n)
+    by = _split_codes(codes, columns.by, n)
+    over = _split_codes(codes, columns.over, n)
+    if not columns.use_null:
+        for split, column in ((partition, columns.partition), (by, columns.by),
+                              (over, columns.over)):
+            if column >= 0:
+                keep &= split >= 0
+    value = None
+    if columns.value >= 0:
+        value = numeric[:, columns.value]
+        keep &= np.isfinite(value)
+    distinct = None
+    if columns.distinct >= 0:
+        distinct = codes[:, columns.distinct]
+        keep &= distinct >= 0
+    weight = None
+    if weights is not None:
+        weight = weights
+        keep &= np.isfinite(weight) & (weight > 0)
+    index = np.flatnonzero(keep)
+    if len(index) == 0:
+        return _empty(len(statistics))
+    bucket = times[index] // span_ms * span_ms
+    partition, by, over = partition[index], by[index], over[index]
+    # Sort by series within buckets; within a series by value, for the median.
+    keys: list[np.ndarray] = [over, by, partition, bucket]
+    if value is not None and "median" in statistics:
+        keys.insert(0, value[index])
+    order = np.lexsort(keys)
+    sorted_index = index[order]
+    b, p, y, o = bucket[order], partition[order], by[order], over[order]
+    change = np.empty(len(order), dtype=bool)
+    change[0] = True
+    change[1:] = (b[1:] != b[:-1]) | (p[1:] != p[:-1]) | (y[1:] != y[:-1]) | (o[1:] != o[:-1])
+    first = np.flatnonzero(change)
+    size = np.diff(np.append(first, len(order)))
+    w = weight[sorted_index] if weight is not None else np.ones(len(order))
+    count = np.add.reduceat(w, first)
+    values = np.empty((len(first), len(statistics)))
+    v = value[sorted_index] if value is not None else None
+    for column, statistic in enumerate(statistics):
+        values[:, column] = _statistic(statistic, v, w, count, first, size, distinct,
+                                       sorted_index)
+    return Features(
+        bucket=b[first],
+        partition=p[first],
+        by=y[first],
+        over=o[first],
+        values=values,
+        count=count,
+        order=sorted_index,
+        first=first,
+        size=size,
+    )
+
+
+def _statistic(
+    statistic: str,
+    v: np.ndarray | None,
+    w: np.ndarray,
+    count: np.ndarray,
+    first: np.ndarray,
+    size: np.ndarray,
+    distinct: np.ndarray | None,
+    sorted_index: np.ndarray,
+) -> np.ndarray:
+    if statistic in ("count", "rare"):
+        return count
+    if statistic == "distinct_count":
+        group = np.repeat(np.arange(len(first)), size)
+        pairs = np.unique(group.astype(np.int64) << 32 | distinct[sorted_index].astype(np.int64))
+        return np.bincount((pairs >> 32).astype(np.int64), minlength=len(first)).astype(float)
+    assert v is not None
+    if statistic == "sum":
+        return np.add.reduceat(v * w, first)
+    if statistic == "min":
+        return np.minimum.reduceat(v, first)
+    if statistic == "max":
+        return np.maximum.reduceat(v, first)
+    mean = np.add.reduceat(v * w, first) / count
+    if statistic == "mean":
+        return mean
+    if statistic == "varp":
+        deviation = v - np.repeat(mean, size)
+        return np.add.reduceat(w * deviation * deviation, first) / count
+    if statistic == "median":
+        # Values are sorted within each group (the lexsort's first key).
+        low = v[first + (size - 1) // 2]
+        high = v[first + size // 2]
+        return (low + high) / 2
+    raise ValueError(f"unknown statistic {statistic!r}")
+
+
+def event_counts(times: np.ndarray, span_ms: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(bucket starts, records per bucket)`` of the records, buckets ascending."""
+    buckets, counts = np.unique(times // span_ms * span_ms, return_counts=True)
+    return buckets, counts
+
+
+def influencer_shares(
+    features: Features, codes: np.ndarray, column: int, rows: np.ndarray
+) -> list[list[tuple[int, float]]]:
+    """For each row in ``rows``: the values of one influencer field among the row's
+    records, with their share of the records, largest first.
+
+    Only called for the few anomalous rows of a bucket, so a loop over those rows is fine.
+    """
+    out = []
+    for row in rows:
+        start = features.first[row]
+        members = features.order[start:start + features.size[row]]
+        values, counts = np.unique(codes[members, column], return_counts=True)
+        present = values >= 0
+        values, counts = values[present], counts[present]
+        total = len(members)
+        ranked = np.argsort(-counts, kind="stable")
+        out.append([(int(values[i]), counts[i] / total) for i in ranked])
+    return out

@@ -1,0 +1,913 @@
+"""Score layer: probabilities -> raw anomaly scores -> 0..100 normalised scores.
+
+Pure numpy, vectorised, independent of the rest of the package. The rules follow our summary of
+Elasticsearch ML in ``analysis.md`` (sections A.4, A.5, A.6); where that summary leaves a choice
+open, the choice and its reason are documented next to the code.
+
+Rules in one place:
+
+* **Probability -> raw score** (A.5, :func:`raw_score`): piecewise in ``ln(1/p)`` with knots at
+  ``p = 0.05`` (score 0), ``1e-4`` (1), ``1e-50`` (50) and the smallest positive normal double
+  ``~2.2e-308`` (100). :func:`inverse_raw_score` undoes it.
+* **Aggregation up the results tree** (A.5, :func:`aggregate`): a joint probability (Fisher:
+  ``-2 sum ln p`` against a chi-squared with ``2n`` degrees of freedom) and an "m-th most extreme
+  of n" probability (a binomial tail) are combined by geometric weighting; if both exceed
+  ``0.035`` the raw score is 0. Presets :data:`PEOPLE`, :data:`ATTRIBUTES`, :data:`DETECTORS`.
+  :func:`aggregate_groups` does every node of one tree level in one vectorised call. Unlike ES
+  we do not stretch the tail below the smallest double (ES's "80% of the score range" trick):
+  aggregates that extreme all score 100.
+* **Single- vs multi-bucket** (A.5, :func:`multi_bucket_impact`, :func:`combine_single_multi`).
+* **Severity** (A.4, :func:`severity`): ``< 25`` warning, ``< 50`` minor, ``< 75`` major, else
+  critical.
+* **Normalisation** (A.6, :class:`Normaliser`): the minimum of a noise ceiling, a percentile
+  ceiling, a per-scope max-score ceiling and a probability cap (:func:`probability_cap`), capped
+  at 100. A raw score of 0 always normalises to 0.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "ATTRIBUTES",
+    "BIG_CHANGE_FACTOR",
+    "DETECTORS",
+    "DISCRETISATION_FACTOR",
+    "FORGET_AFTER_BUCKETS",
+    "KNOT_POINTS",
+    "LARGEST_SIGNIFICANT_PROBABILITY",
+    "MAXIMUM_ANOMALOUS_PROBABILITY",
+    "MINUSCULE_PROBABILITY",
+    "PEOPLE",
+    "SMALLEST_PROBABILITY",
+    "SMALL_PROBABILITY",
+    "STANDARD_BUCKET_LENGTH",
+    "AggregateResult",
+    "AggregationStyle",
+    "GroupAggregates",
+    "Normaliser",
+    "aggregate",
+    "aggregate_groups",
+    "chi2_sf",
+    "combine_single_multi",
+    "extreme_probability",
+    "inverse_raw_score",
+    "joint_probability",
+    "multi_bucket_impact",
+    "probability_cap",
+    "raw_score",
+    "severity",
+]
+
+# --------------------------------------------------------------------------------------------
+# Constants (analysis.md A.5, A.6)
+# --------------------------------------------------------------------------------------------
+
+LARGEST_SIGNIFICANT_PROBABILITY = 0.05
+SMALL_PROBABILITY = 1e-4
+MINUSCULE_PROBABILITY = 1e-50
+#: The smallest positive *normal* double (~2.2e-308); probabilities are clamped up to it.
+SMALLEST_PROBABILITY = float(np.finfo(np.float64).tiny)
+#: If both the joint and the extreme probability exceed this, the aggregate raw score is 0.
+MAXIMUM_ANOMALOUS_PROBABILITY = 0.035
+#: Raw scores are discretised to multiples of 1/1000 in the normaliser's quantile summary.
+DISCRETISATION_FACTOR = 1000
+MAX_RAW_SCORE = 100.0
+#: The maximum normalised score.
+MAX_NORMALISED_SCORE = 100.0
+#: A scope's max raw score growing by more than this factor asks for renormalisation.
+BIG_CHANGE_FACTOR = 1.1
+#: A scope's max raw score is forgotten after this many buckets without a value for it.
+FORGET_AFTER_BUCKETS = 50
+#: Bucket length (s) the percentile knot points are calibrated for.
+STANDARD_BUCKET_LENGTH = 1800
+#: (percentile, normalised score) knot points of the percentile ceiling.
+KNOT_POINTS: tuple[tuple[float, float], ...] = (
+    (0.0, 0.0),
+    (70.0, 1.0),
+    (85.0, 1.2),
+    (90.0, 1.5),
+    (95.0, 3.0),
+    (97.0, 20.0),
+    (99.0, 50.0),
+    (99.9, 90.0),
+    (100.0, 100.0),
+)
+NOISE_PERCENTILE = 50.0
+NOISE_MULTIPLIER = 1.0
+#: Two-sided confidence of the interval around a raw score's empirical percentile.
+PERCENTILE_CONFIDENCE = 0.70
+#: Multi-bucket impact range (A.4, A.5).
+MIN_MULTI_BUCKET_IMPACT = -5.0
+MAX_MULTI_BUCKET_IMPACT = 5.0
+
+_LN_SMALL = math.log(1.0 / SMALL_PROBABILITY)  # ln 1e4
+_LN_MINUSCULE = math.log(1.0 / MINUSCULE_PROBABILITY)  # ln 1e50
+_LN_SMALLEST = -math.log(SMALLEST_PROBABILITY)  # ~708.4
+_LN_LARGEST_SIGNIFICANT = math.log(LARGEST_SIGNIFICANT_PROBABILITY)
+# Slope of the probability cap in ln p: raw score 1 at 1e-4 minus raw score 0 at 0.05 over the
+# log-probability distance (A.6 item 4), ~ -0.1609.
+_CAP_SLOPE = 1.0 / (math.log(SMALL_PROBABILITY) - _LN_LARGEST_SIGNIFICANT)
+# z such that [F - z s, F + z s] is a central 70% interval of a standard normal.
+_Z_PERCENTILE = NormalDist().inv_cdf(0.5 + PERCENTILE_CONFIDENCE / 2.0)
+_STATE_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks
+# --------------------------------------------------------------------------------------------
+
+
+def _float_array(values: Any, what: str) -> np.ndarray:
+    """``values`` as a float64 array; NaN is an error because it has no meaningful score."""
+    arr = np.asarray(values, dtype=np.float64)
+    if np.isnan(arr).any():
+        raise ValueError(f"{what} must not contain NaN")
+    return arr
+
+
+def _probabilities(p: Any) -> np.ndarray:
+    """Probabilities clamped to [smallest positive normal double, 1]; NaN raises."""
+    return np.clip(_float_array(p, "probabilities"), SMALLEST_PROBABILITY, 1.0)
+
+
+def _scalar_or_array(arr: np.ndarray) -> Any:
+    """A 0-d result as a numpy scalar (a ``float`` subclass), any other shape as the array."""
+    return arr[()] if arr.ndim == 0 else arr
+
+
+# --------------------------------------------------------------------------------------------
+# Probability <-> raw score (A.5)
+# --------------------------------------------------------------------------------------------
+
+
+def raw_score(p: Any) -> Any:
+    """Map probabilities to raw anomaly scores in [0, 100] (A.5, "Probability -> raw score").
+
+    The map is non-increasing and continuous. It spends (0, 1] on the common range
+    ``[1e-4, 0.05)`` linearly in ``1/p``, so ordinary anomalies are spread out; (1, 50] on
+    ``[1e-50, 1e-4)`` and (50, 100] on ``[2.2e-308, 1e-50)`` linearly in ``ln(1/p)``, so extreme
+    probabilities still rank but cannot run off to infinity.
+
+    ``p`` is clamped to ``[SMALLEST_PROBABILITY, 1]`` (so 0 and negatives score 100, values
+    above 1 score 0). NaN raises :class:`ValueError`. Scalars give a scalar, arrays an array.
+    """
+    p = _probabilities(p)
+    with np.errstate(divide="ignore"):
+        inv = 1.0 / p
+    ln_inv = -np.log(p)
+    out = np.zeros(p.shape, dtype=np.float64)
+    common = (p < LARGEST_SIGNIFICANT_PROBABILITY) & (p >= SMALL_PROBABILITY)
+    out[common] = (inv[common] - 20.0) / (10000.0 - 20.0)
+    small = (p < SMALL_PROBABILITY) & (p >= MINUSCULE_PROBABILITY)
+    out[small] = 1.0 + 49.0 * (ln_inv[small] - _LN_SMALL) / (_LN_MINUSCULE - _LN_SMALL)
+    tiny = p < MINUSCULE_PROBABILITY
+    out[tiny] = 50.0 + 50.0 * (ln_inv[tiny] - _LN_MINUSCULE) / (_LN_SMALLEST - _LN_MINUSCULE)
+    return _scalar_or_array(np.clip(out, 0.0, MAX_RAW_SCORE))
+
+
+def _log_probability_from_raw(score: np.ndarray) -> np.ndarray:
+    """``ln p`` for raw scores in [0, 100]; a score of 0 maps to ``ln 0.05`` (the boundary)."""
+    out = np.full(score.shape, _LN_LARGEST_SIGNIFICANT, dtype=np.float64)
+    common = (score > 0.0) & (score <= 1.0)
+    out[common] = -np.log(20.0 + 9980.0 * score[common])
+    small = (score > 1.0) & (score <= 50.0)
+    out[small] = -(_LN_SMALL + (score[small] - 1.0) / 49.0 * (_LN_MINUSCULE - _LN_SMALL))
+    tiny = score > 50.0
+    out[tiny] = -(_LN_MINUSCULE + (score[tiny] - 50.0) / 50.0 * (_LN_SMALLEST - _LN_MINUSCULE))
+    return out
+
+
+def inverse_raw_score(score: Any) -> Any:
+    """The probability whose raw score is ``score`` (inverse of :func:`raw_score`).
+
+    Every ``p >= 0.05`` scores 0, so 0 maps back to the boundary value 0.05. Scores are clamped
+    to [0, 100]; NaN raises. The normaliser uses this to cap scores by probability (A.6 item 4)
+    for results that only carry a raw score, e.g. aggregates.
+    """
+    s = np.clip(_float_array(score, "raw scores"), 0.0, MAX_RAW_SCORE)
+    p = np.maximum(np.exp(_log_probability_from_raw(s)), SMALLEST_PROBABILITY)
+    return _scalar_or_array(np.where(s > 0.0, p, LARGEST_SIGNIFICANT_PROBABILITY))
+
+
+def probability_cap(p: Any) -> Any:
+    """The probability cap on normalised scores (A.6 item 4), in [0, 100].
+
+    ``100 * (0.95 * M * (ln p - ln 0.05) + 0.05)`` with ``M = 1 / (ln 1e-4 - ln 0.05)``:
+    5 at ``p = 0.05``, ~29.6 at 0.01, ~64.8 at 1e-3 and 100 from 1e-4 down. It stops moderately
+    unusual events from scoring high before the history is long enough for the percentile
+    ceiling to know better. Values outside [0, 100] (``p > 0.05`` and ``p < 1e-4``) are clipped.
+    """
+    ln_p = np.log(_probabilities(p))
+    cap = 100.0 * (0.95 * _CAP_SLOPE * (ln_p - _LN_LARGEST_SIGNIFICANT) + 0.05)
+    return _scalar_or_array(np.clip(cap, 0.0, MAX_NORMALISED_SCORE))
+
+
+def _probability_cap_from_raw(score: np.ndarray) -> np.ndarray:
+    """:func:`probability_cap` of :func:`inverse_raw_score`, in closed form.
+
+    For raw scores in (0, 1] ``ln p - ln 0.05 = -ln(1 + 499 s)``; above 1 the probability is
+    below 1e-4 so the cap is 100. Going through ``p`` would work too, but this form is monotone
+    in ``s`` to the last bit, which keeps the normalised score monotone in the raw score.
+    """
+    cap = 100.0 * (0.05 - 0.95 * _CAP_SLOPE * np.log1p(499.0 * np.minimum(score, 1.0)))
+    return np.clip(cap, 0.0, MAX_NORMALISED_SCORE)
+
+
+# --------------------------------------------------------------------------------------------
+# Severity (A.4)
+# --------------------------------------------------------------------------------------------
+
+
+def severity(score: Any) -> Any:
+    """Severity band(s) of normalised score(s): ``< 25`` warning, ``< 50`` minor, ``< 75`` major,
+    else critical (A.4, the bands Kibana colours by).
+
+    Scalars give a ``str``, arrays a numpy array of ``str``. NaN raises.
+    """
+    s = _float_array(score, "scores")
+    out = np.select(
+        [s < 25.0, s < 50.0, s < 75.0], ["warning", "minor", "major"], default="critical"
+    )
+    return str(out[()]) if out.ndim == 0 else out
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation up the results tree (A.5)
+# --------------------------------------------------------------------------------------------
+
+
+def _log_factorials(n: int) -> np.ndarray:
+    """``ln k!`` for k = 0..n (cumulative sum of logs: exact enough, O(n), no lgamma ufunc)."""
+    out = np.zeros(n + 1, dtype=np.float64)
+    if n > 0:
+        np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)), out=out[1:])
+    return out
+
+
+def _logsumexp(terms: np.ndarray) -> float:
+    top = float(np.max(terms))
+    if top == -math.inf:
+        return -math.inf
+    return top + math.log(float(np.sum(np.exp(terms - top))))
+
+
+def _log_chi2_sf_even(x: float, dof: int) -> float:
+    """``ln P(X >= x)`` for X chi-squared with an even number of degrees of freedom.
+
+    With ``dof = 2n`` the survival function has the closed form
+    ``exp(-x/2) * sum_{k<n} (x/2)^k / k!`` (the Poisson / Erlang identity); summing in log space
+    keeps it accurate for both huge ``x`` (tiny tail) and large ``n``.
+    """
+    n = dof // 2
+    y = 0.5 * x
+    if y <= 0.0:
+        return 0.0
+    k = np.arange(n, dtype=np.float64)
+    terms = k * math.log(y) - _log_factorials(n - 1)
+    return min(-y + _logsumexp(terms), 0.0)
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """Survival function ``P(X >= x)`` of a chi-squared with an even ``dof`` (>= 2).
+
+    Only even degrees of freedom are needed (Fisher's method uses ``2n``), and for those the
+    closed form needs no special functions, hence no scipy.
+    """
+    if dof < 2 or dof % 2:
+        raise ValueError(f"dof must be an even integer >= 2, got {dof}")
+    if math.isnan(x):
+        raise ValueError("x must not be NaN")
+    return math.exp(_log_chi2_sf_even(float(x), int(dof)))
+
+
+def _clean_ps(ps: Any) -> np.ndarray:
+    return _probabilities(ps).ravel()
+
+
+def _log_joint(ps: np.ndarray) -> float:
+    """ln of :func:`joint_probability` for clamped probabilities."""
+    if ps.size == 0:
+        return 0.0
+    statistic = -2.0 * float(np.sum(np.log(ps)))
+    return _log_chi2_sf_even(statistic, 2 * ps.size)
+
+
+def joint_probability(ps: Any) -> float:
+    """Probability of a joint sample at least as unlikely as ``ps`` (independent, uniform p's).
+
+    Fisher's method: under the null ``-2 sum ln p_i`` is chi-squared with ``2n`` degrees of
+    freedom, so the answer is its survival function at the observed statistic. One probability
+    returns itself. Empty input returns 1. Clamped to at least ``SMALLEST_PROBABILITY``.
+    """
+    log_p = _log_joint(_clean_ps(ps))
+    return max(math.exp(log_p), SMALLEST_PROBABILITY)
+
+
+def _log_binomial_tail(n: int, m: int, x: float, log_fact: np.ndarray) -> float:
+    """``ln P(Binomial(n, x) >= m)`` summed term by term in log space (no cancellation)."""
+    if x >= 1.0:
+        return 0.0
+    k = np.arange(m, n + 1, dtype=np.float64)
+    ki = k.astype(np.int64)
+    terms = (
+        log_fact[n] - log_fact[ki] - log_fact[n - ki] + k * math.log(x) + (n - k) * math.log1p(-x)
+    )
+    return min(_logsumexp(terms), 0.0)
+
+
+def extreme_probability(ps: Any, m: int = 1) -> float:
+    """Probability that the m-th smallest of ``n`` uniform values is at most the observed one.
+
+    If ``x`` is the m-th smallest of ``ps``, that is ``P(Binomial(n, x) >= m)``; for ``m = 1``
+    it is ``1 - (1 - min p)^n``, the chance that the least likely of n independent tests is at
+    least this unlikely. ``m`` is clamped to ``[1, n]``. Empty input returns 1.
+    """
+    arr = _clean_ps(ps)
+    if arr.size == 0:
+        return 1.0
+    m = min(max(int(m), 1), arr.size)
+    x = float(np.partition(arr, m - 1)[m - 1])
+    log_p = _log_binomial_tail(arr.size, m, x, _log_factorials(arr.size))
+    return max(math.exp(log_p), SMALLEST_PROBABILITY)
+
+
+def _log_sidak(log_p: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """``ln(1 - (1 - p)^k)``: the Sidak correction for taking the minimum of ``k`` tests.
+
+    For tiny ``p`` the exact form underflows; there ``ln k + ln p`` is exact to O(k p).
+    """
+    p = np.exp(log_p)
+    tiny = p < 1e-12
+    with np.errstate(divide="ignore"):
+        exact = np.log(-np.expm1(k * np.log1p(-np.where(tiny, 0.5, p))))
+    out = np.where(tiny, log_p + np.log(k), exact)
+    return np.minimum(np.where(k <= 1, log_p, out), 0.0)
+
+
+class AggregateResult(NamedTuple):
+    """An aggregated probability with its log and raw score."""
+
+    probability: float
+    log_probability: float
+    raw_score: float
+
+
+def aggregate(
+    ps: Any,
+    joint_weight: float,
+    extreme_weight: float,
+    max_extreme: int,
+    min_extreme: int = 1,
+) -> AggregateResult:
+    """Combine child probabilities into one node of the results tree (A.5, "Aggregation").
+
+    * ``ln p_joint`` = :func:`joint_probability` (catches many moderately unlikely children);
+    * ``ln p_extreme`` = the smallest :func:`extreme_probability` over
+      ``m = min_extreme..min(max_extreme, n)`` (catches a few very unlikely children). Taking the
+      minimum over ``k`` values of ``m`` is ``k`` looks at the data, so it is Sidak-corrected:
+      ``1 - (1 - p)^k``. That is conservative (the tests are positively correlated) but keeps
+      the result a valid probability; for ``k = 1`` it changes nothing;
+    * ``ln p = joint_weight * ln p_joint + extreme_weight * ln p_extreme`` (geometric weighting);
+    * the raw score is :func:`raw_score` of ``p``, except that it is 0 when both ``p_joint`` and
+      ``p_extreme`` exceed ``MAXIMUM_ANOMALOUS_PROBABILITY`` (0.035): nothing is anomalous.
+
+    With weights summing to 1, one probability aggregates to itself. Empty input gives
+    probability 1 and raw score 0. NaN raises.
+    """
+    arr = _clean_ps(ps)
+    if arr.size == 0:
+        return AggregateResult(1.0, 0.0, 0.0)
+    res = aggregate_groups(
+        arr,
+        np.zeros(arr.size, dtype=np.int64),
+        joint_weight,
+        extreme_weight,
+        max_extreme,
+        min_extreme,
+    )
+    return AggregateResult(
+        float(res.probability[0]), float(res.log_probability[0]), float(res.raw_score[0])
+    )
+
+
+class GroupAggregates(NamedTuple):
+    """Per-group results of :func:`aggregate_groups`, one entry per sorted unique group."""
+
+    groups: np.ndarray
+    probability: np.ndarray
+    log_probability: np.ndarray
+    raw_score: np.ndarray
+
+
+def _group_logsumexp(terms: np.ndarray, starts: np.ndarray, gi: np.ndarray) -> np.ndarray:
+    """``ln sum exp`` of ``terms`` per contiguous group (groups start at ``starts``)."""
+    top = np.maximum.reduceat(terms, starts)
+    shift = np.where(np.isfinite(top), top, 0.0)
+    total = np.add.reduceat(np.exp(terms - shift[gi]), starts)
+    with np.errstate(divide="ignore"):
+        return shift + np.log(total)
+
+
+def aggregate_groups(
+    ps: Any,
+    groups: Any,
+    joint_weight: float,
+    extreme_weight: float,
+    max_extreme: int,
+    min_extreme: int = 1,
+) -> GroupAggregates:
+    """:func:`aggregate` for many groups at once: one call per bucket and tree level.
+
+    ``groups`` labels each probability (any sortable values: ints, strings); the result holds
+    the sorted unique labels and, for each, what :func:`aggregate` gives for that group's
+    probabilities. Vectorised over all groups: O(N log N) for N probabilities plus
+    O(N * max_extreme), with no Python loop over groups or probabilities, so population jobs
+    with ~100,000 people per bucket stay cheap.
+
+    How: sort by (group, p). The joint probability of a group of ``n`` with statistic
+    ``y = -sum ln p`` is ``exp(-y) sum_{k<n} y^k / k!`` (:func:`joint_probability`): element
+    ``k`` of the group supplies term ``k``. The m-th-extreme probability
+    ``P(Binomial(n, x_m) >= m)`` sums terms ``k = m..n``: element ``k - 1`` supplies term ``k``.
+    Sums run in log space per group with ``reduceat``.
+    """
+    arr = _clean_ps(ps)
+    labels = np.asarray(groups).ravel()
+    if labels.shape != arr.shape:
+        raise ValueError(f"need one group per probability ({arr.size}), got {labels.shape}")
+    if arr.size == 0:
+        empty = np.zeros(0, dtype=np.float64)
+        return GroupAggregates(labels[:0], empty, empty.copy(), empty.copy())
+    keys, inv = np.unique(labels, return_inverse=True)
+    inv = inv.ravel()
+    order = np.lexsort((arr, inv))
+    p = arr[order]
+    gi = inv[order]
+    n_total = p.size
+    starts = np.searchsorted(gi, np.arange(keys.size), side="left")
+    sizes = np.diff(np.append(starts, n_total))
+    pos = np.arange(n_total) - starts[gi]  # 0-based rank within the group
+    log_fact = _log_factorials(int(sizes.max()))
+    ln_p = np.log(p)
+    n_g = sizes[gi].astype(np.float64)
+
+    # Joint probability (Fisher): term k = pos.
+    y = -np.add.reduceat(ln_p, starts)
+    ln_y = np.log(np.where(y > 0.0, y, 1.0))  # y = 0 only if every p is 1: term 0 alone
+    joint_terms = np.where(pos == 0, 0.0, pos * ln_y[gi]) - log_fact[pos]
+    log_joint = np.where(y > 0.0, -y + _group_logsumexp(joint_terms, starts, gi), 0.0)
+    log_joint = np.minimum(log_joint, 0.0)
+
+    # m-th most extreme, m = lo..hi per group, minimum over m then Sidak for the looks taken.
+    hi = np.minimum(max(int(max_extreme), 1), sizes)
+    lo = np.minimum(max(int(min_extreme), 1), hi)
+    k = (pos + 1).astype(np.float64)  # term k = pos + 1, i.e. 1..n
+    nk = n_g - k
+    log_choose = log_fact[sizes[gi]] - log_fact[pos + 1] - log_fact[sizes[gi] - pos - 1]
+    log_extreme = np.zeros(keys.size, dtype=np.float64)
+    for m in range(1, int(hi.max()) + 1):
+        valid = (m >= lo) & (m <= hi)
+        x = p[np.minimum(starts + m - 1, n_total - 1)]
+        ln_x = np.log(x)
+        ln_1mx = np.log1p(-np.minimum(x, np.nextafter(1.0, 0.0)))  # x = 1 is handled below
+        terms = log_choose + k * ln_x[gi] + nk * ln_1mx[gi]
+        terms = np.where(k >= m, terms, -np.inf)
+        tail = np.where(x >= 1.0, 0.0, np.minimum(_group_logsumexp(terms, starts, gi), 0.0))
+        log_extreme = np.where(valid, np.minimum(log_extreme, tail), log_extreme)
+    log_extreme = _log_sidak(log_extreme, (hi - lo + 1).astype(np.float64))
+
+    log_p = joint_weight * log_joint + extreme_weight * log_extreme
+    log_p = np.maximum(log_p, math.log(SMALLEST_PROBABILITY))
+    probability = np.maximum(np.exp(log_p), SMALLEST_PROBABILITY)
+    limit = math.log(MAXIMUM_ANOMALOUS_PROBABILITY)
+    quiet = (log_joint > limit) & (log_extreme > limit)
+    score = np.where(quiet, 0.0, np.atleast_1d(raw_score(probability)))
+    return GroupAggregates(keys, probability, log_p, score)
+
+
+@dataclass(frozen=True)
+class AggregationStyle:
+    """Weights and extreme-sample range for one level of the results tree (A.5)."""
+
+    joint_weight: float
+    extreme_weight: float
+    min_extreme: int
+    max_extreme: int
+
+    def aggregate(self, ps: Any) -> AggregateResult:
+        """:func:`aggregate` with this style's parameters."""
+        return aggregate(
+            ps, self.joint_weight, self.extreme_weight, self.max_extreme, self.min_extreme
+        )
+
+
+#: Over / partition values: only the most extreme child counts.
+PEOPLE = AggregationStyle(joint_weight=0.0, extreme_weight=1.0, min_extreme=1, max_extreme=1)
+#: By values: half joint, half the most extreme of the 1..5 smallest.
+ATTRIBUTES = AggregationStyle(joint_weight=0.5, extreme_weight=0.5, min_extreme=1, max_extreme=5)
+#: Detectors: half joint, half the single most extreme.
+DETECTORS = AggregationStyle(joint_weight=0.5, extreme_weight=0.5, min_extreme=1, max_extreme=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Single- vs multi-bucket (A.5)
+# --------------------------------------------------------------------------------------------
+
+
+def multi_bucket_impact(p_single: Any, p_multi: Any) -> Any:
+    """Which feature drove the anomaly, in [-5, +5] (A.4, A.5 "Multi-bucket features").
+
+    Each probability's *significance* is its log distance below the 0.05 significance
+    threshold, ``e = max(0, ln 0.05 - ln p)`` (0 for an unremarkable probability). Then
+
+        impact = 5 * (e_multi - e_single) / max(e_single, e_multi)
+
+    i.e. ``-5 * (1 - e_multi / e_single)`` when the single bucket is the more significant and
+    ``+5 * (1 - e_single / e_multi)`` otherwise: -5 exactly when only the single-bucket
+    probability is significant, +5 when only the multi-bucket one is, 0 when both are equally
+    significant or neither is. It is continuous and antisymmetric, and depends only on the ratio
+    of the two log-significances, so it does not change when both get more extreme together.
+    Scalars give a float, arrays an array. A NaN probability means "that feature was not
+    available" (e.g. too little history for the multi-bucket model) and counts as not
+    significant.
+    """
+    ls = _log_significance(p_single)
+    lm = _log_significance(p_multi)
+    ls, lm = np.broadcast_arrays(ls, lm)
+    top = np.maximum(ls, lm)
+    safe = np.where(top > 0.0, top, 1.0)
+    impact = np.where(top > 0.0, MAX_MULTI_BUCKET_IMPACT * ((lm - ls) / safe), 0.0)
+    impact = np.clip(impact, MIN_MULTI_BUCKET_IMPACT, MAX_MULTI_BUCKET_IMPACT) + 0.0
+    return float(impact) if impact.ndim == 0 else impact
+
+
+def _log_significance(p: Any) -> np.ndarray:
+    """``max(0, ln 0.05 - ln p)``; 0 for NaN (feature not available)."""
+    arr = np.clip(np.asarray(p, dtype=np.float64), SMALLEST_PROBABILITY, 1.0)
+    e = np.maximum(_LN_LARGEST_SIGNIFICANT - np.log(arr), 0.0)
+    return np.where(np.isnan(arr), 0.0, e)
+
+
+def combine_single_multi(p_single: Any, p_multi: Any) -> Any:
+    """The record probability from the single- and multi-bucket probabilities.
+
+    The record is as anomalous as the more anomalous of the two features, but looking at two
+    tests and keeping the smaller p would overstate the evidence, so the minimum is
+    Sidak-corrected for two tests: ``1 - (1 - min)^2`` (about ``2 * min`` when small, a factor
+    that costs ~0.7 in ``ln p``, i.e. little raw score in the extreme range). The two features
+    overlap only in the current bucket (the multi-bucket one averages 12), so treating them as
+    close to independent is the honest correction. Result in ``[min, 1]``.
+
+    A NaN probability means "that feature was not available" (e.g. too little history for the
+    multi-bucket model): the other one is returned as it is, with no correction (only one test
+    was looked at). Both NaN give NaN.
+    """
+    ps = np.clip(np.asarray(p_single, dtype=np.float64), SMALLEST_PROBABILITY, 1.0)
+    pm = np.clip(np.asarray(p_multi, dtype=np.float64), SMALLEST_PROBABILITY, 1.0)
+    lo = np.fmin(ps, pm)  # fmin ignores a NaN operand
+    with np.errstate(divide="ignore"):  # lo = 1: log1p(-1) = -inf, and the answer is 1
+        p = -np.expm1(2.0 * np.log1p(-lo))
+    p = np.clip(np.maximum(p, lo), SMALLEST_PROBABILITY, 1.0)
+    p = np.where(np.isnan(ps) | np.isnan(pm), lo, p)
+    return float(p) if p.ndim == 0 else p
+
+
+# --------------------------------------------------------------------------------------------
+# Normaliser (A.6)
+# --------------------------------------------------------------------------------------------
+
+
+def _raw_scores(values: Any) -> np.ndarray:
+    arr = _float_array(values, "raw scores")
+    if arr.ndim > 1:
+        raise ValueError("raw scores must be 1-D")
+    return np.clip(np.atleast_1d(arr), 0.0, MAX_RAW_SCORE)
+
+
+def _discretise(raw: np.ndarray) -> np.ndarray:
+    return np.floor(raw * DISCRETISATION_FACTOR + 0.5).astype(np.int64)
+
+
+def _scope_array(scopes: Any, n: int) -> np.ndarray:
+    """One scope key (str) per score: None -> the single scope "", a str -> that for all."""
+    if scopes is None:
+        return np.full(n, "", dtype="<U1")
+    if isinstance(scopes, str):
+        return np.full(n, scopes)
+    arr = np.asarray(scopes, dtype=str)
+    if arr.shape != (n,):
+        raise ValueError(f"need one scope per raw score ({n}), got shape {arr.shape}")
+    return arr
+
+
+def _wilson(frac: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval (70% two-sided) for a proportion ``frac`` out of ``n``.
+
+    It stands in for a confidence interval on a percentile estimated from ``n`` scores: wide
+    when ``n`` is small (so early scores cannot claim a high percentile), endpoints monotone in
+    ``frac``, closed form and well behaved at 0 and 1.
+    """
+    z2n = _Z_PERCENTILE**2 / n
+    centre = (frac + 0.5 * z2n) / (1.0 + z2n)
+    half = (_Z_PERCENTILE / (1.0 + z2n)) * np.sqrt(frac * (1.0 - frac) / n + 0.25 * z2n / n)
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
+class Normaliser:
+    """Raw score -> 0..100 normalised score for one results level of one job (A.6).
+
+    State:
+
+    * a quantile summary of every raw score seen: an exact sparse histogram of the scores
+      discretised to 1/1000 (sorted ``int64`` bin keys with ``int64`` counts). Raw scores lie
+      in [0, 100], so it holds at most 100,001 bins (<= 1.6 MB) whatever the history length; in
+      practice scores cluster and it holds a few thousand. No decay: every score counts forever.
+    * per scope (a partition value or a person; any string), the maximum raw score and the
+      number of buckets since the scope last had a score; a scope is forgotten after
+      ``forget_after`` (50) buckets without one, so the table holds only recently active scopes.
+
+    Call :meth:`update` once per finalised bucket with all its raw scores (including zeros, and
+    with empty arrays for a bucket with none, so that scopes age), then :meth:`normalise` the
+    same scores. :meth:`normalise` does not change state, so it can also score interim results.
+
+    The normalised score is the minimum of, capped at 100:
+
+    1. *noise ceiling*: ``knot(noise percentile) * max(0, 1 + 10 * multiplier * (raw - noise
+       raw))``, where the noise raw score is the noise percentile (median) of the summary and
+       ``knot(.)`` interpolates the knot points (0.714 at the 50th percentile), plus
+       ``100 * max(0, 2 * min(F(0) / noise fraction, 1) - 1)`` which lifts the ceiling out of
+       the way when most scores are zero (then the median says nothing about noise);
+    2. *percentile ceiling*: the fraction ``F`` of scores strictly below this one, with a 70%
+       Wilson interval ``[lo, hi]`` for ``n`` scores, each end converted to a 30-minute-bucket
+       percentile ``100 * P^(1/f)``, ``f = min(1, bucket_span / 1800)``, mapped through the knot
+       points and averaged;
+    3. *max-score ceiling*: ``100 * min(1.5 r, 0.5 + 0.5 r)``, ``r = raw / max raw of the
+       scope`` (not applied to a scope with no positive max);
+    4. *probability cap*: :func:`probability_cap`.
+
+    Scores are rounded to 4 decimals. A raw score of 0 always gives 0.
+    """
+
+    def __init__(
+        self,
+        bucket_span: float = 300,
+        *,
+        noise_percentile: float = NOISE_PERCENTILE,
+        noise_multiplier: float = NOISE_MULTIPLIER,
+        knots: Any = KNOT_POINTS,
+        forget_after: int = FORGET_AFTER_BUCKETS,
+    ) -> None:
+        if not bucket_span > 0:
+            raise ValueError("bucket_span must be positive")
+        if not 0.0 < noise_percentile <= 100.0:
+            raise ValueError("noise_percentile must be in (0, 100]")
+        if not noise_multiplier >= 0.0:
+            raise ValueError("noise_multiplier must be >= 0")
+        if int(forget_after) < 1:
+            raise ValueError("forget_after must be >= 1")
+        kn = np.asarray(knots, dtype=np.float64)
+        if (
+            kn.ndim != 2
+            or kn.shape[1] != 2
+            or kn.shape[0] < 2
+            or kn[0, 0] != 0.0
+            or kn[-1, 0] != 100.0
+            or np.any(np.diff(kn[:, 0]) <= 0.0)
+            or np.any(np.diff(kn[:, 1]) < 0.0)
+        ):
+            raise ValueError(
+                "knots must be (percentile, score) pairs from 0 to 100, percentiles increasing "
+                "and scores non-decreasing"
+            )
+        self.bucket_span = float(bucket_span)
+        self.noise_percentile = float(noise_percentile)
+        self.noise_multiplier = float(noise_multiplier)
+        self.knots: tuple[tuple[float, float], ...] = tuple((float(x), float(y)) for x, y in kn)
+        self.forget_after = int(forget_after)
+        self._kx = kn[:, 0].copy()
+        self._ky = kn[:, 1].copy()
+        self._keys = np.zeros(0, dtype=np.int64)
+        self._counts = np.zeros(0, dtype=np.int64)
+        self._scopes = np.zeros(0, dtype="<U1")
+        self._scope_max = np.zeros(0, dtype=np.float64)
+        self._scope_age = np.zeros(0, dtype=np.int64)
+        #: Whether the last :meth:`update` raised some scope's max raw score by more than
+        #: ``BIG_CHANGE_FACTOR`` (a new scope with a positive score counts): renormalise.
+        self.big_change = False
+
+    # -- introspection ------------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        """Number of raw scores in the quantile summary."""
+        return int(self._counts.sum())
+
+    @property
+    def bucket_factor(self) -> float:
+        """``f = min(1, bucket_span / 1800)``: percentiles are raised to ``1/f``."""
+        return min(1.0, self.bucket_span / STANDARD_BUCKET_LENGTH)
+
+    def max_score(self, scope: str = "") -> float | None:
+        """The remembered max raw score of ``scope``, or None if unknown or forgotten."""
+        idx, found = self._lookup(np.asarray([scope], dtype=str))
+        return float(self._scope_max[idx[0]]) if found[0] else None
+
+    def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Index of each key in the sorted scope table and whether it is there."""
+        if self._scopes.size == 0:
+            return np.zeros(keys.shape, dtype=np.intp), np.zeros(keys.shape, dtype=bool)
+        idx = np.minimum(np.searchsorted(self._scopes, keys), self._scopes.size - 1)
+        return idx, self._scopes[idx] == keys
+
+    # -- update -------------------------------------------------------------------------------
+
+    def update(self, raw_scores: Any, scopes: Any = None) -> bool:
+        """Add one finalised bucket's raw scores; return (and store in :attr:`big_change`)
+        whether some scope's max raw score grew by more than 10%.
+
+        ``scopes``: one string per score, a single string for all, or None (one scope "").
+        Raw scores are clipped to [0, 100]; NaN raises. O(n log n), no per-score Python work.
+        """
+        raw = _raw_scores(raw_scores)
+        s = _scope_array(scopes, raw.size)
+
+        if raw.size:
+            bins, bin_counts = np.unique(_discretise(raw), return_counts=True)
+            keys, inv = np.unique(np.concatenate([self._keys, bins]), return_inverse=True)
+            counts = np.zeros(keys.size, dtype=np.int64)
+            np.add.at(counts, inv, np.concatenate([self._counts, bin_counts]))
+            self._keys, self._counts = keys, counts
+
+        self._scope_age += 1
+        big = False
+        if raw.size:
+            uniq, inv = np.unique(s, return_inverse=True)
+            order = np.lexsort((raw, inv))
+            last = np.searchsorted(inv[order], np.arange(uniq.size), side="right") - 1
+            bucket_max = raw[order][last]
+            idx, found = self._lookup(uniq)
+            old = np.zeros(uniq.size, dtype=np.float64)
+            old[found] = self._scope_max[idx[found]]
+            new = np.maximum(old, bucket_max)
+            big = bool(np.any(new > BIG_CHANGE_FACTOR * old))
+            self._scope_max[idx[found]] = new[found]
+            self._scope_age[idx[found]] = 0
+            fresh = ~found
+            if fresh.any():
+                names = np.concatenate([self._scopes, uniq[fresh]])
+                maxima = np.concatenate([self._scope_max, new[fresh]])
+                ages = np.concatenate([self._scope_age, np.zeros(int(fresh.sum()), dtype=np.int64)])
+                order = np.argsort(names, kind="stable")
+                self._scopes, self._scope_max, self._scope_age = (
+                    names[order],
+                    maxima[order],
+                    ages[order],
+                )
+        keep = self._scope_age < self.forget_after
+        if not keep.all():
+            self._scopes = self._scopes[keep]
+            self._scope_max = self._scope_max[keep]
+            self._scope_age = self._scope_age[keep]
+        self.big_change = big
+        return big
+
+    # -- normalise ----------------------------------------------------------------------------
+
+    def normalise(
+        self, raw_scores: Any, scopes: Any = None, probabilities: Any = None
+    ) -> np.ndarray:
+        """Normalised scores (0..100, 4 decimals) for raw scores, against the current state.
+
+        ``scopes`` as in :meth:`update`. ``probabilities`` (optional, one per score) feed the
+        probability cap; when None, each score's probability is recovered from the raw score
+        with :func:`inverse_raw_score`, which is what ES does and is right for aggregated
+        results whose raw score is :func:`raw_score` of their probability. Before any
+        :meth:`update` there is nothing to calibrate against and every score is 0.
+        """
+        raw = _raw_scores(raw_scores)
+        out = np.zeros(raw.shape, dtype=np.float64)
+        n = self.count
+        if raw.size == 0 or n == 0:
+            return out
+        s = _scope_array(scopes, raw.size)
+        d = _discretise(raw)
+        cum = np.concatenate([[0], np.cumsum(self._counts)])
+
+        # 1. noise ceiling
+        q = self.noise_percentile / 100.0
+        j = min(int(np.searchsorted(cum[1:], q * n, side="left")), self._keys.size - 1)
+        noise_d = int(self._keys[j])
+        zero_frac = self._counts[0] / n if self._keys[0] == 0 else 0.0
+        relax = MAX_NORMALISED_SCORE * max(2.0 * min(zero_frac / q, 1.0) - 1.0, 0.0)
+        knot_noise = float(np.interp(self.noise_percentile, self._kx, self._ky))
+        strength = 10.0 * self.noise_multiplier * (d - noise_d) / DISCRETISATION_FACTOR
+        noise = knot_noise * np.maximum(1.0 + strength, 0.0) + relax
+
+        # 2. percentile ceiling
+        below = cum[np.searchsorted(self._keys, d, side="left")]
+        lo, hi = _wilson(below / n, n)
+        power = 1.0 / self.bucket_factor
+        pct = 0.5 * (
+            np.interp(100.0 * lo**power, self._kx, self._ky)
+            + np.interp(100.0 * hi**power, self._kx, self._ky)
+        )
+
+        # 3. max-score ceiling
+        idx, found = self._lookup(s)
+        scope_max = np.zeros(raw.size, dtype=np.float64)
+        scope_max[found] = self._scope_max[idx[found]]
+        has_max = scope_max > 0.0
+        with np.errstate(over="ignore"):  # a subnormal max can overflow the ratio: fine
+            # r >= 1 already gives a ceiling >= 100, so r is capped at 1.
+            ratio = np.minimum(raw / np.where(has_max, scope_max, 1.0), 1.0)
+        max_ceiling = np.where(
+            has_max,
+            MAX_NORMALISED_SCORE * np.minimum(1.5 * ratio, 0.5 + 0.5 * ratio),
+            MAX_NORMALISED_SCORE,
+        )
+
+        # 4. probability cap
+        if probabilities is None:
+            cap = _probability_cap_from_raw(raw)
+        else:
+            p = _float_array(probabilities, "probabilities")
+            if p.shape != raw.shape:
+                raise ValueError(f"need one probability per raw score ({raw.size})")
+            cap = np.asarray(probability_cap(p), dtype=np.float64)
+
+        score = np.minimum.reduce([noise, pct, max_ceiling, cap])
+        score = np.clip(score, 0.0, MAX_NORMALISED_SCORE)
+        score = np.where(raw > 0.0, np.round(score, 4), 0.0) + 0.0
+        return score
+
+    # -- state --------------------------------------------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """The complete state as plain JSON-able values (ints, floats, strs, lists).
+
+        ``json.dumps`` / ``json.loads`` round-trips it exactly (floats are written with
+        ``repr``), and :meth:`from_state` rebuilds a normaliser that scores identically.
+        """
+        return {
+            "version": _STATE_VERSION,
+            "bucket_span": self.bucket_span,
+            "noise_percentile": self.noise_percentile,
+            "noise_multiplier": self.noise_multiplier,
+            "knots": [[x, y] for x, y in self.knots],
+            "forget_after": self.forget_after,
+            "bins": self._keys.tolist(),
+            "counts": self._counts.tolist(),
+            "scopes": self._scopes.tolist(),
+            "scope_max": self._scope_max.tolist(),
+            "scope_age": self._scope_age.tolist(),
+            "big_change": self.big_change,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> Normaliser:
+        """Rebuild a normaliser from :meth:`to_state` output; malformed state raises
+        :class:`ValueError`."""
+        try:
+            if state["version"] != _STATE_VERSION:
+                raise ValueError(f"unsupported normaliser state version {state['version']!r}")
+            norm = cls(
+                state["bucket_span"],
+                noise_percentile=state["noise_percentile"],
+                noise_multiplier=state["noise_multiplier"],
+                knots=state["knots"],
+                forget_after=state["forget_after"],
+            )
+            keys = np.asarray(state["bins"], dtype=np.int64).reshape(-1)
+            counts = np.asarray(state["counts"], dtype=np.int64).reshape(-1)
+            scopes = np.asarray(state["scopes"], dtype=str).reshape(-1)
+            if scopes.size == 0:
+                scopes = np.zeros(0, dtype="<U1")
+            scope_max = np.asarray(state["scope_max"], dtype=np.float64).reshape(-1)
+            scope_age = np.asarray(state["scope_age"], dtype=np.int64).reshape(-1)
+            big_change = bool(state["big_change"])
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed normaliser state: {exc!r}") from exc
+        if (
+            keys.size != counts.size
+            or np.any(np.diff(keys) <= 0)
+            or np.any(keys < 0)
+            or np.any(keys > DISCRETISATION_FACTOR * int(MAX_RAW_SCORE))
+            or np.any(counts <= 0)
+        ):
+            raise ValueError("malformed normaliser state: bad quantile histogram")
+        if (
+            not scopes.size == scope_max.size == scope_age.size
+            or (scopes.size > 1 and not np.all(scopes[:-1] < scopes[1:]))
+            or np.isnan(scope_max).any()
+            or np.any(scope_age < 0)
+        ):
+            raise ValueError("malformed normaliser state: bad scope table")
+        norm._keys, norm._counts = keys, counts
+        norm._scopes, norm._scope_max, norm._scope_age = scopes, scope_max, scope_age
+        norm.big_change = big_change
+        return norm

@@ -1,0 +1,191 @@
+"""Bucket features against a record-by-record computation in plain Python."""
+
+from __future__ import annotations
+
+import statistics as stats
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adjobs.features import (
+    DetectorColumns,
+    detector_features,
+    event_counts,
+    influencer_shares,
+    side_of,
+    statistics_of,
+)
+
+SPAN = 60_000
+FUNCTIONS = [
+    "count",
+    "low_count",
+    "non_zero_count",
+    "distinct_count",
+    "mean",
+    "high_mean",
+    "median",
+    "min",
+    "max",
+    "sum",
+    "non_null_sum",
+    "varp",
+    "metric",
+    "rare",
+]
+
+
+def _columns(function: str, *, partition: bool, by: bool, over: bool, use_null=False):
+    metric = function not in ("count", "low_count", "non_zero_count", "distinct_count", "rare")
+    return DetectorColumns(
+        value=0 if metric else -1,
+        distinct=3 if function == "distinct_count" else -1,
+        partition=0 if partition else -1,
+        by=1 if by else -1,
+        over=2 if over else -1,
+        use_null=use_null,
+    )
+
+
+def _reference(function, columns, times, numeric, codes, weights):
+    """One Python dict per (bucket, partition, by, over), filled record by record."""
+    groups = defaultdict(list)
+    for i in range(len(times)):
+        key_codes = []
+        skip = False
+        for column in (columns.partition, columns.by, columns.over):
+            code = int(codes[i, column]) if column >= 0 else -1
+            if column >= 0 and code < 0 and not columns.use_null:
+                skip = True
+            key_codes.append(code)
+        value = float(numeric[i, columns.value]) if columns.value >= 0 else None
+        if value is not None and not np.isfinite(value):
+            skip = True
+        if columns.distinct >= 0 and codes[i, columns.distinct] < 0:
+            skip = True
+        weight = 1.0 if weights is None else float(weights[i])
+        if not (np.isfinite(weight) and weight > 0):
+            skip = True
+        if skip:
+            continue
+        bucket = int(times[i]) // SPAN * SPAN
+        distinct = int(codes[i, columns.distinct]) if columns.distinct >= 0 else None
+        groups[(bucket, *key_codes)].append((value, weight, distinct))
+    out = {}
+    for key, members in groups.items():
+        values = [m[0] for m in members]
+        w = [m[1] for m in members]
+        total = sum(w)
+        result = []
+        for statistic in statistics_of(function):
+            if statistic in ("count", "rare"):
+                result.append(total)
+            elif statistic == "distinct_count":
+                result.append(float(len({m[2] for m in members})))
+            elif statistic == "sum":
+                result.append(sum(v * x for v, x in zip(values, w)))
+            elif statistic == "min":
+                result.append(min(values))
+            elif statistic == "max":
+                result.append(max(values))
+            elif statistic == "median":
+                result.append(stats.median(values))
+            else:
+                mean = sum(v * x for v, x in zip(values, w)) / total
+                if statistic == "mean":
+                    result.append(mean)
+                else:
+                    result.append(sum(x * (v - mean) ** 2 for v, x in zip(values, w)) / total)
+        out[key] = (result, total, len(members))
+    return out
+
+
+records = st.integers(min_value=0, max_value=60).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.integers(0, 5 * SPAN - 1), min_size=n, max_size=n),
+        st.lists(
+            st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.just(float("nan"))),
+            min_size=n,
+            max_size=n,
+        ),
+        st.lists(st.lists(st.integers(-1, 2), min_size=4, max_size=4), min_size=n, max_size=n),
+        st.one_of(st.none(), st.lists(st.sampled_from([1.0, 2.0, 0.0, 7.5]), min_size=n,
+                                      max_size=n)),
+    )
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=records,
+    function=st.sampled_from(FUNCTIONS),
+    splits=st.tuples(st.booleans(), st.booleans(), st.booleans()),
+    use_null=st.booleans(),
+)
+def test_features_equal_a_record_by_record_computation(data, function, splits, use_null):
+    times_list, values, code_rows, weight_list = data
+    times = np.sort(np.array(times_list, dtype=np.int64))
+    numeric = np.array(values, dtype=float).reshape(-1, 1)
+    codes = np.array(code_rows, dtype=np.int32).reshape(-1, 4)
+    weights = None if weight_list is None else np.array(weight_list)
+    columns = _columns(function, partition=splits[0], by=splits[1], over=splits[2],
+                       use_null=use_null)
+    got = detector_features(function, columns, times, numeric, codes, SPAN, weights)
+    expected = _reference(function, columns, times, numeric, codes, weights)
+    keys = list(zip(got.bucket.tolist(), got.partition.tolist(), got.by.tolist(),
+                    got.over.tolist()))
+    assert keys == sorted(expected)
+    for row, key in enumerate(keys):
+        result, total, members = expected[key]
+        np.testing.assert_allclose(got.values[row], result, rtol=1e-9, atol=1e-9)
+        assert got.count[row] == pytest.approx(total)
+        assert got.size[row] == members
+        # The records behind the row are the ones that fall in its bucket and series.
+        behind = got.order[got.first[row]:got.first[row] + got.size[row]]
+        assert np.all(times[behind] // SPAN * SPAN == key[0])
+
+
+def test_a_worked_example_of_mean_by_airline():
+    # Two airlines over two one-minute buckets; AAL's second bucket has one missing value.
+    times = np.array([0, 10_000, 20_000, 30_000, 60_000, 70_000, 80_000], dtype=np.int64)
+    numeric = np.array([[10.0], [20.0], [5.0], [7.0], [100.0], [np.nan], [3.0]])
+    codes = np.array([[0], [0], [1], [1], [0], [0], [1]], dtype=np.int32)
+    columns = DetectorColumns(value=0, distinct=-1, partition=0, by=-1, over=-1, use_null=False)
+    got = detector_features("mean", columns, times, numeric, codes, SPAN)
+    assert got.bucket.tolist() == [0, 0, 60_000, 60_000]
+    assert got.partition.tolist() == [0, 1, 0, 1]
+    assert got.values[:, 0].tolist() == [15.0, 6.0, 100.0, 3.0]
+    assert got.count.tolist() == [2.0, 2.0, 1.0, 1.0]
+    buckets, counts = event_counts(times, SPAN)
+    assert buckets.tolist() == [0, 60_000] and counts.tolist() == [4, 3]
+
+
+def test_influencer_shares_rank_values_by_their_share_of_the_records():
+    times = np.zeros(5, dtype=np.int64)
+    codes = np.array([[0, 4], [0, 4], [0, 5], [0, -1], [1, 4]], dtype=np.int32)
+    columns = DetectorColumns(value=-1, distinct=-1, partition=0, by=-1, over=-1, use_null=False)
+    got = detector_features("count", columns, times, np.empty((5, 0)), codes, SPAN)
+    shares = influencer_shares(got, codes, 1, np.array([0, 1]))
+    assert shares[0] == [(4, 0.5), (5, 0.25)]
+    assert shares[1] == [(4, 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("function", "side", "statistics"),
+    [
+        ("count", 0, ("count",)),
+        ("high_count", 1, ("count",)),
+        ("low_non_zero_count", -1, ("count",)),
+        ("max", 1, ("max",)),
+        ("min", -1, ("min",)),
+        ("metric", 0, ("min", "mean", "max")),
+        ("low_median", -1, ("median",)),
+        ("high_distinct_count", 1, ("distinct_count",)),
+    ],
+)
+def test_sides_and_statistics(function, side, statistics):
+    assert side_of(function) == side
+    assert statistics_of(function) == statistics

@@ -1,0 +1,629 @@
+"""Score layer (analysis.md A.4-A.6): raw scores, aggregation, severity and the normaliser.
+
+Expected values are worked out by hand from the spec's formulas (written out again here, not
+taken from the module), or are properties the spec demands (monotone, bounded, 0 -> 0, exact
+state round trip).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adjobs import scoring
+from adjobs.scoring import (
+    ATTRIBUTES,
+    DETECTORS,
+    PEOPLE,
+    Normaliser,
+    aggregate,
+    aggregate_groups,
+    chi2_sf,
+    combine_single_multi,
+    extreme_probability,
+    inverse_raw_score,
+    joint_probability,
+    multi_bucket_impact,
+    probability_cap,
+    raw_score,
+    severity,
+)
+
+TINY = 2.2250738585072014e-308  # smallest positive normal double
+LN_1E4 = 4 * math.log(10)
+LN_1E50 = 50 * math.log(10)
+LN_TINY = -math.log(TINY)
+
+probs = st.floats(min_value=1e-300, max_value=1.0, allow_nan=False)
+unit_probs = st.floats(min_value=1e-12, max_value=1.0, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent references
+# ---------------------------------------------------------------------------------------------
+
+
+def one_minus_pow(q: float, k: int) -> float:
+    """1 - (1 - q)^k without cancellation for small q."""
+    return 1.0 if q >= 1.0 else -math.expm1(k * math.log1p(-q))
+
+
+def ref_joint(ps: list[float]) -> float:
+    """Fisher: P(chi2_{2n} >= -2 sum ln p) = exp(-y) sum_{k<n} y^k / k!, y = -sum ln p."""
+    y = -math.fsum(math.log(p) for p in ps)
+    return math.exp(-y) * math.fsum(y**k / math.factorial(k) for k in range(len(ps)))
+
+
+def ref_extreme(ps: list[float], m: int) -> float:
+    """P(Binomial(n, x) >= m) with x the m-th smallest p."""
+    n = len(ps)
+    x = sorted(ps)[m - 1]
+    return math.fsum(math.comb(n, k) * x**k * (1 - x) ** (n - k) for k in range(m, n + 1))
+
+
+def ref_aggregate(ps: list[float], wj: float, we: float, lo: int, hi: int) -> tuple[float, float]:
+    n = len(ps)
+    hi = min(hi, n)
+    lo = min(lo, hi)
+    pj = ref_joint(ps)
+    pe_min = min(ref_extreme(ps, m) for m in range(lo, hi + 1))
+    k = hi - lo + 1
+    pe = one_minus_pow(pe_min, k)
+    p = pj**wj * pe**we
+    score = 0.0 if (pj > 0.035 and pe > 0.035) else float(raw_score(p))
+    return p, score
+
+
+def ref_wilson(frac: float, n: int) -> tuple[float, float]:
+    z = NormalDist().inv_cdf(0.85)
+    denom = 1 + z * z / n
+    centre = (frac + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(frac * (1 - frac) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+KNOTS = [(0, 0), (70, 1), (85, 1.2), (90, 1.5), (95, 3), (97, 20), (99, 50), (99.9, 90), (100, 100)]
+
+
+def ref_knot(pct: float) -> float:
+    for (x0, y0), (x1, y1) in itertools.pairwise(KNOTS):
+        if pct <= x1:
+            return y0 + (y1 - y0) * (pct - x0) / (x1 - x0)
+    return 100.0
+
+
+# ---------------------------------------------------------------------------------------------
+# raw_score / inverse_raw_score (A.5)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("p", "expected"),
+    [
+        (1.0, 0.0),
+        (0.5, 0.0),
+        (0.05, 0.0),
+        (0.01, (100 - 20) / 9980),
+        (1e-3, (1000 - 20) / 9980),
+        (1e-4, 1.0),
+        (1e-27, 25.5),  # 1 + 49 * (27 - 4) / (50 - 4)
+        (1e-50, 50.0),
+        (1e-179, 50 + 50 * (179 * math.log(10) - LN_1E50) / (LN_TINY - LN_1E50)),
+        (TINY, 100.0),
+    ],
+)
+def test_raw_score_worked_values(p, expected):
+    assert raw_score(p) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_raw_score_clamps_and_shapes():
+    out = raw_score(np.array([0.0, -1.0, 2.0, 5e-324]))
+    assert out.tolist() == [100.0, 100.0, 0.0, 100.0]
+    assert isinstance(raw_score(0.01), float)
+    assert raw_score(np.array([[0.01]])).shape == (1, 1)
+
+
+def test_raw_score_nan_raises():
+    with pytest.raises(ValueError, match="NaN"):
+        raw_score([0.1, float("nan")])
+
+
+@pytest.mark.parametrize("knot", [0.05, 1e-4, 1e-50])
+def test_raw_score_continuous_at_knots(knot):
+    below, above = np.nextafter(knot, 0.0), np.nextafter(knot, 1.0)
+    assert raw_score(below) == pytest.approx(raw_score(knot), abs=1e-9)
+    assert raw_score(above) == pytest.approx(raw_score(knot), abs=1e-9)
+
+
+@given(st.lists(probs, min_size=2, max_size=50))
+def test_raw_score_non_increasing_and_bounded(ps):
+    p = np.sort(np.array(ps))
+    r = raw_score(p)
+    assert np.all(np.diff(r) <= 0.0)
+    assert np.all((r >= 0.0) & (r <= 100.0))
+
+
+@given(st.floats(min_value=1e-6, max_value=100.0))
+def test_inverse_raw_score_round_trips(score):
+    assert raw_score(inverse_raw_score(score)) == pytest.approx(score, rel=1e-9, abs=1e-12)
+
+
+def test_inverse_raw_score_values():
+    assert inverse_raw_score(0.0) == 0.05
+    assert inverse_raw_score(1.0) == pytest.approx(1e-4, rel=1e-12)
+    assert inverse_raw_score(50.0) == pytest.approx(1e-50, rel=1e-12)
+    assert inverse_raw_score(100.0) == pytest.approx(TINY, rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# probability_cap (A.6 item 4)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("p", "expected", "tol"),
+    [(0.05, 5.0, 1e-9), (0.01, 29.6, 0.05), (1e-3, 64.8, 0.05), (1e-4, 100.0, 1e-9)],
+)
+def test_probability_cap_worked_values(p, expected, tol):
+    assert probability_cap(p) == pytest.approx(expected, abs=tol)
+
+
+def test_probability_cap_exact_formula_and_clipping():
+    m = 1 / (math.log(1e-4) - math.log(0.05))
+    assert m == pytest.approx(-0.1609, abs=1e-4)
+    assert probability_cap(0.01) == pytest.approx(
+        100 * (0.95 * m * (math.log(0.01) - math.log(0.05)) + 0.05), rel=1e-12
+    )
+    assert probability_cap(1e-20) == 100.0
+    assert probability_cap(1.0) == 0.0
+    assert 0.0 < probability_cap(0.06) < 5.0
+
+
+@given(st.lists(probs, min_size=2, max_size=30))
+def test_probability_cap_non_increasing(ps):
+    caps = probability_cap(np.sort(np.array(ps)))
+    assert np.all(np.diff(caps) <= 0.0)
+    assert np.all((caps >= 0.0) & (caps <= 100.0))
+
+
+# ---------------------------------------------------------------------------------------------
+# severity (A.4)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_severity_band_edges():
+    scores = [0, 24.99, 25, 49.99, 50, 74.99, 75, 100]
+    expected = ["warning", "warning", "minor", "minor", "major", "major", "critical", "critical"]
+    assert severity(np.array(scores)).tolist() == expected
+    assert severity(75.0) == "critical"
+    assert severity(24.99) == "warning"
+    with pytest.raises(ValueError):
+        severity(float("nan"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation (A.5)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_chi2_sf_known_values():
+    # dof 2: exp(-x/2); tabulated 5% critical values for 4 and 10 dof.
+    assert chi2_sf(3.0, 2) == pytest.approx(math.exp(-1.5), rel=1e-12)
+    assert chi2_sf(9.4877, 4) == pytest.approx(0.05, abs=2e-5)
+    assert chi2_sf(18.307, 10) == pytest.approx(0.05, abs=2e-5)
+    assert chi2_sf(0.0, 6) == 1.0
+    with pytest.raises(ValueError):
+        chi2_sf(1.0, 3)
+
+
+def test_joint_probability_two_values_by_hand():
+    # y = -ln(0.01) = 4.60517; Q = e^-y (1 + y) = 0.01 * 5.60517
+    assert joint_probability([0.1, 0.1]) == pytest.approx(0.0560517019, rel=1e-9)
+    assert joint_probability([1.0, 1.0, 1.0]) == 1.0
+    assert joint_probability([]) == 1.0
+
+
+@given(probs)
+def test_joint_probability_of_one_is_itself(p):
+    assert joint_probability([p]) == pytest.approx(p, rel=1e-9)
+
+
+@given(st.lists(st.floats(min_value=1e-8, max_value=1.0), min_size=1, max_size=12))
+def test_joint_probability_matches_fisher_reference(ps):
+    got = joint_probability(ps)
+    assert got == pytest.approx(ref_joint(ps), rel=1e-8, abs=1e-300)
+    assert math.prod(ps) * (1 - 1e-9) <= got <= 1.0
+
+
+def test_joint_probability_extreme_inputs_stay_finite():
+    assert joint_probability([1e-300] * 1000) == TINY
+    assert 0.0 < joint_probability(np.full(100_000, 0.5)) <= 1.0
+    assert joint_probability(np.full(10_000, 0.999)) == pytest.approx(1.0, abs=1e-12)
+
+
+@given(st.lists(unit_probs, min_size=1, max_size=40))
+def test_extreme_probability_m1(ps):
+    n = len(ps)
+    expected = one_minus_pow(min(ps), n)
+    assert extreme_probability(ps, 1) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
+def test_extreme_probability_by_hand():
+    ps = [0.3, 0.1, 0.2]
+    # m = 2: x = 0.2, P(Bin(3, .2) >= 2) = 3 * .04 * .8 + .008
+    assert extreme_probability(ps, 2) == pytest.approx(0.104, rel=1e-12)
+    # m = n: x = max, P = x^n
+    assert extreme_probability(ps, 3) == pytest.approx(0.027, rel=1e-12)
+    # m above n is clamped to n
+    assert extreme_probability(ps, 7) == pytest.approx(0.027, rel=1e-12)
+    assert extreme_probability([], 1) == 1.0
+
+
+@given(st.lists(unit_probs, min_size=1, max_size=15), st.integers(1, 15))
+def test_extreme_probability_matches_binomial_reference(ps, m):
+    m = min(m, len(ps))
+    assert extreme_probability(ps, m) == pytest.approx(ref_extreme(ps, m), rel=1e-8, abs=1e-300)
+
+
+def test_style_presets():
+    assert (PEOPLE.joint_weight, PEOPLE.extreme_weight) == (0.0, 1.0)
+    assert (PEOPLE.min_extreme, PEOPLE.max_extreme) == (1, 1)
+    assert (ATTRIBUTES.joint_weight, ATTRIBUTES.extreme_weight) == (0.5, 0.5)
+    assert (ATTRIBUTES.min_extreme, ATTRIBUTES.max_extreme) == (1, 5)
+    assert (DETECTORS.joint_weight, DETECTORS.extreme_weight) == (0.5, 0.5)
+    assert (DETECTORS.min_extreme, DETECTORS.max_extreme) == (1, 1)
+    assert scoring.MAXIMUM_ANOMALOUS_PROBABILITY == 0.035
+
+
+@pytest.mark.parametrize("style", [PEOPLE, ATTRIBUTES, DETECTORS])
+@given(p=probs)
+def test_aggregate_single_probability_returns_it(style, p):
+    res = style.aggregate([p])
+    assert res.probability == pytest.approx(p, rel=1e-9)
+    expected_score = 0.0 if p > 0.035 else float(raw_score(p))
+    assert res.raw_score == pytest.approx(expected_score, rel=1e-9, abs=1e-12)
+
+
+def test_aggregate_detectors_by_hand():
+    # pj: y = -(ln .01 + ln .5) = 5.29832, Q = e^-y (1 + y) = .005 * 6.29832
+    # pe: 1 - .99^2 = .0199; p = sqrt(pj pe)
+    pj = 0.005 * (1 + math.log(200))
+    pe = 0.0199
+    p = math.sqrt(pj * pe)
+    res = DETECTORS.aggregate([0.01, 0.5])
+    assert p == pytest.approx(0.025033, rel=1e-4)
+    assert res.probability == pytest.approx(p, rel=1e-9)
+    assert res.log_probability == pytest.approx(math.log(p), rel=1e-9)
+    assert res.raw_score == pytest.approx((1 / p - 20) / 9980, rel=1e-9)
+
+
+def test_aggregate_attributes_takes_min_over_m_with_sidak():
+    ps = [0.001, 0.002, 0.9]
+    y = -(math.log(0.001) + math.log(0.002) + math.log(0.9))
+    pj = math.exp(-y) * (1 + y + y * y / 2)
+    pe_m2 = 3 * 0.002**2 * 0.998 + 0.002**3  # m = 2 is the smallest of m = 1, 2, 3
+    assert pe_m2 < 1 - 0.999**3 and pe_m2 < 0.9**3
+    pe = 1 - (1 - pe_m2) ** 3
+    res = ATTRIBUTES.aggregate(ps)
+    assert res.probability == pytest.approx(math.sqrt(pj * pe), rel=1e-9)
+    assert res.raw_score == pytest.approx(float(raw_score(math.sqrt(pj * pe))), rel=1e-9)
+
+
+def test_aggregate_zero_when_both_above_threshold():
+    res = DETECTORS.aggregate([0.2, 0.3])
+    pj = 0.06 * (1 - math.log(0.06))
+    pe = 1 - 0.8**2
+    assert res.probability == pytest.approx(math.sqrt(pj * pe), rel=1e-9)
+    assert res.raw_score == 0.0
+
+
+def test_aggregate_joint_alone_can_make_it_anomalous():
+    ps = [0.1] * 20
+    pj = ref_joint(ps)
+    pe = 1 - 0.9**20
+    assert pj < 0.035 < pe
+    res = DETECTORS.aggregate(ps)
+    p = math.sqrt(pj * pe)
+    assert res.probability == pytest.approx(p, rel=1e-9)
+    assert res.raw_score == pytest.approx(float(raw_score(p)), rel=1e-9)
+    assert res.raw_score > 0.0
+
+
+def test_aggregate_people_is_extreme_m1():
+    ps = [0.04, 0.2, 0.7, 0.01]
+    res = PEOPLE.aggregate(ps)
+    assert res.probability == pytest.approx(1 - 0.99**4, rel=1e-12)
+    assert aggregate([], 0.5, 0.5, 1) == (1.0, 0.0, 0.0)
+    with pytest.raises(ValueError):
+        aggregate([0.1, float("nan")], 0.5, 0.5, 1)
+
+
+@settings(deadline=None)
+@given(
+    st.lists(st.tuples(st.floats(1e-9, 1.0), st.integers(0, 6)), min_size=1, max_size=40),
+    st.sampled_from([PEOPLE, ATTRIBUTES, DETECTORS]),
+)
+def test_aggregate_groups_matches_reference_per_group(rows, style):
+    ps = [p for p, _ in rows]
+    groups = [f"g{g}" for _, g in rows]
+    res = aggregate_groups(
+        ps, groups, style.joint_weight, style.extreme_weight, style.max_extreme, style.min_extreme
+    )
+    assert res.groups.tolist() == sorted(set(groups))
+    for i, g in enumerate(res.groups):
+        sub = [p for p, lab in zip(ps, groups, strict=True) if lab == g]
+        p, score = ref_aggregate(
+            sub, style.joint_weight, style.extreme_weight, style.min_extreme, style.max_extreme
+        )
+        assert res.probability[i] == pytest.approx(p, rel=1e-7, abs=1e-300)
+        assert res.raw_score[i] == pytest.approx(score, rel=1e-7, abs=1e-9)
+
+
+def test_aggregate_groups_empty_and_shape_errors():
+    res = aggregate_groups([], [], 0.5, 0.5, 1)
+    assert res.probability.size == 0 and res.groups.size == 0
+    with pytest.raises(ValueError):
+        aggregate_groups([0.1, 0.2], ["a"], 0.5, 0.5, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Single vs multi bucket (A.5)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_multi_bucket_impact_values():
+    assert multi_bucket_impact(1e-6, 0.5) == -5.0
+    assert multi_bucket_impact(0.5, 1e-6) == 5.0
+    assert multi_bucket_impact(1e-6, 1e-6) == 0.0
+    assert multi_bucket_impact(0.2, 0.9) == 0.0
+    # e_single = ln(.05 / 1e-4) = ln 500, e_multi = ln(.05 / 1e-8) = ln 5e6
+    expected = 5 * (1 - math.log(500) / math.log(5e6))
+    assert expected == pytest.approx(2.98553, abs=1e-5)
+    assert multi_bucket_impact(1e-4, 1e-8) == pytest.approx(expected, rel=1e-12)
+    assert multi_bucket_impact(1e-8, 1e-4) == pytest.approx(-expected, rel=1e-12)
+    out = multi_bucket_impact(np.array([1e-6, 0.5]), np.array([0.5, 1e-6]))
+    assert out.tolist() == [-5.0, 5.0]
+
+
+@given(unit_probs, unit_probs)
+def test_multi_bucket_impact_bounded_antisymmetric(ps, pm):
+    a = multi_bucket_impact(ps, pm)
+    assert -5.0 <= a <= 5.0
+    assert multi_bucket_impact(pm, ps) == pytest.approx(-a, abs=1e-12)
+    if ps < 0.05 <= pm:
+        assert a == -5.0
+
+
+def test_combine_single_multi_values():
+    assert combine_single_multi(1e-6, 0.5) == pytest.approx(1 - (1 - 1e-6) ** 2, rel=1e-9)
+    assert combine_single_multi(0.3, 0.5) == pytest.approx(0.51, rel=1e-12)
+    assert combine_single_multi(1e-300, 1e-200) == pytest.approx(2e-300, rel=1e-9)
+
+
+def test_nan_means_feature_not_available():
+    nan = float("nan")
+    assert combine_single_multi(1e-6, nan) == 1e-6
+    assert combine_single_multi(nan, 0.3) == 0.3
+    assert math.isnan(combine_single_multi(nan, nan))
+    out = combine_single_multi(np.array([0.3, nan]), np.array([0.5, 1e-3]))
+    assert out.tolist() == [pytest.approx(0.51, rel=1e-12), 1e-3]
+    assert multi_bucket_impact(1e-6, nan) == -5.0
+    assert multi_bucket_impact(nan, 1e-6) == 5.0
+    assert multi_bucket_impact(0.5, nan) == 0.0
+
+
+@given(unit_probs, unit_probs)
+def test_combine_single_multi_between_min_and_twice_min(ps, pm):
+    p = combine_single_multi(ps, pm)
+    lo = min(ps, pm)
+    assert lo <= p <= min(1.0, 2 * lo) * (1 + 1e-12)
+    assert p == combine_single_multi(pm, ps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normaliser (A.6)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_empty_normaliser_scores_zero():
+    norm = Normaliser(300)
+    assert norm.normalise([0.0, 1.0, 50.0]).tolist() == [0.0, 0.0, 0.0]
+    assert norm.count == 0
+
+
+def test_noise_ceiling_by_hand():
+    # History: 100 scores of 0.5, none zero, so the median is 0.5 and nothing relaxes the
+    # noise ceiling: knot(50) = 50/70, ceiling = 50/70 * (1 + 10 * (2.0 - 0.5)) = 11.4286.
+    # Scope "b" has no max; p(raw 2) ~ 1.2e-5 < 1e-4 caps at 100; percentile ceiling ~74.5.
+    norm = Normaliser(1800)
+    norm.update([0.5] * 100, "a")
+    assert norm.normalise([2.0], "b").tolist() == [round(50 / 70 * 16, 4)]
+
+
+def test_percentile_ceiling_by_hand():
+    # History: 60 zeros and 40 scores of 0.5 in scope "a". Raw 0.5: 60 of 100 strictly below.
+    # Noise ceiling relaxed (+100: F(0) = .6 >= .5); max ceiling 100 (r = 1); probability cap
+    # at p = 1/5010 is ~89.4. The percentile ceiling is the binding one.
+    for span, power in [(1800, 1.0), (3600, 1.0), (300, 6.0)]:
+        norm = Normaliser(span)
+        norm.update([0.0] * 60 + [0.5] * 40, "a")
+        lo, hi = ref_wilson(0.6, 100)
+        expected = (ref_knot(100 * lo**power) + ref_knot(100 * hi**power)) / 2
+        got = norm.normalise([0.5], "a")[0]
+        assert got == pytest.approx(expected, abs=1e-4)
+    assert Normaliser(1800).bucket_factor == 1.0
+    assert Normaliser(300).bucket_factor == pytest.approx(1 / 6)
+
+
+def test_max_score_ceiling_by_hand():
+    # 10,000 zeros and one 10: percentile ceilings ~98, noise relaxed, p << 1e-4 so cap 100.
+    norm = Normaliser(1800)
+    norm.update([0.0] * 10_000 + [10.0], "a")
+    out = norm.normalise([5.0, 2.0], ["a", "a"])
+    assert out.tolist() == [75.0, 30.0]  # 100 * min(1.5 r, .5 + .5 r) at r = .5, .2
+    assert norm.max_score("a") == 10.0
+
+
+def test_probability_cap_binds_for_moderate_probability():
+    norm = Normaliser(1800)
+    norm.update([0.0] * 10_000, "a")
+    r = float(raw_score(0.01))
+    norm.update([r], "a")
+    assert norm.normalise([r], "a")[0] == round(probability_cap(0.01), 4) == 29.6028
+    # An explicit probability feeds the cap instead of the one implied by the raw score.
+    assert norm.normalise([r], "a", probabilities=[0.05])[0] == 5.0
+
+
+def test_largest_ever_with_small_p_and_long_history_scores_near_100():
+    rng = np.random.default_rng(7)
+    for span, floor in [(1800, 95.0), (300, 90.0)]:
+        norm = Normaliser(span)
+        for _ in range(300):
+            norm.update(raw_score(rng.uniform(size=100)), [f"e{i}" for i in range(100)])
+        top = float(raw_score(1e-6))
+        norm.update([top], "e3")
+        score = norm.normalise([top], "e3")[0]
+        assert floor <= score <= 100.0
+
+
+def test_early_on_unusual_events_stay_low():
+    norm = Normaliser(300)
+    for _ in range(3):
+        norm.update([0.0], "x")
+    for p in (1e-3, 1e-8):
+        r = float(raw_score(p))
+        norm.update([r], "x")
+        assert norm.normalise([r], "x")[0] < 25.0
+
+
+def test_scopes_keep_separate_maxima():
+    norm = Normaliser(1800)
+    norm.update([0.0] * 10_000, "z")
+    norm.update([10.0, 1.0], ["a", "b"])
+    assert norm.max_score("a") == 10.0 and norm.max_score("b") == 1.0
+    out = norm.normalise([1.0, 1.0], ["a", "b"])
+    assert out[0] == pytest.approx(15.0)  # r = .1: 100 * 1.5 * .1
+    assert out[1] > 90.0
+
+
+def test_big_change():
+    norm = Normaliser(300)
+    assert norm.update([1.0], "a") is True  # new scope with a positive score
+    assert norm.update([1.05], "a") is False
+    assert norm.big_change is False
+    assert norm.update([1.2], "a") is True
+    assert norm.big_change is True
+    assert norm.update([0.0, 1.3], ["b", "a"]) is False  # 1.3 < 1.1 * 1.2; b stays at 0
+    assert norm.update([0.0], "c") is False
+
+
+def test_scope_forgotten_after_50_buckets_without_a_value():
+    norm = Normaliser(300)
+    norm.update([3.0], "a")
+    for _ in range(49):
+        norm.update([0.0], "b")
+    assert norm.max_score("a") == 3.0
+    norm.update([], None)  # an empty bucket ages scopes too
+    assert norm.max_score("a") is None
+    assert norm.max_score("b") == 0.0
+    assert norm.update([3.0], "a") is True  # it comes back as a new scope
+
+
+def test_bad_inputs_raise():
+    norm = Normaliser(300)
+    with pytest.raises(ValueError):
+        norm.update([float("nan")])
+    with pytest.raises(ValueError):
+        norm.update([1.0, 2.0], ["a"])
+    norm.update([1.0])
+    with pytest.raises(ValueError):
+        norm.normalise([1.0], None, [0.1, 0.2])
+    with pytest.raises(ValueError):
+        Normaliser(0)
+    with pytest.raises(ValueError):
+        Normaliser.from_state({"version": 99})
+    with pytest.raises(ValueError):
+        Normaliser.from_state({"version": 1})
+
+
+histories = st.lists(
+    st.lists(
+        st.one_of(st.just(0.0), st.floats(0.0, 1.0), st.floats(0.0, 100.0)),
+        min_size=0,
+        max_size=30,
+    ),
+    min_size=1,
+    max_size=15,
+)
+
+
+def build(history, span=300):
+    norm = Normaliser(span)
+    for i, bucket in enumerate(history):
+        norm.update(bucket, [f"s{(i + j) % 3}" for j in range(len(bucket))])
+    return norm
+
+
+@settings(deadline=None)
+@given(
+    histories,
+    st.lists(st.floats(0.0, 100.0), min_size=1, max_size=40),
+    st.sampled_from([300, 1800, 7200]),
+)
+def test_normalised_monotone_bounded_and_zero(history, queries, span):
+    norm = build(history, span)
+    raw = np.sort(np.array(queries + [0.0]))
+    for scope in ("s0", "s1", "new"):
+        out = norm.normalise(raw, scope)
+        assert np.all(np.diff(out) >= 0.0)
+        assert np.all((out >= 0.0) & (out <= 100.0))
+        assert np.all(out[raw == 0.0] == 0.0)
+
+
+@settings(deadline=None)
+@given(histories, st.lists(st.floats(0.0, 100.0), min_size=1, max_size=20))
+def test_state_round_trip_is_exact(history, queries):
+    norm = build(history)
+    state = norm.to_state()
+    restored = Normaliser.from_state(json.loads(json.dumps(state)))
+    assert restored.to_state() == state
+    scopes = [f"s{i % 4}" for i in range(len(queries))]
+    assert np.array_equal(norm.normalise(queries, scopes), restored.normalise(queries, scopes))
+    # Both carry on identically.
+    assert norm.update(queries, scopes) == restored.update(queries, scopes)
+    assert restored.to_state() == norm.to_state()
+
+
+def test_state_contents():
+    norm = Normaliser(600, noise_percentile=40.0)
+    norm.update([0.0, 0.0, 1.2344, 1.2346], ["b", "a", "a", "c"])
+    state = norm.to_state()
+    assert state["bins"] == [0, 1234, 1235]
+    assert state["counts"] == [2, 1, 1]
+    assert state["scopes"] == ["a", "b", "c"]
+    assert state["scope_max"] == [1.2344, 0.0, 1.2346]
+    assert state["scope_age"] == [0, 0, 0]
+    assert state["bucket_span"] == 600.0 and state["noise_percentile"] == 40.0
+    assert state["knots"][-2] == [99.9, 90.0]
+
+
+def test_large_bucket_is_vectorised():
+    rng = np.random.default_rng(3)
+    norm = Normaliser(300)
+    raw = raw_score(rng.uniform(size=100_000) ** 3)
+    scopes = np.array([f"p{i}" for i in range(100_000)])
+    norm.update(raw, scopes)
+    out = norm.normalise(raw, scopes)
+    assert out.shape == (100_000,)
+    assert np.all(out[raw == 0.0] == 0.0)
+    order = np.argsort(raw)
+    # Every scope holds one score, so each is its own max: the max ceiling never binds and
+    # the score is monotone in raw across scopes too.
+    assert np.all(np.diff(out[order]) >= 0.0)
