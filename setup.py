@@ -51,4 +51,13 @@ extension = Extension(
     define_macros=macros,
 )
 
-setup(ext_modules=cythonize([extension], compiler_directives=directives))
+# The time-series model kernel (adjobs.model): plain C, no simdjson, same directives.
+model_extension = Extension(
+    "adjobs._model",
+    sources=["src/adjobs/_model.pyx"],
+    language="c",
+    extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]),
+    define_macros=macros,
+)
+
+setup(ext_modules=cythonize([extension, model_extension], compiler_directives=directives))

@@ -273,7 +273,7 @@ def _inject_fault(fault: str) -> None:
         def deferred_post(self, job_id, data, *args, **kwargs):
             while owed:  # the previous upload's commit, after its response
                 commit(self, owed.pop())
-            JobService._commit = lambda _self, job: owed.append(job)
+            JobService._commit = lambda _self, job, *_: owed.append(job)
             try:
                 return post(self, job_id, data, *args, **kwargs)
             finally:

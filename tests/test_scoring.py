@@ -627,3 +627,23 @@ def test_large_bucket_is_vectorised():
     # Every scope holds one score, so each is its own max: the max ceiling never binds and
     # the score is monotone in raw across scopes too.
     assert np.all(np.diff(out[order]) >= 0.0)
+
+
+def test_update_quiet_is_the_same_as_updating_bucket_by_bucket_with_zeros():
+    stepwise = Normaliser(600)
+    batched = Normaliser(600)
+    for n in (stepwise, batched):
+        n.update(np.array([0.0, 3.0, 40.0]), ["x", "y", "x"])
+        n.update(np.array([1.5]), ["z"])
+    for _ in range(7):
+        stepwise.update(np.zeros(4))
+    # Scores of 0 in scope "" only: the stepwise path also keeps scope "" alive at max 0.
+    batched.update_quiet(7, zeros=28)
+    probe = np.array([0.5, 3.0, 40.0, 60.0])
+    np.testing.assert_array_equal(stepwise.normalise(probe, "x"), batched.normalise(probe, "x"))
+    assert stepwise.count == batched.count == 32
+    for _ in range(50):
+        stepwise.update(np.zeros(0))
+    batched.update_quiet(50)
+    assert stepwise.max_score("x") is None and batched.max_score("x") is None
+    assert stepwise.big_change is False and batched.big_change is False

@@ -377,3 +377,64 @@ def test_serve_refuses_a_bad_size(tmp_path):
     )
     assert done.returncode == 2
     assert "--max-content-length" in done.stderr
+
+
+def test_results_apis_through_the_client(es):
+    """get_buckets/records/influencers/overall_buckets as elasticsearch-py sends them
+    (POST, options in the body, from/size in the query)."""
+    job = "results-client"
+    es.ml.put_job(
+        job_id=job,
+        analysis_config={
+            "bucket_span": "1h",
+            "detectors": [{"function": "mean", "field_name": "rt",
+                           "partition_field_name": "host"}],
+            "influencers": ["host"],
+        },
+        data_description={"time_field": "time", "time_format": "epoch"},
+    )
+    es.ml.open_job(job_id=job)
+    docs = []
+    for hour in range(200):
+        for i, host in enumerate(("a", "b")):
+            rt = 100.0 + (hour * 7 + i * 3) % 11  # a steady saw tooth
+            if (hour, host) == (180, "a"):
+                rt = 900.0
+            docs.append({"time": T0 + hour * HOUR + i, "rt": rt, "host": host})
+    es.ml.post_data(job_id=job, data=docs)
+    es.ml.flush_job(job_id=job)
+    spike = (T0 + 180 * HOUR) * 1000
+
+    records = es.ml.get_records(job_id=job, size=1)
+    assert records["count"] >= 1
+    top = records["records"][0]
+    assert (top["timestamp"], top["partition_field_value"]) == (spike, "a")
+    assert top["actual"] == [900.0]
+
+    buckets = es.ml.get_buckets(job_id=job, start=str(spike), end=str(spike + 1), expand=True)
+    assert buckets["count"] == 1
+    bucket = buckets["buckets"][0]
+    assert bucket["event_count"] == 2 and bucket["anomaly_score"] > 0
+    assert bucket["records"][0]["partition_field_value"] == "a"
+    one = es.ml.get_buckets(job_id=job, timestamp=str(spike))
+    assert one["buckets"][0]["timestamp"] == spike
+
+    influencers = es.ml.get_influencers(job_id=job, size=1)
+    assert influencers["influencers"][0]["influencer_field_value"] == "a"
+
+    overall = es.ml.get_overall_buckets(job_id=job, top_n=1, overall_score=1)
+    assert spike in [b["timestamp"] for b in overall["overall_buckets"]]
+
+    page = es.ml.get_buckets(job_id=job, page={"from": 0, "size": 2}, sort="timestamp")
+    assert [b["timestamp"] for b in page["buckets"]] == [T0 * 1000, (T0 + HOUR) * 1000]
+    assert page["count"] == 199
+
+    with pytest.raises(NotFoundError):
+        es.ml.get_records(job_id="no-such-job")
+    with pytest.raises(BadRequestError):
+        es.ml.get_buckets(job_id=job, timestamp=str(spike), start="0")
+    stats = es.ml.get_job_stats(job_id=job)["jobs"][0]
+    assert stats["timing_stats"]["bucket_count"] == 199
+    assert stats["model_size_stats"]["total_partition_field_count"] == 2
+    es.ml.close_job(job_id=job)
+    es.ml.delete_job(job_id=job)

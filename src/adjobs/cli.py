@@ -9,6 +9,7 @@ it is a terminal.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import pathlib
@@ -118,7 +119,7 @@ def _prepare_job(service: JobService, job_id: str, config: dict, replace: bool) 
 
 
 def run_job(service: JobService, config: dict, job_id: str, paths: list[str], *,
-            replace: bool = False) -> dict:
+            replace: bool = False, top: int = 5) -> dict:
     """Create the job (or continue the stored one), open it, post each file as one
     upload in order, flush and close it.
 
@@ -127,7 +128,8 @@ def run_job(service: JobService, config: dict, job_id: str, paths: list[str], *,
     past the failed one, so that re-posting it later would count it all as out of order.
 
     Returns ``{"job_id", "job", "data_dir", "uploads": [{"file", "data_counts" |
-    "error"}], "not_posted": [...], "totals"}``.
+    "error"}], "not_posted": [...], "totals", "top_records", "top_influencers"}``: the
+    ``top`` records and influencers with the highest scores.
     """
     for path in paths:
         if path != "-" and not os.access(path, os.R_OK):
@@ -158,7 +160,26 @@ def run_job(service: JobService, config: dict, job_id: str, paths: list[str], *,
         "uploads": uploads,
         "not_posted": remaining,
         "totals": totals,
+        "top_records": [_summary(record) for record in
+                        service.get_records(job_id, size=top)["records"]],
+        "top_influencers": [_summary(influencer) for influencer in
+                            service.get_influencers(job_id, size=top)["influencers"]],
     }
+
+
+def _summary(result: dict) -> dict:
+    """The part of a record or influencer a person reads first, with an ISO time."""
+    stamp = datetime.datetime.fromtimestamp(result["timestamp"] / 1000, datetime.UTC)
+    summary = {"time": stamp.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    score = result.get("record_score", result.get("influencer_score"))
+    summary["score"] = round(score, 1)
+    for key in ("function", "field_name", "partition_field_value", "by_field_value",
+                "over_field_value", "influencer_field_name", "influencer_field_value",
+                "actual", "typical"):
+        if key in result:
+            summary[key] = result[key]
+    summary["probability"] = float(f"{result['probability']:.3g}")
+    return summary
 
 
 def _post_file(service: JobService, job_id: str, path: str) -> dict:

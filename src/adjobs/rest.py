@@ -15,6 +15,7 @@ from typing import Any
 from .config import JOB_VERSION, validate_job_id
 from .errors import ApiError, illegal_argument
 from .service import JobService
+from .service import parse_boolean as boolean
 
 #: Parameters every endpoint accepts: they shape the response, not the operation.
 GENERIC_PARAMS = frozenset({"pretty", "human", "error_trace", "filter_path", "format"})
@@ -57,6 +58,26 @@ _ROUTE_SPECS: list[tuple[str, str, str, tuple[str, ...], int, bool]] = [
     ("get_job_stats", "GET", f"/{_JOB}/_stats", ("allow_no_match",), 200, False),
     ("get_job_stats", "GET", "/_stats", ("allow_no_match",), 200, False),
 ]
+# The results APIs answer GET and POST alike (elasticsearch-py uses POST, curl GET).
+_BUCKETS_PARAMS = ("expand", "exclude_interim", "from", "size", "start", "end", "anomaly_score",
+                   "sort", "desc", "page", "timestamp")
+_RECORDS_PARAMS = ("exclude_interim", "from", "size", "start", "end", "record_score", "sort",
+                   "desc", "page")
+_INFLUENCERS_PARAMS = ("exclude_interim", "from", "size", "start", "end", "influencer_score",
+                       "sort", "desc", "page")
+_OVERALL_PARAMS = ("top_n", "bucket_span", "overall_score", "exclude_interim", "start", "end",
+                   "allow_no_match")
+for _method in ("GET", "POST"):
+    _ROUTE_SPECS += [
+        ("get_buckets", _method, f"/{_JOB}/results/buckets/(?P<timestamp>[^/]+)",
+         _BUCKETS_PARAMS, 200, True),
+        ("get_buckets", _method, f"/{_JOB}/results/buckets", _BUCKETS_PARAMS, 200, True),
+        ("get_records", _method, f"/{_JOB}/results/records", _RECORDS_PARAMS, 200, True),
+        ("get_influencers", _method, f"/{_JOB}/results/influencers", _INFLUENCERS_PARAMS, 200,
+         True),
+        ("get_overall_buckets", _method, f"/{_JOB}/results/overall_buckets", _OVERALL_PARAMS,
+         200, True),
+    ]
 
 
 def _build_routes() -> list[Route]:
@@ -121,23 +142,6 @@ def merge_params(route: Route, path: str, query: dict[str, str], body: Any) -> d
                 )
             params[key] = value
     return params
-
-
-def boolean(name: str, value: Any, default: bool) -> bool:
-    """ES's boolean parameter: true/false, or an empty value meaning true."""
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    text = str(value)
-    if text in ("", "true"):
-        return True
-    if text == "false":
-        return False
-    raise illegal_argument(
-        f"Failed to parse value [{text}] for parameter [{name}]: only [true] or [false] "
-        "are allowed."
-    )
 
 
 def _job_id(path_params: dict[str, str]) -> str:
@@ -240,4 +244,15 @@ def call(service: JobService, route: Route, path_params: dict[str, str],
             advance_time=params.get("advance_time"),
             skip_time=params.get("skip_time"),
         )
+    if name == "get_buckets":
+        # The timestamp of the path wins over the body's (rest-api §5).
+        timestamp = path_params.get("timestamp") or params.pop("timestamp", None)
+        return service.get_buckets(_job_id(path_params), timestamp, **params)
+    if name == "get_records":
+        return service.get_records(_job_id(path_params), **params)
+    if name == "get_influencers":
+        return service.get_influencers(_job_id(path_params), **params)
+    if name == "get_overall_buckets":
+        params["allow_no_match"] = boolean("allow_no_match", params.get("allow_no_match"), True)
+        return service.get_overall_buckets(_expression(path_params), **params)
     raise AssertionError(f"no handler for route {name}")

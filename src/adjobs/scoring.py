@@ -776,6 +776,28 @@ class Normaliser:
         self.big_change = big
         return big
 
+    def update_quiet(self, buckets: int, zeros: int = 0) -> None:
+        """``buckets`` finalised buckets in a row whose scores are all 0, ``zeros`` of them
+        in all: the quantiles count the zeros and every scope ages by ``buckets``, as that
+        many :meth:`update` calls with no positive score would do, in O(scopes)."""
+        if buckets <= 0:
+            return
+        if zeros > 0:
+            if self._keys.size and self._keys[0] == 0:
+                self._counts = self._counts.copy()
+                self._counts[0] += zeros
+            else:
+                self._keys = np.concatenate([np.zeros(1, dtype=np.int64), self._keys])
+                self._counts = np.concatenate([np.array([zeros], dtype=np.int64),
+                                               self._counts])
+        self._scope_age = self._scope_age + buckets
+        keep = self._scope_age < self.forget_after
+        if not keep.all():
+            self._scopes = self._scopes[keep]
+            self._scope_max = self._scope_max[keep]
+            self._scope_age = self._scope_age[keep]
+        self.big_change = False
+
     # -- normalise ----------------------------------------------------------------------------
 
     def normalise(

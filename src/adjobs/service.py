@@ -29,14 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from . import _core
+from . import _core, results
+from .analysis import JobAnalysis
 from .config import JobConfig, apply_update, parse_job_config
 from .counts import DataCounts
 from .errors import ApiError, job_not_found, job_not_open, malformed_json
 from .ingest import iter_chunks, plan_for
 from .ownership import Claim, JobOwnership, owned_elsewhere
 from .plan import IngestPlan
-from .store import Store, StoredJob
+from .store import AnalysisCommit, Store, StoredJob
 from .timeparams import parse_time_param
 
 RecordListener = Callable[[Any, Any, Any], None]
@@ -58,6 +59,9 @@ class _OpenJob:
     opened_at: int
     last_finalized_bucket_end: int | None
     committed_strings: int  # string-table codes below this are in the store
+    analysis: JobAnalysis
+    #: The analysis state as last committed: what a cut-off upload rolls back to.
+    analysis_state: bytes | None = None
 
 
 @dataclass
@@ -86,6 +90,12 @@ class _Checkpoint:
         job.ingest.earliest_ms = self.earliest_ms
         job.ingest.diagnostics.set_state(self.diagnostics)
         job.ingest.strings.truncate(self.string_count)
+        # The analysis is rebuilt from its last committed state (every change to it is
+        # committed, so that is its state when the upload started).
+        job.analysis = JobAnalysis(job.config)
+        if job.analysis_state is not None:
+            job.analysis.set_state(job.analysis_state)
+        job.analysis.sync_names(job.ingest.strings)
 
 
 class JobService:
@@ -96,12 +106,17 @@ class JobService:
     path
         The data directory. Jobs are stored in ``<path>/adjobs.db`` and survive restarts;
         ``None`` keeps everything in memory for the life of the object.
+    analyse
+        ``False`` runs the ingest side only: data counts and diagnostics, no models and no
+        results (the baseline of ``bench/analysis.py``).
 
     Use it as a context manager, or call :meth:`close`, to close the jobs it opened.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, *, analyse: bool = True) -> None:
         self._store = Store.open(path) if path is not None else Store.in_memory()
+        #: False: jobs count and check their data but find no anomalies (ingest only).
+        self.analyse = analyse
         self._ownership = JobOwnership(self._store.directory)
         self._open: dict[str, _OpenJob] = {}
         self._job_locks: dict[str, threading.Lock] = {}
@@ -239,6 +254,11 @@ class JobService:
         )
         if stored.open_since is not None and stored.diagnostics is not None:
             ingest.diagnostics.set_state(stored.diagnostics)
+        analysis = JobAnalysis(config)
+        analysis_state, _ = self._store.load_analysis(job_id)
+        if analysis_state is not None:
+            analysis.set_state(analysis_state)
+        analysis.sync_names(strings)
         now = _now_ms()
         self._store.mark_open(job_id, now, ingest.diagnostics.get_state())
         return _OpenJob(
@@ -250,6 +270,8 @@ class JobService:
             opened_at=now,
             last_finalized_bucket_end=stored.last_finalized_bucket_end,
             committed_strings=stored.string_count,
+            analysis=analysis,
+            analysis_state=analysis_state,
         )
 
     def post_data(
@@ -270,11 +292,11 @@ class JobService:
             job = self._open.get(job_id)
             if job is None:
                 raise self._not_open_here(job_id)
-            self._parse_reset(reset_start, reset_end)
+            reset_range = self._parse_reset(reset_start, reset_end)
             checkpoint = _Checkpoint.of(job)
             try:
                 response, upload = self._upload(job, data)
-                self._commit(job)
+                self._commit(job, reset_range)
             except BaseException:
                 checkpoint.restore(job)
                 raise
@@ -292,18 +314,35 @@ class JobService:
             pass
         return job_not_open(job_id)
 
-    def _commit(self, job: _OpenJob) -> None:
+    def _commit(self, job: _OpenJob, reset_range: tuple[int, int] | None = None) -> None:
         strings = job.ingest.strings
+        analysis = self._analysis_commit(job, reset_range)
         self._store.commit_upload(
             job.config.job_id,
             job.totals.to_state(),
             job.ingest.diagnostics.get_state(),
             strings.raw_values(job.committed_strings),
             job.committed_strings,
+            analysis,
         )
         job.committed_strings = len(strings)
+        job.analysis_state = analysis.state
 
-    def _parse_reset(self, reset_start: Any, reset_end: Any) -> None:
+    @staticmethod
+    def _analysis_commit(job: _OpenJob, reset_range: tuple[int, int] | None = None,
+                         interim: Any = None) -> AnalysisCommit:
+        pending = job.analysis.take_pending()
+        if interim is not None:
+            pending.extend(interim)
+        return AnalysisCommit(
+            state=job.analysis.get_state(),
+            stats=job.analysis.stats(),
+            results=pending,
+            reset_range=reset_range,
+        )
+
+    def _parse_reset(self, reset_start: Any, reset_end: Any) -> tuple[int, int] | None:
+        """The ``[start, end)`` (ms) whose results an upload replaces, if any."""
         start = parse_time_param("start", reset_start) if reset_start not in (None, "") else None
         end = parse_time_param("end", reset_end) if reset_end not in (None, "") else None
         if start is not None and end is not None and end < start:
@@ -313,6 +352,11 @@ class JobService:
                 f"Invalid time range: end time '{reset_end}' is earlier than start time "
                 f"'{reset_start}'.",
             )
+        if start is None:
+            return None  # reset_end alone is validated, then ignored (spec 6.1)
+        if end is None or end == start:
+            end = start + 1000
+        return start, end
 
     def _upload(self, job: _OpenJob, data: Any) -> tuple[dict | None, _core.Upload]:
         """Read one upload into the job's in-memory state; the caller commits it."""
@@ -383,6 +427,9 @@ class JobService:
         if len(times):
             for listener in self._listeners.get(job.config.job_id, ()):
                 listener(times, numeric, codes)
+            if self.analyse:
+                job.analysis.sync_names(job.ingest.strings)
+                job.analysis.add_records(times, numeric, codes)
 
     @staticmethod
     def _failure_error(upload: _core.Upload) -> ApiError:
@@ -477,17 +524,31 @@ class JobService:
             span = job.plan.bucket_span_ms
             finalized = job.last_finalized_bucket_end
             latest = job.totals.latest_record_timestamp
+            analysis = job.analysis
             if latest is not None:
                 # Every bucket before the latest record's bucket is complete.
                 finalized = max(finalized or 0, latest // span * span)
             if "skip_time" in parsed:
                 skip = parsed["skip_time"]
                 finalized = max(finalized or 0, -(-skip // span) * span)
+                # Skipped buckets give no results and teach the models nothing.
+                analysis.skip(-(-skip // span) * span)
             if "advance_time" in parsed:
                 finalized = max(finalized or 0, parsed["advance_time"] // span * span)
-            if finalized != job.last_finalized_bucket_end:
-                self._store.save_finalized(job_id, finalized)
-                job.last_finalized_bucket_end = finalized
+            try:
+                if finalized:
+                    analysis.finalise(finalized)
+                interim = analysis.interim() if calc_interim else None
+                commit = self._analysis_commit(job, interim=interim)
+                self._store.save_finalized(job_id, finalized, commit)
+            except BaseException:
+                job.analysis = JobAnalysis(job.config)
+                if job.analysis_state is not None:
+                    job.analysis.set_state(job.analysis_state)
+                job.analysis.sync_names(job.ingest.strings)
+                raise
+            job.analysis_state = commit.state
+            job.last_finalized_bucket_end = finalized
         response: dict = {"flushed": True}
         if finalized:
             response["last_finalized_bucket_end"] = finalized
@@ -514,6 +575,50 @@ class JobService:
         return {"closed": True}
 
     # --------------------------------------------------------------------------------
+    # Results (rest-api.md §1): read from the store, so they work on closed jobs too
+
+    def get_buckets(self, job_id: str, timestamp: Any = None, **params: Any) -> dict:
+        """Bucket results (``GET …/results/buckets[/<timestamp>]``)."""
+        self._known(job_id)
+        query = _ResultsQuery(params, ("anomaly_score", "desc", "end", "exclude_interim",
+                                       "expand", "from", "size", "sort", "start"))
+        if timestamp is not None:
+            query.values["timestamp"] = query.time("timestamp", timestamp)
+        return self._store.read_results(job_id, results.get_buckets, job_id, **query.values)
+
+    def get_records(self, job_id: str, **params: Any) -> dict:
+        """Anomaly records (``GET …/results/records``)."""
+        self._known(job_id)
+        query = _ResultsQuery(params, ("desc", "end", "exclude_interim", "from",
+                                       "record_score", "size", "sort", "start"))
+        return self._store.read_results(job_id, results.get_records, job_id, **query.values)
+
+    def get_influencers(self, job_id: str, **params: Any) -> dict:
+        """Influencer results (``GET …/results/influencers``)."""
+        self._known(job_id)
+        query = _ResultsQuery(params, ("desc", "end", "exclude_interim", "from",
+                                       "influencer_score", "size", "sort", "start"))
+        return self._store.read_results(job_id, results.get_influencers, job_id,
+                                        **query.values)
+
+    def get_overall_buckets(self, job_id: str, **params: Any) -> dict:
+        """Overall buckets across the jobs an id expression matches."""
+        allow_no_match = params.pop("allow_no_match", True)
+        query = _ResultsQuery(params, ("bucket_span", "end", "exclude_interim",
+                                       "overall_score", "start", "top_n"))
+        ids = self._expand(job_id, allow_no_match not in (False, "false"))
+        configs = self._store.load_configs()
+        ids = [i for i in ids if i in configs]
+        spans = {i: JobConfig.from_dict(configs[i]).bucket_span_ms // 1000 for i in ids}
+        reps = {i: configs[i]["analysis_config"]["bucket_span"] for i in ids}
+        return self._store.read_results(job_id, results.get_overall_buckets, ids, spans,
+                                        span_reps=reps, **query.values)
+
+    def _known(self, job_id: str) -> None:
+        if job_id not in self._open and self._store.load(job_id) is None:
+            raise job_not_found(job_id)
+
+    # --------------------------------------------------------------------------------
     # Stats
 
     def get_job_stats(self, job_id: str | None = None, allow_no_match: bool = True) -> dict:
@@ -526,7 +631,8 @@ class JobService:
         for one_id in self._expand(job_id, allow_no_match):
             job = self._open.get(one_id)
             if job is not None:
-                jobs.append(self._stats(job.config, job.plan, job.totals, job.opened_at))
+                jobs.append(self._stats(job.config, job.plan, job.totals, job.opened_at,
+                                        job.analysis.stats()))
                 continue
             stored = self._store.load(one_id)
             if stored is None:  # deleted meanwhile
@@ -536,12 +642,13 @@ class JobService:
             if self._ownership.owned_by_other(one_id):
                 opened_at = stored.open_since or _now_ms()
             jobs.append(self._stats(config, plan_for(config),
-                                    DataCounts.from_state(stored.counts), opened_at))
+                                    DataCounts.from_state(stored.counts), opened_at,
+                                    self._store.load_analysis_stats(one_id)))
         return {"count": len(jobs), "jobs": jobs}
 
     @staticmethod
     def _stats(config: JobConfig, plan: IngestPlan, totals: DataCounts,
-               opened_at: int | None) -> dict:
+               opened_at: int | None, analysis: dict | None) -> dict:
         job_id = config.job_id
         k = plan.analysed_fields_per_record
         now = _now_ms()
@@ -582,6 +689,9 @@ class JobService:
                 "exponential_average_bucket_processing_time_per_hour_ms": 0.0,
             },
         }
+        if analysis is not None:
+            stats["model_size_stats"].update(analysis["model_size_stats"])
+            stats["timing_stats"].update(analysis["timing_stats"])
         if opened_at is not None:
             stats["node"] = {"id": "adjobs", "name": "adjobs", "attributes": {}}
             stats["assignment_explanation"] = ""
@@ -669,3 +779,97 @@ class _ClaimedJob:
     def __exit__(self, *_: object) -> None:
         if self._claim is not None:
             self._claim.release()
+
+
+def parse_boolean(name: str, value: Any, default: bool) -> bool:
+    """ES's boolean parameter: true/false, or an empty value meaning true."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    text = str(value)
+    if text in ("", "true"):
+        return True
+    if text == "false":
+        return False
+    raise ApiError(
+        400,
+        "illegal_argument_exception",
+        f"Failed to parse value [{text}] for parameter [{name}]: only [true] or [false] "
+        "are allowed.",
+    )
+
+
+class _ResultsQuery:
+    """The parameters of a results API, from Python or from REST strings, checked and
+    converted for :mod:`adjobs.results` (``from`` becomes ``from_``; ``page`` is
+    ``{"from", "size"}``, as elasticsearch-py sends it)."""
+
+    _FLOATS = ("anomaly_score", "record_score", "influencer_score", "overall_score")
+    _BOOLEANS = ("desc", "exclude_interim", "expand")
+    _INTEGERS = ("from", "size", "top_n")
+
+    def __init__(self, params: dict, allowed: tuple[str, ...]) -> None:
+        params = dict(params)
+        if "from_" in params:
+            params["from"] = params.pop("from_")
+        page = params.pop("page", None)
+        if page is not None:
+            if not isinstance(page, dict) or set(page) - {"from", "size"}:
+                raise ApiError(400, "x_content_parse_exception",
+                               "[page] must be an object with [from] and [size]")
+            for key in ("from", "size"):
+                if key in page:
+                    params[key] = page[key]
+        self.values: dict[str, Any] = {}
+        for name, value in params.items():
+            if value is None:
+                continue
+            if name not in allowed:
+                raise ApiError(400, "illegal_argument_exception",
+                               f"unrecognized parameter: [{name}]")
+            key = "from_" if name == "from" else name
+            if name in ("start", "end"):
+                self.values[key] = self.time(name, value)
+            elif name == "bucket_span":
+                self.values[key] = self.span(value)
+            elif name in self._FLOATS:
+                self.values[key] = self.number(name, value, float)
+            elif name in self._INTEGERS:
+                self.values[key] = self.number(name, value, int)
+            elif name in self._BOOLEANS:
+                self.values[key] = self.boolean(name, value)
+            else:
+                self.values[key] = str(value)
+
+    @staticmethod
+    def time(name: str, value: Any) -> int:
+        """Epoch ms: a number is milliseconds (ES's ``epoch_millis``), else a date."""
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return int(value)
+        text = str(value).strip()
+        if text.lstrip("-").isdigit():
+            return int(text)
+        return parse_time_param(name, text)
+
+    @staticmethod
+    def number(name: str, value: Any, kind: type) -> Any:
+        try:
+            if isinstance(value, bool):
+                raise TypeError(name)
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ApiError(400, "illegal_argument_exception",
+                           f"Failed to parse [{name}] with value [{value}]") from None
+
+    @staticmethod
+    def boolean(name: str, value: Any) -> bool:
+        return parse_boolean(name, value, False)
+
+    @staticmethod
+    def span(value: Any) -> int:
+        from .config import _parse_time_value
+
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        return _parse_time_value(str(value), "bucket_span").nanos // 1_000_000_000

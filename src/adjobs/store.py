@@ -19,16 +19,18 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import ApiError, job_already_exists
+from .results import RESULTS_SCHEMA, delete_results, write_results
 
 DATABASE_NAME = "adjobs.db"
 #: Bumped whenever the tables change; ``_MIGRATIONS[n]`` upgrades version n to n + 1.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: ``PRAGMA application_id``: "ADJB". Tells our database from any other SQLite file.
 APPLICATION_ID = 0x41444A42
 #: How long a writer waits for another process's transaction before giving up.
@@ -52,7 +54,19 @@ CREATE TABLE job_strings (
 ) WITHOUT ROWID;
 """
 
-_MIGRATIONS: dict[int, str] = {}
+_MIGRATIONS: dict[int, str] = {
+    # Version 2: the analysis (issue 5). Its state is one blob per job, rewritten with
+    # every upload in the upload's transaction; ``stats`` is what a closed job's stats
+    # show without unpacking it.
+    1: """
+CREATE TABLE analysis_state (
+    job_id TEXT PRIMARY KEY,
+    state BLOB NOT NULL,
+    stats TEXT NOT NULL
+) WITHOUT ROWID;
+"""
+    + RESULTS_SCHEMA,
+}
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -71,6 +85,27 @@ class StoreError(ApiError):
 
     def __init__(self, reason: str) -> None:
         super().__init__(500, "store_exception", reason)
+
+
+@dataclass
+class AnalysisCommit:
+    """What an upload or a flush changed in a job's analysis."""
+
+    state: bytes
+    stats: dict
+    results: Any  # an object with buckets, records, influencers (adjobs.results)
+    #: ``(start_ms, end_ms)`` of ``reset_start``/``reset_end``: results dropped first.
+    reset_range: tuple[int, int] | None = None
+
+
+def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommit) -> None:
+    if analysis.reset_range is not None:
+        delete_results(db, job_id, *analysis.reset_range)
+    write_results(db, job_id, analysis.results)
+    db.execute(
+        "INSERT OR REPLACE INTO analysis_state (job_id, state, stats) VALUES (?, ?, ?)",
+        (job_id, analysis.state, json.dumps(analysis.stats)),
+    )
 
 
 @dataclass
@@ -317,9 +352,13 @@ class Store:
         diagnostics: dict,
         new_strings: list[bytes],
         first_new_code: int,
+        analysis: AnalysisCommit | None = None,
     ) -> None:
-        """Everything one upload changed, in one transaction."""
+        """Everything one upload changed, in one transaction: counts, strings, and the
+        analysis's state and new results."""
         with self._write(f"storing an upload to job [{job_id}]") as db:
+            if analysis is not None:
+                _write_analysis(db, job_id, analysis)
             if new_strings:
                 db.executemany(
                     "INSERT INTO job_strings (job_id, code, value) VALUES (?, ?, ?)",
@@ -331,8 +370,11 @@ class Store:
                  job_id),
             )
 
-    def save_finalized(self, job_id: str, last_finalized_bucket_end: int | None) -> None:
+    def save_finalized(self, job_id: str, last_finalized_bucket_end: int | None,
+                       analysis: AnalysisCommit | None = None) -> None:
         with self._write(f"flushing job [{job_id}]") as db:
+            if analysis is not None:
+                _write_analysis(db, job_id, analysis)
             db.execute("UPDATE jobs SET last_finalized_bucket_end = ? WHERE job_id = ?",
                        (last_finalized_bucket_end, job_id))
 
@@ -340,6 +382,8 @@ class Store:
         """Clear counts and everything learnt; keep the configuration."""
         with self._write(f"resetting job [{job_id}]") as db:
             db.execute("DELETE FROM job_strings WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM analysis_state WHERE job_id = ?", (job_id,))
+            delete_results(db, job_id)
             db.execute(
                 "UPDATE jobs SET counts = ?, diagnostics = NULL, last_finalized_bucket_end = NULL,"
                 " string_count = 0 WHERE job_id = ?",
@@ -349,7 +393,32 @@ class Store:
     def delete(self, job_id: str) -> None:
         with self._write(f"deleting job [{job_id}]") as db:
             db.execute("DELETE FROM job_strings WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM analysis_state WHERE job_id = ?", (job_id,))
+            delete_results(db, job_id)
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+
+    def load_analysis(self, job_id: str) -> tuple[bytes | None, dict | None]:
+        """The analysis state blob and stats of a job (``None`` before its first bucket)."""
+        with self._lock, self._failures(f"reading job [{job_id}]"):
+            row = self._db.execute(
+                "SELECT state, stats FROM analysis_state WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        if row is None:
+            return None, None
+        return bytes(row[0]), json.loads(row[1])
+
+    def load_analysis_stats(self, job_id: str) -> dict | None:
+        with self._lock, self._failures(f"reading job [{job_id}]"):
+            row = self._db.execute(
+                "SELECT stats FROM analysis_state WHERE job_id = ?", (job_id,)
+            ).fetchone()
+        return json.loads(row[0]) if row is not None else None
+
+    def read_results(self, job_id: str, query: Callable[..., dict], *args: Any,
+                     **kwargs: Any) -> dict:
+        """Run one of :mod:`adjobs.results`' read functions on this database."""
+        with self._lock, self._failures(f"reading the results of job [{job_id}]"):
+            return query(self._db, *args, **kwargs)
 
     # --------------------------------------------------------------------------------
     # Maintenance

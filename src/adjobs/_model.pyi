@@ -1,0 +1,21 @@
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+def layout(span: float, daily_cap: int, weekly_cap: int) -> dict[str, Any]: ...
+def step(
+    span: float,
+    params: NDArray[np.float64],
+    values: NDArray[np.float64],
+    buckets: NDArray[np.int64],
+    side: NDArray[np.int8],
+    scalars: NDArray[np.float64],
+    ring: NDArray[np.float64],
+    daily: NDArray[np.float64],
+    dcount: NDArray[np.float64],
+    weekly: NDArray[np.float64],
+    wcount: NDArray[np.float64],
+    daily_res: int,
+    weekly_res: int,
+) -> NDArray[np.float64]: ...

@@ -1,0 +1,636 @@
+# Online time-series models: the per-series model behind anomaly probabilities.
+#
+# What the model does is described in shared/spec/analysis.md A.5; this is our own maths,
+# not ml-cpp's. Per series and per bucket:
+#
+# * Decomposition. A slow baseline (about a day) anchors the seasonal components: a daily
+#   profile (per-phase values) and an hour-of-week profile learned on what the daily one
+#   leaves. Six one-step predictors run side by side: {no season, daily, daily+weekly} x
+#   {slow, fast} level. Each keeps a robust running error; the best one is used, and a
+#   seasonal one only once its period has been observed twice and it beats the simpler
+#   model by a margin ("test whether seasonality explains variance before using it").
+# * Residual distribution. A robust scale (winsorised mean absolute residual) shared by
+#   five shapes: Cauchy, t(2), t(4), Laplace, Gaussian; their weights come from decayed
+#   log-likelihoods (a one-of-N prior in the spirit of A.5). Heavy shapes win on spiky
+#   data, so ordinary spikes do not give tiny probabilities; the Gaussian wins on clean
+#   noise, so a real outlier there does. The evidence is tempered while history is short
+#   (no early certainty that tails are light), and an outlier process learns how often
+#   large residuals come and how large they are, so recurring spikes stop being news while
+#   a single anomaly does not mask the next one.
+# * Multi-bucket feature: the mean of the last 12 residuals, winsorised so that one spike
+#   does not keep it unusual for 12 buckets, with its own residual model.
+# * Change acceptance: a run of large residuals of one sign (a level shift) is taken as
+#   the new level after `run_length` buckets, so a shift is flagged, then learned.
+#
+# Shape of the hot loop (as _core): `step` checks arguments and allocates outputs, then
+# one `with nogil:` block runs `noexcept nogil` kernels. State lives in float64 arrays
+# owned by the Python wrapper (adjobs/model.py), so a job can be saved and resumed exactly.
+
+from libc.math cimport INFINITY, NAN, atan, erfc, exp, fabs, isnan, log, log1p, sqrt
+from libc.stdint cimport int8_t, int64_t
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------------
+# Layout of the per-series state
+
+cdef enum:
+    NC = 5          # residual shapes: Cauchy, t2, t4, Laplace, Gaussian
+    NM = 6          # decomposition models: season k = m // 2, level speed j = m % 2
+    MB = 12         # multi-bucket window (MULTIBUCKET_FEATURES_WINDOW_LENGTH, A.5)
+    # residual block: count, robust scale, outlier process, decayed log-likelihood per shape
+    RB_N = 0
+    RB_S = 1
+    RB_PI = 2       # decayed frequency of outliers
+    RB_OM = 3       # decayed number of outliers
+    RB_MU = 4       # mean of log(|outlier| / scale)
+    RB_VAR = 5      # and its variance
+    RB_LL = 6
+    RB = 6 + NC
+    # scalars of one series
+    X_N = 0         # buckets with a value
+    X_FIRST = 1     # first bucket index with a value
+    X_LAST = 2      # last bucket index with a value
+    X_BASE = 3      # slow baseline: the daily mean level
+    X_BDEV = 4      # winsorised mean |x - baseline|: clips what seasonal learning sees
+    X_RUN = 5       # signed length of the current run of large residuals
+    X_RUNSUM = 6    # sum of those residuals
+    X_LEV = 7       # NM one-step levels
+    X_ERR = 7 + NM  # NM winsorised mean absolute one-step errors (clip the levels)
+    X_MSE = 7 + 2 * NM  # NM mean squared one-step errors (choose the model)
+    X_SINGLE = 7 + 3 * NM
+    X_MULTI = 7 + 3 * NM + RB
+    NSCAL = 7 + 3 * NM + 2 * RB
+
+# Parameter vector (adjobs/model.py DEFAULT_PARAMS names them, in this order).
+cdef enum:
+    P_ALPHA_SLOW = 0
+    P_ALPHA_FAST = 1
+    P_LEVEL_CLIP = 2
+    P_BASE_DAYS = 3
+    P_GAMMA_DAILY = 4
+    P_GAMMA_WEEKLY = 5
+    P_GAIN_DAILY = 6
+    P_GAIN_WEEKLY = 7
+    P_TEST_DAYS = 8
+    P_SCALE_RATE = 9
+    P_DECAY = 10
+    P_LL_CAP = 11
+    P_MIX_MAP = 12
+    P_RUN_SIGMA = 13
+    P_RUN_LENGTH = 14
+    P_WARM_BUCKETS = 15
+    P_WARM_SECONDS = 16
+    P_MIN_CV = 17
+    P_INFLATE = 18
+    P_SEASON_PERIODS = 19
+    P_TEMPER = 20
+    P_OUT_SIGMA = 21
+    P_OUT_RATE = 22
+    P_OUT_PRIOR = 23
+    P_MB_CLIP = 24
+    NPARAM = 25
+
+# Unit-scale constants of the five shapes, Cauchy, t2, t4, Laplace, Gaussian.
+# KAPPA: fixed point s = E[min(|Z|, 3 s)], the value the winsorised mean absolute
+# residual converges to for that shape (numerical quadrature), so scale = s / KAPPA.
+cdef double KAPPA[5]
+KAPPA[:] = [1.664655, 1.131371, 0.941487, 0.940480, 0.792039]
+# Half-width of the central 95% interval (model plot bounds, A.4 boundspercentile 95).
+cdef double Q95[5]
+Q95[:] = [12.706205, 4.302653, 2.776445, 2.995732, 1.959964]
+# log of the density's normalising constant: lgamma((v+1)/2) - lgamma(v/2) - log(v pi)/2
+# for t(v); -log 2 for Laplace; -log(2 pi)/2 for the Gaussian.
+cdef double LOGC[5]
+LOGC[:] = [-1.1447298858494002, -1.0397207708399179, -0.9808292530117262,
+           -0.6931471805599453, -0.9189385332046727]
+
+cdef double WINSOR = 3.0        # the k of KAPPA
+cdef double SQRT2 = 1.4142135623730951
+cdef double INV_PI = 0.3183098861837907
+cdef double DAY = 86400.0
+cdef double WEEK = 604800.0
+cdef double TINY = 1e-300       # scale floor of a series that is exactly zero
+
+
+ctypedef struct Params:
+    double alpha[2]
+    double level_clip
+    double base_rate
+    double gamma_daily
+    double gamma_weekly
+    double gain[3]
+    double test_rate
+    double scale_rate
+    double decay
+    double ll_cap
+    int mix_map
+    double run_sigma
+    double run_length
+    double warm_buckets
+    double warm_seconds
+    double min_cv
+    double inflate
+    double season_periods
+    double temper_buckets
+    double out_sigma
+    double out_rate
+    double out_prior
+    double mb_clip
+    double span
+    int64_t daily_res        # buckets per daily phase (0: no daily component)
+    int64_t daily_phases
+    int64_t weekly_res       # buckets per weekly phase (0: no weekly component)
+    int64_t weekly_phases
+
+
+def layout(double span, int64_t daily_cap, int64_t weekly_cap):
+    """Sizes of the state arrays for a bucket span: (scalars, ring, daily, weekly) widths.
+
+    A daily profile needs a span that divides a day into at least 4 phases; its phases are
+    at least 5 minutes wide and at most ``daily_cap`` (finer spans share a phase). The
+    weekly profile is per hour of week (per bucket above an hour).
+    """
+    cdef int64_t d_res, w_res, d_n, w_n, ispan
+    ispan = <int64_t>span
+    d_res = w_res = d_n = w_n = 0
+    if ispan > 0 and ispan == span and 86400 % ispan == 0 and 86400 // ispan >= 4:
+        d_res = 1
+        while (86400 // (ispan * d_res)) > daily_cap or ispan * d_res < 300:
+            d_res += 1
+            while 86400 % (ispan * d_res) != 0:
+                d_res += 1
+        d_n = 86400 // (ispan * d_res)
+    if ispan > 0 and ispan == span and 604800 % ispan == 0 and 604800 // ispan >= 7:
+        w_res = 1
+        while (604800 // (ispan * w_res)) > weekly_cap or ispan * w_res < 3600:
+            w_res += 1
+            while 604800 % (ispan * w_res) != 0:
+                w_res += 1
+        w_n = 604800 // (ispan * w_res)
+    return {"scalars": NSCAL, "ring": 2 * MB, "daily": d_n, "weekly": w_n,
+            "daily_res": d_res, "weekly_res": w_res, "params": NPARAM,
+            "shapes": NC, "models": NM}
+
+
+# ---------------------------------------------------------------------------------------
+# Residual distribution: five shapes sharing one robust scale
+
+cdef inline double tail2(int c, double z) noexcept nogil:
+    """P(|Z| >= z) for a unit-scale shape, written to keep precision far in the tail."""
+    cdef double q, s1
+    if z <= 0.0:
+        return 1.0
+    if c == 0:
+        return 2.0 * INV_PI * atan(1.0 / z)
+    if c == 1:
+        q = sqrt(2.0 + z * z)
+        return 2.0 / (q * (q + z))
+    if c == 2:
+        q = sqrt(4.0 + z * z)
+        s1 = 4.0 / (q * (q + z))  # 1 - z / q
+        return s1 * s1 * (3.0 - s1) * 0.5
+    if c == 3:
+        return exp(-z)
+    return erfc(z / SQRT2)
+
+
+cdef inline double log_density(int c, double z) noexcept nogil:
+    """log f(z) of a unit-scale shape."""
+    if c == 0:
+        return LOGC[0] - log1p(z * z)
+    if c == 1:
+        return LOGC[1] - 1.5 * log1p(z * z * 0.5)
+    if c == 2:
+        return LOGC[2] - 2.5 * log1p(z * z * 0.25)
+    if c == 3:
+        return LOGC[3] - fabs(z)
+    return LOGC[4] - 0.5 * z * z
+
+
+cdef inline void shape_weights(const double* blk, double* w, const Params* P) noexcept nogil:
+    cdef int c
+    cdef double top = -INFINITY, total = 0.0
+    # Evidence is tempered while history is short: a day of clean noise does not prove that
+    # the tails are light, so early on the heavy shapes keep some weight.
+    cdef double temper = blk[RB_N] / (blk[RB_N] + P.temper_buckets)
+    for c in range(NC):
+        if blk[RB_LL + c] > top:
+            top = blk[RB_LL + c]
+    for c in range(NC):
+        w[c] = exp(temper * (blk[RB_LL + c] - top))
+        total += w[c]
+    for c in range(NC):
+        w[c] /= total
+
+
+cdef inline double shape_scale(const double* blk, int c, double floor,
+                               const Params* P) noexcept nogil:
+    # Few observations: widen the distribution, as a posterior over the scale would.
+    cdef double sig = blk[RB_S] / KAPPA[c]
+    if sig < floor:
+        sig = floor
+    return sig * (1.0 + P.inflate / (blk[RB_N] + 1.0))
+
+
+cdef double block_probability(const double* blk, double r, double floor, int side,
+                              const Params* P, double* half_width) noexcept nogil:
+    """Tail probability of residual r: one-sided for side +1/-1, two-sided for 0."""
+    cdef double w[5]
+    cdef double p = 0.0, h = 0.0, sig, t, pc, best = -1.0, pi, sd, po
+    cdef int c
+    if blk[RB_N] < 1.0:
+        half_width[0] = NAN
+        return 1.0
+    shape_weights(blk, w, P)
+    for c in range(NC):
+        sig = shape_scale(blk, c, floor, P)
+        t = tail2(c, fabs(r) / sig)
+        if side == 0:
+            pc = t
+        elif side * r > 0.0:
+            pc = 0.5 * t
+        else:
+            pc = 1.0 - 0.5 * t
+        if P.mix_map:
+            if w[c] > best:
+                best = w[c]
+                p = pc
+        else:
+            p += w[c] * pc
+        h += w[c] * Q95[c] * sig
+    half_width[0] = h
+    # Outlier process: large residuals that keep coming (regular spikes, bursts) are part of
+    # the series. Their frequency and typical size relative to the scale are learned, and
+    # weighted by how many have been seen, so that one anomaly does not mask the next.
+    if blk[RB_OM] > 0.0:
+        pi = blk[RB_PI] * blk[RB_OM] / (blk[RB_OM] + P.out_prior)
+        sd = sqrt(blk[RB_VAR]) if blk[RB_VAR] > 0.25 else 0.5
+        sig = shape_scale(blk, 4, floor, P)
+        po = 0.5 * erfc((log(fabs(r) / sig + 1e-300) - blk[RB_MU]) / (SQRT2 * sd))
+        if side != 0 and side * r < 0.0:
+            po = 1.0
+        p = (1.0 - pi) * p + pi * po
+    return p
+
+
+cdef void block_update(double* blk, double r, double floor, const Params* P) noexcept nogil:
+    cdef double ll[5]
+    cdef double n = blk[RB_N], a, rate, top = -INFINITY, sig, mult, keep
+    cdef int c
+    if n >= 1.0:
+        for c in range(NC):
+            sig = shape_scale(blk, c, floor, P)
+            ll[c] = log_density(c, fabs(r) / sig) - log(sig)
+            if ll[c] > top:
+                top = ll[c]
+        # One observation may move the odds between shapes by at most e^ll_cap, so a
+        # single wild value does not rule a shape out for good.
+        keep = 1.0 - P.decay
+        for c in range(NC):
+            if ll[c] < top - P.ll_cap:
+                ll[c] = top - P.ll_cap
+            blk[RB_LL + c] = keep * blk[RB_LL + c] + ll[c] - top
+    sig = shape_scale(blk, 4, floor, P)
+    if n >= 1.0:
+        if fabs(r) > P.out_sigma * sig:
+            blk[RB_OM] = blk[RB_OM] * (1.0 - P.out_rate) + 1.0
+            blk[RB_PI] += P.out_rate * (1.0 - blk[RB_PI])
+            a = log(fabs(r) / sig)
+            rate = 1.0 / blk[RB_OM] if blk[RB_OM] > 10.0 else 0.1
+            if blk[RB_OM] < 1.5:
+                blk[RB_MU] = a
+                blk[RB_VAR] = 0.0
+            else:
+                mult = a - blk[RB_MU]
+                blk[RB_MU] += rate * mult
+                blk[RB_VAR] = (1.0 - rate) * (blk[RB_VAR] + rate * mult * mult)
+        else:
+            blk[RB_OM] *= 1.0 - P.out_rate
+            blk[RB_PI] *= 1.0 - P.out_rate
+    # Winsorised mean absolute residual; running mean at first, then a decayed one whose
+    # rate starts 4x higher (A.5's initial decay multiplier) and relaxes.
+    a = fabs(r)
+    if n >= 4.0:
+        sig = blk[RB_S]
+        if sig < floor * KAPPA[4]:
+            sig = floor * KAPPA[4]
+        if a > WINSOR * sig:
+            a = WINSOR * sig
+    mult = 1.0 + 3.0 * exp(-n * P.scale_rate)
+    rate = P.scale_rate * mult
+    if rate < 1.0 / (n + 1.0):
+        rate = 1.0 / (n + 1.0)
+    blk[RB_S] += rate * (a - blk[RB_S])
+    blk[RB_N] = n + 1.0
+
+
+# ---------------------------------------------------------------------------------------
+# One bucket of one series
+
+cdef inline double clip(double v, double lim) noexcept nogil:
+    if v > lim:
+        return lim
+    if v < -lim:
+        return -lim
+    return v
+
+
+cdef inline double robust_mean_abs(double current, double a, double n, double rate) noexcept nogil:
+    if n >= 4.0 and a > WINSOR * current:
+        a = WINSOR * current
+    if rate < 1.0 / (n + 1.0):
+        rate = 1.0 / (n + 1.0)
+    return current + rate * (a - current)
+
+
+cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, double* ring,
+                  double* daily, double* dcount, double* weekly, double* wcount,
+                  double* out) noexcept nogil:
+    """Advance one series by one bucket. out = p_single, p_multi, typical, lower, upper."""
+    cdef int64_t pd = 0, pw = 0, slot
+    cdef int m, k, best_m, allowed, mb_count
+    cdef double seas[3]
+    cdef double e[6]
+    cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw, hwm
+    cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
+    cdef double run, t_rate
+
+    if P.daily_res > 0:
+        pd = (b // P.daily_res) % P.daily_phases
+    if P.weekly_res > 0:
+        pw = (b // P.weekly_res) % P.weekly_phases
+
+    if n < 1.0:
+        if isnan(x):
+            out[0] = out[1] = out[2] = out[3] = out[4] = NAN
+            return 0
+        sc[X_N] = 1.0
+        sc[X_FIRST] = <double>b
+        sc[X_LAST] = <double>b
+        sc[X_BASE] = x
+        sc[X_BDEV] = 0.0
+        sc[X_RUN] = 0.0
+        sc[X_RUNSUM] = 0.0
+        for m in range(NM):
+            sc[X_LEV + m] = x
+            sc[X_ERR + m] = 0.0
+            sc[X_MSE + m] = 0.0
+        for m in range(RB):
+            sc[X_SINGLE + m] = 0.0
+            sc[X_MULTI + m] = 0.0
+        for m in range(MB):
+            ring[m] = NAN
+            ring[MB + m] = -1.0
+        out[0] = out[1] = 1.0
+        out[2] = x
+        out[3] = out[4] = NAN
+        return 0
+
+    # Predictions of the six models, and which one is trusted for this bucket
+    seas[0] = 0.0
+    sd = daily[pd] if P.daily_res > 0 and dcount[pd] > 0.0 else 0.0
+    sw = weekly[pw] if P.weekly_res > 0 and wcount[pw] > 0.0 else 0.0
+    seas[1] = sd
+    seas[2] = sd + sw
+    hist = (<double>b - sc[X_FIRST]) * P.span
+    allowed = 1
+    if P.daily_res > 0 and hist >= P.season_periods * DAY:
+        allowed = 2
+        if P.weekly_res > 0 and hist >= P.season_periods * WEEK:
+            allowed = 3
+    best_m = 0
+    best_score = INFINITY
+    for m in range(NM):
+        k = m // 2
+        if k >= allowed:
+            break
+        score = sc[X_MSE + m] / P.gain[k]
+        if score < best_score:
+            best_score = score
+            best_m = m
+    yhat = sc[X_LEV + best_m] + seas[best_m // 2]
+
+    # Minimum coefficient of variation (A.5): flat data never gives infinite anomalies
+    floor_ = fabs(yhat)
+    if fabs(sc[X_BASE]) > floor_:
+        floor_ = fabs(sc[X_BASE])
+    if isnan(x):
+        # no value: the model does not move; report what it expected
+        floor_ = floor_ * P.min_cv if floor_ * P.min_cv > TINY else TINY
+        block_probability(&sc[X_SINGLE], 0.0, floor_, 0, P, &hw)
+        out[0] = out[1] = NAN
+        out[2] = yhat
+        out[3] = yhat - hw
+        out[4] = yhat + hw
+        return 0
+
+    # ...of the prediction or the observation, whichever is larger: a series of exact zeros
+    # has no scale, and a first non-zero value is measured against its own size
+    if fabs(x) > floor_:
+        floor_ = fabs(x)
+    floor_ *= P.min_cv
+    if floor_ < TINY:
+        floor_ = TINY
+    r = x - yhat
+    for m in range(NM):
+        e[m] = x - sc[X_LEV + m] - seas[m // 2]
+
+    # Multi-bucket feature: mean residual of the last MB buckets (empty ones left out)
+    slot = b % MB
+    # winsorised: one spike must not keep the 12-bucket mean unusual for 12 buckets
+    sig = sc[X_SINGLE + RB_S] / KAPPA[4]
+    if sig < floor_:
+        sig = floor_
+    ring[slot] = clip(r, P.mb_clip * sig) if sc[X_SINGLE + RB_N] >= 4.0 else r
+    ring[MB + slot] = <double>b
+    mbv = 0.0
+    mb_count = 0
+    for m in range(MB):
+        if ring[MB + m] > <double>(b - MB) and not isnan(ring[m]):
+            mbv += ring[m]
+            mb_count += 1
+    mbv /= mb_count
+
+    ps = block_probability(&sc[X_SINGLE], r, floor_, side, P, &hw)
+    if mb_count >= MB // 2 and n >= MB:
+        pm = block_probability(&sc[X_MULTI], mbv, floor_, side, P, &hwm)
+    else:
+        pm = 1.0
+    # Warm-up: "at least 4 buckets and 2 h" of history before anything is unusual
+    if n < P.warm_buckets or hist < P.warm_seconds:
+        if ps < 0.05:
+            ps = 0.05
+        if pm < 0.05:
+            pm = 0.05
+    out[0] = ps
+    out[1] = pm
+    out[2] = yhat
+    out[3] = yhat - hw
+    out[4] = yhat + hw
+
+    # ---- learn
+    block_update(&sc[X_SINGLE], r, floor_, P)
+    if mb_count >= MB // 2:
+        block_update(&sc[X_MULTI], mbv, floor_, P)
+
+    t_rate = P.test_rate
+    for m in range(NM):
+        err_floor = sc[X_ERR + m]
+        if err_floor < floor_:
+            err_floor = floor_
+        lim = P.level_clip * err_floor if n >= 4.0 else INFINITY
+        sc[X_LEV + m] += P.alpha[m % 2] * clip(e[m], lim)
+        sc[X_ERR + m] = robust_mean_abs(err_floor, fabs(e[m]), n, t_rate)
+        # Squared errors, not winsorised: the rare large errors that a profile avoids (a
+        # jump at the same time every day) are exactly the evidence for using it.
+        g = t_rate if t_rate > 1.0 / (n + 1.0) else 1.0 / (n + 1.0)
+        sc[X_MSE + m] += g * (e[m] * e[m] - sc[X_MSE + m])
+
+    # Change acceptance: a run of large residuals of one sign becomes the new level
+    sig = sc[X_SINGLE + RB_S] / KAPPA[4]
+    if sig < floor_:
+        sig = floor_
+    run = sc[X_RUN]
+    if fabs(r) > P.run_sigma * sig:
+        if (r > 0.0) == (run > 0.0) and run != 0.0:
+            sc[X_RUN] = run + (1.0 if r > 0.0 else -1.0)
+            sc[X_RUNSUM] += r
+        else:
+            sc[X_RUN] = 1.0 if r > 0.0 else -1.0
+            sc[X_RUNSUM] = r
+    else:
+        sc[X_RUN] = 0.0
+        sc[X_RUNSUM] = 0.0
+    if fabs(sc[X_RUN]) >= P.run_length:
+        shift = sc[X_RUNSUM] / fabs(sc[X_RUN])
+        for m in range(NM):
+            sc[X_LEV + m] = x - seas[m // 2]
+        sc[X_BASE] += shift
+        sc[X_RUN] = 0.0
+        sc[X_RUNSUM] = 0.0
+
+    # Baseline and seasonal profiles, learned on winsorised deviations from the baseline
+    dev = x - sc[X_BASE]
+    sc[X_BDEV] = robust_mean_abs(sc[X_BDEV], fabs(dev), n, t_rate)
+    dc = clip(dev, WINSOR * sc[X_BDEV]) if n >= 4.0 else dev
+    g = P.base_rate
+    if g < 1.0 / (n + 1.0):
+        g = 1.0 / (n + 1.0)
+    sc[X_BASE] += g * dc
+    if P.daily_res > 0:
+        g = P.gamma_daily
+        if g < 1.0 / (dcount[pd] + 1.0):
+            g = 1.0 / (dcount[pd] + 1.0)
+        daily[pd] += g * (dc - daily[pd])
+        dcount[pd] += 1.0
+    if P.weekly_res > 0:
+        g = P.gamma_weekly
+        if g < 1.0 / (wcount[pw] + 1.0):
+            g = 1.0 / (wcount[pw] + 1.0)
+        weekly[pw] += g * (dc - sd - weekly[pw])
+        wcount[pw] += 1.0
+
+    sc[X_N] = n + 1.0
+    sc[X_LAST] = <double>b
+    return 0
+
+
+cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[::1] buckets,
+                    const int8_t[::1] side, double[:, ::1] scalars, double[:, ::1] ring,
+                    double[:, ::1] daily, double[:, ::1] dcount, double[:, ::1] weekly,
+                    double[:, ::1] wcount, double[:, :, ::1] out) noexcept nogil:
+    cdef Py_ssize_t i, s
+    cdef double o[5]
+    cdef double* dp
+    cdef double* dn
+    cdef double* wp
+    cdef double* wn
+    cdef int status
+    o[0] = o[1] = o[2] = o[3] = o[4] = NAN  # step_one always writes all five
+    for i in range(values.shape[0]):
+        for s in range(values.shape[1]):
+            dp = &daily[s, 0] if daily.shape[1] > 0 else NULL
+            dn = &dcount[s, 0] if daily.shape[1] > 0 else NULL
+            wp = &weekly[s, 0] if weekly.shape[1] > 0 else NULL
+            wn = &wcount[s, 0] if weekly.shape[1] > 0 else NULL
+            status = step_one(P, values[i, s], buckets[i], side[s], &scalars[s, 0],
+                              &ring[s, 0], dp, dn, wp, wn, o)
+            if status != 0:
+                return status
+            out[0, i, s] = o[0]
+            out[1, i, s] = o[1]
+            out[2, i, s] = o[2]
+            out[3, i, s] = o[3]
+            out[4, i, s] = o[4]
+    return 0
+
+
+def step(double span, const double[::1] params, const double[:, ::1] values,
+         const int64_t[::1] buckets, const int8_t[::1] side, double[:, ::1] scalars,
+         double[:, ::1] ring, double[:, ::1] daily, double[:, ::1] dcount,
+         double[:, ::1] weekly, double[:, ::1] wcount, int64_t daily_res,
+         int64_t weekly_res):
+    """Step S series over B buckets; returns a (5, B, S) array: p_single, p_multi,
+    typical, lower, upper. The state arrays are updated in place.
+
+    ``buckets`` must be strictly increasing and after every series' last bucket; the
+    caller (adjobs.model.SeriesModels) checks that, and the shapes, before calling.
+    """
+    cdef Params P
+    cdef Py_ssize_t nb = values.shape[0], ns = values.shape[1]
+    cdef int status
+    if params.shape[0] != NPARAM:
+        raise ValueError(f"expected {NPARAM} parameters, got {params.shape[0]}")
+    if buckets.shape[0] != nb or side.shape[0] != ns or scalars.shape[0] != ns:
+        raise ValueError("values, buckets, side and state disagree in shape")
+    if scalars.shape[1] != NSCAL or ring.shape[1] != 2 * MB or ring.shape[0] != ns:
+        raise ValueError("state arrays have the wrong width")
+    if daily.shape[0] != ns or dcount.shape[0] != ns or dcount.shape[1] != daily.shape[1]:
+        raise ValueError("daily state has the wrong shape")
+    if weekly.shape[0] != ns or wcount.shape[0] != ns or wcount.shape[1] != weekly.shape[1]:
+        raise ValueError("weekly state has the wrong shape")
+    if (daily_res > 0) != (daily.shape[1] > 0) or (weekly_res > 0) != (weekly.shape[1] > 0):
+        raise ValueError("seasonal resolution and state disagree")
+    P.alpha[0] = params[P_ALPHA_SLOW]
+    P.alpha[1] = params[P_ALPHA_FAST]
+    P.level_clip = params[P_LEVEL_CLIP]
+    P.base_rate = 1.0 - exp(-span / (params[P_BASE_DAYS] * DAY))
+    P.gamma_daily = params[P_GAMMA_DAILY]
+    P.gamma_weekly = params[P_GAMMA_WEEKLY]
+    P.gain[0] = 1.0
+    P.gain[1] = params[P_GAIN_DAILY]
+    P.gain[2] = params[P_GAIN_DAILY] * params[P_GAIN_WEEKLY]
+    P.test_rate = 1.0 - exp(-span / (params[P_TEST_DAYS] * DAY))
+    P.scale_rate = params[P_SCALE_RATE]
+    # A.5: decay per bucket scaled by the bucket length against the 30-minute standard
+    P.decay = params[P_DECAY] * span / 1800.0
+    if P.decay > 0.5:
+        P.decay = 0.5
+    P.ll_cap = params[P_LL_CAP]
+    P.mix_map = params[P_MIX_MAP] != 0.0
+    P.run_sigma = params[P_RUN_SIGMA]
+    P.run_length = params[P_RUN_LENGTH]
+    P.warm_buckets = params[P_WARM_BUCKETS]
+    P.warm_seconds = params[P_WARM_SECONDS]
+    P.min_cv = params[P_MIN_CV]
+    P.inflate = params[P_INFLATE]
+    P.season_periods = params[P_SEASON_PERIODS]
+    P.temper_buckets = params[P_TEMPER]
+    P.out_sigma = params[P_OUT_SIGMA]
+    P.out_rate = params[P_OUT_RATE]
+    P.out_prior = params[P_OUT_PRIOR]
+    P.mb_clip = params[P_MB_CLIP]
+    P.span = span
+    P.daily_res = daily_res
+    P.daily_phases = daily.shape[1]
+    P.weekly_res = weekly_res
+    P.weekly_phases = weekly.shape[1]
+    out = np.empty((5, nb, ns), dtype=np.float64)
+    cdef double[:, :, ::1] out_v = out
+    with nogil:
+        status = step_block(&P, values, buckets, side, scalars, ring, daily, dcount,
+                            weekly, wcount, out_v)
+    if status != 0:
+        raise RuntimeError(f"model kernel failed with status {status}")
+    return out

@@ -1,0 +1,878 @@
+"""A job's analysis: from finalised buckets of records to scored results in ES's shapes.
+
+One :class:`JobAnalysis` per open job. The service hands it the record arrays of every
+batch the ingest core produces (:meth:`JobAnalysis.add_records`). Records wait in a buffer
+until their bucket is *finalised*, which happens when a record arrives past the bucket's
+end plus the latency, or on flush with ``advance_time`` (spec ``analysis.md`` A.1). Then,
+for all newly finalised buckets at once:
+
+1. each detector computes its features per (bucket, series) (:mod:`adjobs.features`);
+2. the series models (:mod:`adjobs.model`) give every (bucket, series) a single-bucket and a
+   multi-bucket probability, vectorised across series, bucket by bucket in compiled code;
+3. probabilities become raw scores and then 0-100 scores (:mod:`adjobs.scoring`): records
+   per series, influencers per influencer value, bucket influencers per influencer field
+   plus ``bucket_time``, and the bucket's ``anomaly_score``;
+4. the documents (:mod:`adjobs.results` shapes) wait in :attr:`JobAnalysis.pending` until
+   the service commits them with the upload, in the same transaction as the counts (D6).
+
+The whole state (models, normaliser, series registry, buffered records) is serialised by
+:meth:`JobAnalysis.get_state` at each commit, so a reopen, or a restart after a kill -9,
+continues from the last acknowledged upload.
+
+Simplifications, each documented in the README: interim results do not scale count
+expectations for the elapsed part of the bucket; influence is the share of the anomalous
+series' records that carry the value (ES removes each value and re-tests), with ES's
+cut-off of 0.4; a gap of more than :data:`MAX_EMPTY_BUCKETS` empty buckets is stepped over
+(the models see the jump) instead of being processed bucket by bucket.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import scoring
+from .config import Detector, JobConfig
+from .features import (
+    DESCRIPTION,
+    ZERO_WHEN_EMPTY,
+    DetectorColumns,
+    detector_features,
+    event_counts,
+    influencer_shares,
+    side_of,
+    statistics_of,
+)
+from .model import SeriesModels
+from .population import PopulationModels, RareModels
+
+#: The levels of results, each normalised on its own.
+LEVELS = ("record", "influencer", "bucket")
+#: Records are written for (bucket, series) whose probability is below this
+#: (ES ``maximumAnomalousProbability``): above it the raw score is 0 anyway.
+RECORD_PROBABILITY = 0.035
+#: An influencer value must carry at least this share of an anomaly (ES's cut-off).
+INFLUENCE_CUTOFF = 0.4
+#: ES ``xpack.ml.max_anomaly_records``: records kept per bucket, most unlikely first.
+MAX_RECORDS_PER_BUCKET = 500
+#: A gap longer than this many buckets is stepped over rather than walked bucket by bucket.
+MAX_EMPTY_BUCKETS = 10_000
+#: Records buffered for buckets not yet finalised are kept in chunks; this many records
+#: at the most before the buffer is compacted into one chunk.
+_COMPACT_CHUNKS = 64
+
+
+@dataclass
+class ResultBatch:
+    """Result documents in ES's shapes, waiting to be committed."""
+
+    buckets: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    influencers: list[dict] = field(default_factory=list)
+    #: Drop the interim results before writing these.
+    replaces_interim: bool = False
+
+    def extend(self, other: ResultBatch) -> None:
+        self.buckets.extend(other.buckets)
+        self.records.extend(other.records)
+        self.influencers.extend(other.influencers)
+        self.replaces_interim = self.replaces_interim or other.replaces_interim
+
+    def __bool__(self) -> bool:
+        return bool(self.buckets or self.records or self.influencers or self.replaces_interim)
+
+
+@dataclass
+class _Rows:
+    """What one detector found anomalous in some buckets: one entry per record."""
+
+    bucket: np.ndarray
+    probability: np.ndarray
+    impact: np.ndarray
+    actual: np.ndarray  # (rows, statistics)
+    typical: np.ndarray
+    statistic: list[str]
+    partition: np.ndarray
+    by: np.ndarray
+    over: np.ndarray
+    feature_row: np.ndarray  # row of the detector's Features, for influencers
+    features: Any
+    #: Per bucket of the run: how many series had a probability (the others are 0).
+    evaluated: np.ndarray | None = None
+    causes: list[list[dict]] | None = None
+
+
+class _ColumnModels:
+    """:class:`~adjobs.model.SeriesModels` with the bookkeeping a detector needs: the
+    first bucket of every column (a count is 0, not missing, only from then on)."""
+
+    def __init__(self, bucket_span_s: int) -> None:
+        self.models = SeriesModels(bucket_span_s)
+        self.first_bucket = np.empty(0, dtype=np.int64)
+
+    @property
+    def size(self) -> int:
+        return self.models.n_series
+
+    @property
+    def bytes_per_column(self) -> int:
+        return self.models.bytes_per_series + 8
+
+    @property
+    def nbytes(self) -> int:
+        return self.models.n_series * self.bytes_per_column
+
+    def add_series(self, side: int, statistics: int, first_bucket: int) -> int:
+        first = self.models.add_series(side)
+        for _ in range(statistics - 1):
+            self.models.add_series(side)
+        self.first_bucket = np.append(self.first_bucket,
+                                      np.full(statistics, first_bucket, dtype=np.int64))
+        return first
+
+    def step(self, values: np.ndarray, bucket_index: np.ndarray) -> dict:
+        return self.models.step(values, bucket_index)
+
+    def state(self) -> dict:
+        return {**self.models.state(), "first_bucket": self.first_bucket}
+
+    @classmethod
+    def from_state(cls, state: dict) -> _ColumnModels:
+        models = cls.__new__(cls)
+        models.first_bucket = np.asarray(state["first_bucket"], dtype=np.int64)
+        models.models = SeriesModels.from_state(
+            {k: v for k, v in state.items() if k != "first_bucket"})
+        return models
+
+
+class _DetectorAnalysis:
+    """One detector: its series registry and models."""
+
+    def __init__(self, detector: Detector, config: JobConfig) -> None:
+        self.detector = detector
+        self.function = detector.function
+        self.columns = DetectorColumns.of(detector, config)
+        self.statistics = statistics_of(detector.function)
+        self.side = side_of(detector.function)
+        self.population = bool(detector.over_field_name) and self.function != "rare"
+        span_s = config.bucket_span_ms // 1000
+        if self.function == "rare":
+            self.models: Any = RareModels()
+        elif self.population:
+            self.models = PopulationModels(span_s, self.side, len(self.statistics))
+        else:
+            self.models = _ColumnModels(span_s)
+        #: (partition, by, over) code triple -> first model column of the series.
+        self.series: dict[tuple[int, int, int], int] = {}
+        #: Series not modelled because the memory limit was reached.
+        self.refused = 0
+
+    # -- state ---------------------------------------------------------------------------
+
+    def get_state(self) -> dict:
+        keys = np.array(list(self.series), dtype=np.int64).reshape(-1, 3)
+        columns = np.array(list(self.series.values()), dtype=np.int64)
+        return {"keys": keys, "columns": columns, "models": self.models.state()}
+
+    def set_state(self, state: dict) -> None:
+        self.series = {
+            tuple(int(x) for x in key): int(column)
+            for key, column in zip(state["keys"], state["columns"], strict=True)
+        }
+        self.models = type(self.models).from_state(state["models"])
+
+    @property
+    def series_count(self) -> int:
+        return len(self.series)
+
+    # -- analysis ------------------------------------------------------------------------
+
+    def analyse(
+        self,
+        buckets: np.ndarray,
+        span_ms: int,
+        times: np.ndarray,
+        numeric: np.ndarray,
+        codes: np.ndarray,
+        weights: np.ndarray | None,
+        budget: Callable[[int], bool] = lambda _: True,
+    ) -> _Rows:
+        """Features of ``buckets`` (ascending starts) from their records, stepped through
+        the models; the rows below :data:`RECORD_PROBABILITY`. ``budget(bytes)`` says
+        whether a new series of that size may still be modelled (the memory limit)."""
+        features = detector_features(
+            self.function, self.columns, times, numeric, codes, span_ms, weights
+        )
+        if self.function == "rare" or self.population:
+            out = self.models.step(features, buckets)
+            return self._rows(features, out, buckets)
+        return self._series_rows(features, buckets, span_ms, budget)
+
+    def _series_rows(
+        self, features: Any, buckets: np.ndarray, span_ms: int, budget: Callable[[int], bool]
+    ) -> _Rows:
+        k = len(self.statistics)
+        if len(features):
+            triples = np.stack([features.partition, features.by, features.over], axis=1)
+            unique, first_row, inverse = np.unique(
+                triples, axis=0, return_index=True, return_inverse=True
+            )
+            inverse = inverse.reshape(-1)
+            first_columns = np.empty(len(unique), dtype=np.int64)
+            for i, key in enumerate(map(tuple, unique.tolist())):
+                column = self.series.get(key)
+                if column is None:
+                    if not budget(k * self.models.bytes_per_column):
+                        self.refused += 1
+                        first_columns[i] = -1
+                        continue
+                    column = self.series[key] = self.models.add_series(
+                        self.side, k, int(features.bucket[first_row[i]])
+                    )
+                first_columns[i] = column
+            row_column = first_columns[inverse]
+        else:
+            row_column = np.empty(0, dtype=np.int64)
+        n_columns = self.models.size
+        if n_columns == 0 or len(buckets) == 0:
+            return _empty_rows(k, np.zeros(len(buckets), dtype=np.int64))
+        known = row_column >= 0
+        bucket_row = np.searchsorted(buckets, features.bucket)
+        values = np.full((len(buckets), n_columns), np.nan)
+        if self.function in ZERO_WHEN_EMPTY:
+            # A series counts 0 in a bucket without its records, from its first bucket on.
+            values[buckets[:, None] >= self.models.first_bucket[None, :]] = 0.0
+        for j in range(k):
+            values[bucket_row[known], row_column[known] + j] = features.values[known, j]
+        out = self.models.step(values, buckets // span_ms)
+        p_single, p_multi = out["p_single"], out["p_multi"]
+        combined = scoring.combine_single_multi(p_single, p_multi)
+        # A series is as unusual as its most unusual statistic, corrected for k looks.
+        series_columns = np.array(sorted(self.series.values()), dtype=np.int64)
+        block = np.stack([combined[:, series_columns + j] for j in range(k)], axis=2)
+        block = np.where(np.isnan(block), np.inf, block)
+        worst = np.argmin(block, axis=2)
+        p = np.take_along_axis(block, worst[..., None], axis=2)[..., 0]
+        if k > 1:
+            p = np.where(np.isfinite(p), 1.0 - (1.0 - p) ** k, p)
+        evaluated = np.isfinite(p).sum(axis=1)
+        hit_bucket, hit_series = np.nonzero(p < RECORD_PROBABILITY)
+        if len(hit_bucket) == 0:
+            return _empty_rows(k, evaluated)
+        columns = series_columns[hit_series]
+        stat_index = worst[hit_bucket, hit_series]
+        chosen = columns + stat_index
+        impact = scoring.multi_bucket_impact(
+            p_single[hit_bucket, chosen], p_multi[hit_bucket, chosen]
+        )
+        actual = np.stack([values[hit_bucket, columns + j] for j in range(k)], axis=1)
+        typical = np.stack([out["typical"][hit_bucket, columns + j] for j in range(k)], axis=1)
+        # Back from model columns to series keys and to the feature rows behind them.
+        column_key = {column: key for key, column in self.series.items()}
+        keys = np.array([column_key[c] for c in columns.tolist()], dtype=np.int64)
+        feature_of = {
+            (b, c): r
+            for r, (b, c) in enumerate(zip(bucket_row.tolist(), row_column.tolist(),
+                                           strict=True))
+        }
+        feature_row = np.array(
+            [feature_of.get((b, c), -1) for b, c in zip(hit_bucket.tolist(), columns.tolist(),
+                                                         strict=True)],
+            dtype=np.int64,
+        )
+        return _Rows(
+            bucket=buckets[hit_bucket],
+            probability=p[hit_bucket, hit_series],
+            impact=np.atleast_1d(impact).astype(float),
+            actual=actual,
+            typical=typical,
+            statistic=[self.statistics[i] for i in stat_index.tolist()],
+            partition=keys[:, 0],
+            by=keys[:, 1],
+            over=keys[:, 2],
+            feature_row=feature_row,
+            features=features,
+            evaluated=evaluated,
+        )
+
+    def _rows(self, features: Any, out: dict, buckets: np.ndarray) -> _Rows:
+        """Rows of the population and rare models, which score feature rows directly."""
+        p = out["probability"]
+        hit = np.flatnonzero(p < RECORD_PROBABILITY)
+        k = len(self.statistics)
+        return _Rows(
+            bucket=features.bucket[hit],
+            probability=p[hit],
+            impact=np.full(len(hit), -5.0),
+            actual=features.values[hit].reshape(len(hit), k),
+            typical=out["typical"][hit].reshape(len(hit), k),
+            statistic=[self.statistics[int(i)] for i in out["statistic"][hit]],
+            partition=features.partition[hit],
+            by=features.by[hit],
+            over=features.over[hit],
+            feature_row=hit,
+            features=features,
+            evaluated=np.bincount(np.searchsorted(buckets, features.bucket),
+                                  minlength=len(buckets))[:len(buckets)],
+        )
+
+
+def _empty_rows(k: int, evaluated: np.ndarray) -> _Rows:
+    none = np.empty(0, dtype=np.int64)
+    return _Rows(
+        evaluated=evaluated,
+        bucket=none,
+        probability=np.empty(0),
+        impact=np.empty(0),
+        actual=np.empty((0, k)),
+        typical=np.empty((0, k)),
+        statistic=[],
+        partition=none,
+        by=none,
+        over=none,
+        feature_row=none,
+        features=None,
+    )
+
+
+class JobAnalysis:
+    """The analysis of one open job. Not thread-safe: the service holds the job's lock."""
+
+    def __init__(self, config: JobConfig) -> None:
+        self.config = config
+        self.job_id = config.job_id
+        self.span_ms = config.bucket_span_ms
+        self.span_s = config.bucket_span_ms // 1000
+        self.latency_ms = config.latency_ms
+        self.detectors = [_DetectorAnalysis(d, config) for d in config.detectors]
+        categorical = list(config.categorical_fields)
+        numeric = list(config.numeric_fields)
+        self.influencer_columns = [
+            (name, categorical.index(name)) for name in config.influencers if name in categorical
+        ]
+        self.summary_column = (
+            numeric.index(config.summary_count_field_name)
+            if config.summary_count_field_name in numeric
+            else -1
+        )
+        #: One normaliser per level of results (A.6): each has its own quantiles.
+        self.normalisers = {level: scoring.Normaliser(self.span_s) for level in LEVELS}
+        #: Start of the first bucket not finalised yet (None before any record).
+        self.next_bucket: int | None = None
+        #: Records of buckets not finalised yet, as chunks of (times, numeric, codes).
+        self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pending = ResultBatch()
+        self.memory_limit_bytes = config.model_memory_limit_mb * 1024 * 1024
+        self.memory_status = "ok"
+        self.allocation_failures = 0
+        self.peak_model_bytes = 0
+        self.bucket_count = 0
+        self.total_processing_ms = 0.0
+        self.average_processing_ms: float | None = None
+        self.names: list[str] = []
+
+    # -- input ---------------------------------------------------------------------------
+
+    def add_records(self, times: np.ndarray, numeric: np.ndarray, codes: np.ndarray) -> None:
+        """Buffer a batch of processed records; finalise the buckets they complete."""
+        if len(times) == 0:
+            return
+        if self.next_bucket is not None:
+            # Records of finalised buckets (possible with latency) are ignored, as ES does.
+            keep = times >= self.next_bucket
+            if not keep.all():
+                times, numeric, codes = times[keep], numeric[keep], codes[keep]
+                if len(times) == 0:
+                    return
+        else:
+            self.next_bucket = int(times.min()) // self.span_ms * self.span_ms
+        self._chunks.append((times, numeric, codes))
+        if len(self._chunks) > _COMPACT_CHUNKS:
+            self._compact()
+        latest = int(times.max())
+        boundary = (latest - self.latency_ms) // self.span_ms * self.span_ms
+        if boundary > self.next_bucket:
+            self.finalise(boundary)
+
+    def _compact(self) -> None:
+        if len(self._chunks) > 1:
+            self._chunks = [
+                (
+                    np.concatenate([c[0] for c in self._chunks]),
+                    np.concatenate([c[1] for c in self._chunks]),
+                    np.concatenate([c[2] for c in self._chunks]),
+                )
+            ]
+
+    def _take_before(self, boundary: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Remove and return the buffered records of buckets starting before ``boundary``."""
+        self._compact()
+        if not self._chunks:
+            return np.empty(0, np.int64), np.empty((0, 0)), np.empty((0, 0), np.int32)
+        times, numeric, codes = self._chunks[0]
+        before = times < boundary
+        taken = times[before], numeric[before], codes[before]
+        rest = ~before
+        self._chunks = [(times[rest], numeric[rest], codes[rest])] if rest.any() else []
+        return taken
+
+    # -- finalising -----------------------------------------------------------------------
+
+    def finalise(self, boundary: int) -> None:
+        """Finalise every bucket that starts before ``boundary``."""
+        if self.next_bucket is None or boundary <= self.next_bucket:
+            return
+        started = time.perf_counter()
+        times, numeric, codes = self._take_before(boundary)
+        buckets = self._bucket_range(self.next_bucket, boundary, times)
+        results = self._analyse(buckets, times, numeric, codes, interim=False)
+        results.replaces_interim = True
+        self.pending.extend(results)
+        self.next_bucket = boundary
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        self._time(len(buckets), elapsed_ms)
+
+    def skip(self, until: int) -> None:
+        """``skip_time``: drop the buffered records before ``until``; no results, no learning."""
+        self._take_before(until)
+        self.next_bucket = until if self.next_bucket is None else max(self.next_bucket, until)
+
+    def interim(self) -> ResultBatch:
+        """Results for the buckets not finalised yet, from what they hold so far
+        (``calc_interim``). Nothing is learnt; the final results replace them."""
+        if self.next_bucket is None or not self._chunks:
+            return ResultBatch(replaces_interim=True)
+        self._compact()
+        times, numeric, codes = self._chunks[0]
+        last = int(times.max()) // self.span_ms * self.span_ms
+        buckets = self._bucket_range(self.next_bucket, last + self.span_ms, times)
+        saved = [d.get_state() for d in self.detectors]
+        normalisers = {level: n.to_state() for level, n in self.normalisers.items()}
+        try:
+            results = self._analyse(buckets, times, numeric, codes, interim=True)
+        finally:
+            for detector, state in zip(self.detectors, saved, strict=True):
+                detector.set_state(state)
+            self.normalisers = {level: scoring.Normaliser.from_state(state)
+                                for level, state in normalisers.items()}
+        results.replaces_interim = True
+        return results
+
+    def _bucket_range(self, first: int, boundary: int, times: np.ndarray) -> np.ndarray:
+        count = (boundary - first) // self.span_ms
+        if count <= MAX_EMPTY_BUCKETS:
+            return first + self.span_ms * np.arange(count, dtype=np.int64)
+        # A long gap: only the buckets that hold records.
+        return np.unique(times // self.span_ms * self.span_ms)
+
+    def _time(self, buckets: int, elapsed_ms: float) -> None:
+        if buckets <= 0:
+            return
+        self.bucket_count += buckets
+        self.total_processing_ms += elapsed_ms
+        per_bucket = elapsed_ms / buckets
+        if self.average_processing_ms is None:
+            self.average_processing_ms = per_bucket
+        else:
+            # ES: an exponential average with a factor of 0.01 per bucket.
+            alpha = 1 - 0.99**buckets
+            self.average_processing_ms += alpha * (per_bucket - self.average_processing_ms)
+
+    # -- one run of buckets -------------------------------------------------------------
+
+    def _analyse(
+        self,
+        buckets: np.ndarray,
+        times: np.ndarray,
+        numeric: np.ndarray,
+        codes: np.ndarray,
+        *,
+        interim: bool,
+    ) -> ResultBatch:
+        weights = numeric[:, self.summary_column] if self.summary_column >= 0 else None
+        used = [self.model_bytes()]
+
+        def budget(more: int) -> bool:
+            if used[0] + more > self.memory_limit_bytes:
+                return False
+            used[0] += more
+            return True
+
+        refused_before = sum(d.refused for d in self.detectors)
+        found = [
+            detector.analyse(buckets, self.span_ms, times, numeric, codes, weights, budget)
+            for detector in self.detectors
+        ]
+        if sum(d.refused for d in self.detectors) > refused_before:
+            # ES counts the buckets in which new entities could not be allocated.
+            self.memory_status = "hard_limit"
+            self.allocation_failures += 1
+        event_buckets, event_count = event_counts(times, self.span_ms)
+        events = dict(zip(event_buckets.tolist(), event_count.tolist(), strict=True))
+        evaluated = sum(rows.evaluated for rows in found)
+        batch = ResultBatch()
+        # Group every detector's rows by bucket, in bucket order.
+        per_bucket: dict[int, list[tuple[int, int]]] = {}
+        for d, rows in enumerate(found):
+            for r, bucket in enumerate(rows.bucket.tolist()):
+                per_bucket.setdefault(bucket, []).append((d, r))
+        quiet_buckets = quiet_zeros = 0
+        for index, bucket in enumerate(buckets.tolist()):
+            entries = per_bucket.get(bucket)
+            count = events.get(bucket, 0)
+            if not entries:
+                # Nothing unusual: the bucket scores 0 and the normalisers only count it,
+                # a run of such buckets at a time.
+                quiet_buckets += 1
+                quiet_zeros += int(evaluated[index])
+                batch.buckets.append(self._bucket_doc(bucket, 0.0, count, interim, []))
+                continue
+            self._quiet(quiet_buckets, quiet_zeros)
+            quiet_buckets = quiet_zeros = 0
+            self._bucket_results(bucket, entries, found, codes, count, int(evaluated[index]),
+                                 interim, batch)
+        self._quiet(quiet_buckets, quiet_zeros)
+        return batch
+
+    def _quiet(self, buckets: int, zeros: int) -> None:
+        if buckets:
+            self.normalisers["record"].update_quiet(buckets, zeros)
+            self.normalisers["influencer"].update_quiet(buckets, zeros)
+            self.normalisers["bucket"].update_quiet(buckets, buckets)
+
+    def _bucket_doc(self, bucket: int, score: float, event_count: int, interim: bool,
+                    bucket_influencers: list[dict]) -> dict:
+        return {
+            "job_id": self.job_id,
+            "timestamp": bucket,
+            "anomaly_score": score,
+            "bucket_span": self.span_s,
+            "initial_anomaly_score": score,
+            "event_count": int(event_count),
+            "is_interim": interim,
+            "bucket_influencers": bucket_influencers,
+            "processing_time_ms": 0,
+            "result_type": "bucket",
+        }
+
+    def _name(self, code: int) -> str:
+        return self.names[code] if 0 <= code < len(self.names) else ""
+
+    def _bucket_results(
+        self,
+        bucket: int,
+        entries: list[tuple[int, int]],
+        found: list[_Rows],
+        codes: np.ndarray,
+        event_count: int,
+        evaluated: int,
+        interim: bool,
+        batch: ResultBatch,
+    ) -> None:
+        probabilities = np.array([found[d].probability[r] for d, r in entries], dtype=float)
+        order = np.argsort(probabilities, kind="stable")[:MAX_RECORDS_PER_BUCKET]
+        entries = [entries[i] for i in order]
+        probabilities = probabilities[order]
+        raw = np.atleast_1d(scoring.raw_score(probabilities))
+        scopes = [self._name(int(found[d].partition[r])) for d, r in entries]
+        # The series that were not unusual score 0: they count in the quantiles too.
+        zeros = max(0, evaluated - len(raw))
+        records_normaliser = self.normalisers["record"]
+        records_normaliser.update(np.concatenate([raw, np.zeros(zeros)]),
+                                  scopes + [""] * zeros)
+        record_scores = records_normaliser.normalise(raw, scopes)
+        # Influencer values of each record: (field, value code).
+        influence: dict[tuple[str, int], list[int]] = {}
+        for i, (d, r) in enumerate(entries):
+            rows = found[d]
+            detector = self.detectors[d].detector
+            values = self._influencers_of(detector, rows, r, codes)
+            for name, code in values:
+                influence.setdefault((name, code), []).append(i)
+            batch.records.append(self._record(bucket, detector, rows, r, probabilities[i],
+                                              raw[i], record_scores[i], values, interim))
+        # Influencers: one per (field, value), as unlikely as its most unlikely record.
+        influencer_docs = []
+        normaliser = self.normalisers["influencer"]
+        if influence:
+            keys = list(influence)
+            p = np.array([probabilities[influence[key]].min() for key in keys])
+            scopes_i = [name for name, _ in keys]
+            raw_i = np.atleast_1d(scoring.raw_score(p))
+            # As for records: the values that influenced nothing count as zeros.
+            quiet = max(0, evaluated - len(raw_i))
+            normaliser.update(np.concatenate([raw_i, np.zeros(quiet)]),
+                              scopes_i + [""] * quiet)
+            scores_i = normaliser.normalise(raw_i, scopes_i)
+            for (name, code), pi, ri, si in zip(keys, p, raw_i, scores_i, strict=True):
+                value = self._name(code)
+                influencer_docs.append(
+                    {
+                        "job_id": self.job_id,
+                        "result_type": "influencer",
+                        "influencer_field_name": name,
+                        "influencer_field_value": value,
+                        name: value,
+                        "influencer_score": float(si),
+                        "initial_influencer_score": float(si),
+                        "probability": float(pi),
+                        "raw_score": float(ri),
+                        "bucket_span": self.span_s,
+                        "is_interim": interim,
+                        "timestamp": bucket,
+                    }
+                )
+        else:
+            normaliser.update_quiet(1, evaluated)
+        batch.influencers.extend(influencer_docs)
+        # Bucket influencers: per influencer field, and bucket_time over all records; the
+        # bucket is as unusual as its most unusual record among all it looked at.
+        fields = [("bucket_time", probabilities)]
+        for name, _ in self.influencer_columns:
+            mine = [doc["probability"] for doc in influencer_docs
+                    if doc["influencer_field_name"] == name]
+            if mine:
+                fields.append((name, np.array(mine)))
+        bucket_p = np.array([scoring.extreme_probability(ps, 1) for _, ps in fields])
+        bucket_raw = np.atleast_1d(scoring.raw_score(bucket_p))
+        names = [name for name, _ in fields]
+        normaliser = self.normalisers["bucket"]
+        normaliser.update(bucket_raw, names)
+        bucket_scores = normaliser.normalise(bucket_raw, names)
+        bucket_influencers = [
+            {
+                "job_id": self.job_id,
+                "result_type": "bucket_influencer",
+                "influencer_field_name": name,
+                "initial_anomaly_score": float(score_b),
+                "anomaly_score": float(score_b),
+                "raw_anomaly_score": float(raw_b),
+                "probability": float(p_b),
+                "timestamp": bucket,
+                "bucket_span": self.span_s,
+                "is_interim": interim,
+            }
+            for name, p_b, raw_b, score_b in zip(names, bucket_p, bucket_raw, bucket_scores,
+                                                 strict=True)
+        ]
+        score = max(doc["anomaly_score"] for doc in bucket_influencers)
+        batch.buckets.append(self._bucket_doc(bucket, score, event_count, interim,
+                                              bucket_influencers))
+
+    def _influencers_of(
+        self, detector: Detector, rows: _Rows, r: int, codes: np.ndarray
+    ) -> list[tuple[str, int]]:
+        """Influencer (field, value code) pairs of one record."""
+        out = []
+        splits = {
+            detector.partition_field_name: int(rows.partition[r]),
+            detector.by_field_name: int(rows.by[r]),
+            detector.over_field_name: int(rows.over[r]),
+        }
+        feature_row = int(rows.feature_row[r])
+        for name, column in self.influencer_columns:
+            if name in splits and splits[name] >= 0:
+                out.append((name, splits[name]))
+                continue
+            if feature_row < 0 or rows.features is None:
+                continue
+            shares = influencer_shares(rows.features, codes, column, np.array([feature_row]))[0]
+            for code, share in shares:
+                if share >= INFLUENCE_CUTOFF:
+                    out.append((name, code))
+        return out
+
+    def _record(
+        self,
+        bucket: int,
+        detector: Detector,
+        rows: _Rows,
+        r: int,
+        probability: float,
+        raw: float,
+        score: float,
+        influencers: list[tuple[str, int]],
+        interim: bool,
+    ) -> dict:
+        statistic = rows.statistic[r]
+        k = rows.actual.shape[1]
+        column = self.detectors[detector.detector_index].statistics.index(statistic) \
+            if k > 1 else 0
+        doc: dict[str, Any] = {
+            "job_id": self.job_id,
+            "result_type": "record",
+            "probability": float(probability),
+            "multi_bucket_impact": float(rows.impact[r]),
+            "record_score": float(score),
+            "initial_record_score": float(score),
+            "raw_score": float(raw),
+            "bucket_span": self.span_s,
+            "detector_index": detector.detector_index,
+            "is_interim": interim,
+            "timestamp": bucket,
+            "function": detector.function,
+            "function_description": DESCRIPTION.get(statistic, statistic),
+            "typical": [float(rows.typical[r, column])],
+            "actual": [float(rows.actual[r, column])],
+        }
+        if detector.field_name:
+            doc["field_name"] = detector.field_name
+        for kind, name, codes in (
+            ("partition_field", detector.partition_field_name, rows.partition),
+            ("by_field", detector.by_field_name, rows.by),
+            ("over_field", detector.over_field_name, rows.over),
+        ):
+            if name:
+                value = self._name(int(codes[r]))
+                doc[f"{kind}_name"] = name
+                doc[f"{kind}_value"] = value
+                doc[name] = value
+        if influencers:
+            grouped: dict[str, list[str]] = {}
+            for name, code in influencers:
+                grouped.setdefault(name, []).append(self._name(code))
+            doc["influencers"] = [
+                {"influencer_field_name": name, "influencer_field_values": values}
+                for name, values in grouped.items()
+            ]
+            for name, values in grouped.items():
+                doc.setdefault(name, values)
+        if detector.over_field_name and detector.function != "rare":
+            cause = {key: doc[key] for key in ("probability", "function", "function_description",
+                                               "typical", "actual") if key in doc}
+            if detector.field_name:
+                cause["field_name"] = detector.field_name
+            for key in ("over_field_name", "over_field_value", "by_field_name", "by_field_value",
+                        "partition_field_name", "partition_field_value"):
+                if key in doc:
+                    cause[key] = doc[key]
+            doc["causes"] = [cause]
+        return doc
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def take_pending(self) -> ResultBatch:
+        pending, self.pending = self.pending, ResultBatch()
+        return pending
+
+    def model_bytes(self) -> int:
+        return int(sum(d.models.nbytes for d in self.detectors))
+
+    def model_size_stats(self) -> dict:
+        """The analysis part of ``model_size_stats`` (rest-api §4.3)."""
+        model_bytes = self.model_bytes()
+        self.peak_model_bytes = max(self.peak_model_bytes, model_bytes)
+        values: dict[str, set] = {"by": set(), "over": set(), "partition": set()}
+        for detector in self.detectors:
+            for key in detector.series:
+                for name, code in zip(("partition", "by", "over"), key, strict=True):
+                    if code >= 0:
+                        values[name].add((detector.detector.detector_index, code))
+            if isinstance(detector.models, PopulationModels):
+                for partition, by in detector.models.attributes:
+                    values["by"].add((detector.detector.detector_index, by))
+        return {
+            "model_bytes": model_bytes,
+            "peak_model_bytes": self.peak_model_bytes,
+            "model_bytes_exceeded": max(0, model_bytes - self.memory_limit_bytes),
+            "total_by_field_count": len(values["by"]),
+            "total_over_field_count": len(values["over"]),
+            "total_partition_field_count": len(values["partition"]),
+            "bucket_allocation_failures_count": self.allocation_failures,
+            "memory_status": self.memory_status,
+        }
+
+    def timing_stats(self) -> dict:
+        average = self.average_processing_ms or 0.0
+        return {
+            "bucket_count": self.bucket_count,
+            "total_bucket_processing_time_ms": round(self.total_processing_ms, 3),
+            "average_bucket_processing_time_ms": round(average, 3),
+            "exponential_average_bucket_processing_time_ms": round(average, 3),
+            "exponential_average_bucket_processing_time_per_hour_ms": round(
+                average * max(1, 3600 // max(1, self.span_s)), 3),
+        }
+
+    def stats(self) -> dict:
+        """What a closed job's stats show: kept next to the state at every commit."""
+        return {"model_size_stats": self.model_size_stats(), "timing_stats": self.timing_stats()}
+
+    def sync_names(self, strings: Any) -> None:
+        """Catch up with the job's string table (codes -> values for the documents)."""
+        if len(strings) > len(self.names):
+            self.names.extend(
+                value.decode("utf-8", "replace") for value in strings.raw_values(len(self.names))
+            )
+        elif len(strings) < len(self.names):  # rolled back
+            del self.names[len(strings):]
+
+    def get_state(self) -> bytes:
+        """Everything needed to continue exactly where this analysis is, as bytes."""
+        self._compact()
+        arrays: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {
+            "next_bucket": self.next_bucket,
+            "bucket_count": self.bucket_count,
+            "total_processing_ms": self.total_processing_ms,
+            "average_processing_ms": self.average_processing_ms,
+            "memory_status": self.memory_status,
+            "allocation_failures": self.allocation_failures,
+            "peak_model_bytes": self.peak_model_bytes,
+            "normalisers": {level: n.to_state() for level, n in self.normalisers.items()},
+            "detectors": [],
+        }
+        if self._chunks:
+            times, numeric, codes = self._chunks[0]
+            arrays["buffer_times"], arrays["buffer_numeric"], arrays["buffer_codes"] = (
+                times, numeric, codes)
+        for d, detector in enumerate(self.detectors):
+            state = detector.get_state()
+            arrays[f"d{d}_keys"] = state["keys"]
+            arrays[f"d{d}_columns"] = state["columns"]
+            names = []
+            for name, value in state["models"].items():
+                if isinstance(value, np.ndarray):
+                    arrays[f"d{d}_m_{name}"] = value
+                    names.append(name)
+                else:
+                    meta.setdefault("model_meta", {})[f"{d}:{name}"] = value
+            meta["detectors"].append(names)
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+                 **arrays)
+        return buffer.getvalue()
+
+    def set_state(self, blob: bytes) -> None:
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            self.next_bucket = meta["next_bucket"]
+            self.bucket_count = meta["bucket_count"]
+            self.total_processing_ms = meta["total_processing_ms"]
+            self.average_processing_ms = meta["average_processing_ms"]
+            self.memory_status = meta["memory_status"]
+            self.allocation_failures = meta["allocation_failures"]
+            self.peak_model_bytes = meta["peak_model_bytes"]
+            self.normalisers = {level: scoring.Normaliser.from_state(state)
+                                for level, state in meta["normalisers"].items()}
+            if "buffer_times" in data:
+                self._chunks = [(data["buffer_times"], data["buffer_numeric"],
+                                 data["buffer_codes"])]
+            else:
+                self._chunks = []
+            model_meta = meta.get("model_meta", {})
+            for d, detector in enumerate(self.detectors):
+                models = {name: data[f"d{d}_m_{name}"] for name in meta["detectors"][d]}
+                for key, value in model_meta.items():
+                    index, _, name = key.partition(":")
+                    if int(index) == d:
+                        models[name] = value
+                detector.set_state(
+                    {"keys": data[f"d{d}_keys"], "columns": data[f"d{d}_columns"],
+                     "models": models}
+                )

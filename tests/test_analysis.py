@@ -1,0 +1,407 @@
+"""Jobs that analyse their data: results, scores, flush, reset, limits and durability.
+
+Data is generated with a seeded RNG and has one planted anomaly; the tests check that the
+planted anomaly is what the job reports, with the values the data gives.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import adjobs
+from adjobs.errors import ApiError
+
+SPAN = 600  # 10 minutes
+T0 = 1_700_000_000 // 86_400 * 86_400
+REQUIRED_RECORD = {"job_id", "timestamp", "bucket_span", "detector_index", "probability",
+                   "record_score", "initial_record_score", "is_interim", "result_type"}
+REQUIRED_BUCKET = {"job_id", "timestamp", "bucket_span", "anomaly_score",
+                   "initial_anomaly_score", "event_count", "is_interim", "bucket_influencers",
+                   "processing_time_ms", "result_type"}
+REQUIRED_INFLUENCER = {"job_id", "timestamp", "bucket_span", "influencer_field_name",
+                       "influencer_field_value", "influencer_score",
+                       "initial_influencer_score", "probability", "is_interim", "result_type"}
+
+
+def config(detector: dict, influencers: tuple[str, ...] = (), **analysis) -> dict:
+    return {
+        "analysis_config": {"bucket_span": f"{SPAN // 60}m", "detectors": [detector],
+                            "influencers": list(influencers), **analysis},
+        "data_description": {"time_field": "time", "time_format": "epoch"},
+    }
+
+
+def metric_data(buckets: int = 432, hosts=("a", "b", "c"), spike=(300, "b", 5.0),
+                seed: int = 7) -> list[dict]:
+    """Three records per host and bucket, ``rt`` ~ N(100, 5); at bucket ``spike[0]`` the
+    host ``spike[1]`` answers ``spike[2]`` times slower."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for b in range(buckets):
+        for host in hosts:
+            for i in range(3):
+                rt = float(rng.normal(100.0, 5.0))
+                if (b, host) == spike[:2]:
+                    rt *= spike[2]
+                docs.append({"time": T0 + b * SPAN + 60 * i + 10 * hosts.index(host),
+                             "rt": round(rt, 3), "host": host})
+    return docs
+
+
+def run_job(service, job_id: str, body: dict, docs: list[dict], chunks: int = 1) -> None:
+    service.put_job(job_id, body)
+    service.open_job(job_id)
+    for part in np.array_split(np.arange(len(docs)), chunks):
+        service.post_data(job_id, [docs[i] for i in part])
+    service.flush_job(job_id)
+
+
+def test_a_planted_spike_is_the_top_record_with_the_values_of_the_data():
+    docs = metric_data()
+    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"},
+                  influencers=("host",))
+    with adjobs.JobService() as service:
+        run_job(service, "spike", body, docs)
+        records = service.get_records("spike", size=3)["records"]
+        top = records[0]
+        assert REQUIRED_RECORD <= set(top)
+        assert top["timestamp"] == (T0 + 300 * SPAN) * 1000
+        assert top["partition_field_value"] == "b" and top["host"] == "b"
+        expected = np.mean([d["rt"] for d in docs
+                            if d["host"] == "b" and (d["time"] - T0) // SPAN == 300])
+        assert top["actual"] == [pytest.approx(expected)]
+        assert 90 < top["typical"][0] < 110
+        assert top["function"] == "mean" and top["field_name"] == "rt"
+        assert top["probability"] < 1e-4
+        assert top["record_score"] == top["initial_record_score"] > 50
+        assert top["influencers"] == [{"influencer_field_name": "host",
+                                       "influencer_field_values": ["b"]}]
+        assert all(r["record_score"] < top["record_score"] for r in records[1:])
+        # The bucket and the influencer of the spike say the same.
+        bucket = service.get_buckets("spike", timestamp=top["timestamp"])["buckets"][0]
+        assert REQUIRED_BUCKET <= set(bucket)
+        assert bucket["event_count"] == 9 and bucket["is_interim"] is False
+        names = {bi["influencer_field_name"] for bi in bucket["bucket_influencers"]}
+        assert names == {"bucket_time", "host"}
+        assert bucket["anomaly_score"] == max(
+            bi["anomaly_score"] for bi in bucket["bucket_influencers"])
+        influencer = service.get_influencers("spike", size=1)["influencers"][0]
+        assert REQUIRED_INFLUENCER <= set(influencer)
+        assert (influencer["influencer_field_value"], influencer["timestamp"]) == (
+            "b", top["timestamp"])
+        # Every finalised bucket has a result: 432 buckets, the last one still open.
+        assert service.get_buckets("spike", size=1)["count"] == 431
+
+
+def test_results_are_the_same_whether_posted_at_once_or_across_a_restart(tmp_path):
+    docs = metric_data(buckets=300, spike=(250, "a", 4.0))
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"},
+                  influencers=("host",))
+    with adjobs.JobService() as service:
+        run_job(service, "whole", body, docs)
+        whole = service.get_records("whole", size=500, sort="timestamp", desc=False)
+    # The same data in three uploads with a close, a new process-level service and a
+    # reopen in between: the models, normaliser and buffered records come from the store.
+    third = len(docs) // 3
+    with adjobs.JobService(tmp_path) as service:
+        service.put_job("split", body)
+        service.open_job("split")
+        service.post_data("split", docs[:third])
+        service.close_job("split")
+    with adjobs.JobService(tmp_path) as service:
+        service.open_job("split")
+        service.post_data("split", docs[third:2 * third])
+    with adjobs.JobService(tmp_path) as service:
+        service.open_job("split")
+        service.post_data("split", docs[2 * third:])
+        service.flush_job("split")
+        split = service.get_records("split", size=500, sort="timestamp", desc=False)
+    assert split["count"] == whole["count"] >= 1
+
+    def key(record):
+        return (record["timestamp"], record["by_field_value"], record["probability"],
+                record["record_score"], record["actual"], record["typical"])
+
+    assert [key(r) for r in split["records"]] == [key(r) for r in whole["records"]]
+
+
+def test_a_killed_process_continues_from_its_last_acknowledged_upload(tmp_path):
+    docs = metric_data(buckets=200, spike=(150, "c", 4.0))
+    body = config({"function": "high_mean", "field_name": "rt", "by_field_name": "host"})
+    data = tmp_path / "docs.json"
+    data.write_text(json.dumps(docs))
+    script = textwrap.dedent(f"""
+        import json, os, signal, sys
+        import adjobs
+        docs = json.load(open({str(data)!r}))
+        service = adjobs.JobService({str(tmp_path / "store")!r})
+        service.put_job("killed", {body!r})
+        service.open_job("killed")
+        service.post_data("killed", docs[:len(docs) // 2])
+        print("ACK", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False,
+                         timeout=120)
+    assert run.returncode == -signal.SIGKILL and run.stdout == "ACK\n", run.stderr
+    with adjobs.JobService(tmp_path / "store") as service:
+        service.open_job("killed")
+        service.post_data("killed", docs[len(docs) // 2:])
+        service.flush_job("killed")
+        resumed = service.get_records("killed", size=500, sort="timestamp", desc=False)
+    with adjobs.JobService() as service:
+        run_job(service, "killed", body, docs)
+        whole = service.get_records("killed", size=500, sort="timestamp", desc=False)
+    assert resumed["records"] == whole["records"]
+    assert ((T0 + 150 * SPAN) * 1000, "c") in {
+        (r["timestamp"], r["by_field_value"]) for r in whole["records"]}
+
+
+def test_flush_with_skip_time_as_in_the_es_yaml_test():
+    # post_data.yml "Test flush with skip_time": only two buckets get results.
+    body = {"analysis_config": {"bucket_span": "1h", "detectors": [
+        {"function": "metric", "field_name": "responsetime", "by_field_name": "airline"}]},
+        "data_description": {"time_field": "time", "time_format": "epoch"}}
+
+    def doc(t: int) -> dict:
+        return {"airline": "AAL", "responsetime": 132.2046, "time": t}
+
+    with adjobs.JobService() as service:
+        service.put_job("skip", body)
+        service.open_job("skip")
+        service.post_data("skip", [doc(1403481600), doc(1403485200)])
+        flushed = service.flush_job("skip", skip_time="1403488700")
+        assert flushed == {"flushed": True, "last_finalized_bucket_end": 1403488800000}
+        service.post_data("skip", [doc(1403488600), doc(1403488700)])
+        service.post_data("skip", [doc(1403488900), doc(1403492400)])
+        service.close_job("skip")
+        buckets = service.get_buckets("skip")
+    assert buckets["count"] == 2
+    assert [(b["timestamp"], b["event_count"]) for b in buckets["buckets"]] == [
+        (1403481600000, 1), (1403488800000, 1)]
+
+
+def test_interim_results_are_replaced_by_the_final_bucket():
+    docs = metric_data(buckets=50, spike=(49, "a", 6.0))
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"})
+    with adjobs.JobService() as service:
+        run_job(service, "interim", body, docs)
+        open_bucket = (T0 + 49 * SPAN) * 1000
+        assert service.get_buckets("interim", start=open_bucket)["count"] == 0
+        service.flush_job("interim", calc_interim=True)
+        interim = service.get_buckets("interim", start=open_bucket)["buckets"]
+        assert [(b["timestamp"], b["is_interim"]) for b in interim] == [(open_bucket, True)]
+        assert service.get_buckets("interim", start=open_bucket,
+                                   exclude_interim=True)["count"] == 0
+        interim_records = service.get_records("interim", start=open_bucket)["records"]
+        assert interim_records and all(r["is_interim"] for r in interim_records)
+        # Data of the next bucket finalises it: the interim results are gone.
+        service.post_data("interim", [{"time": T0 + 50 * SPAN, "rt": 100.0, "host": "a"}])
+        final = service.get_buckets("interim", start=open_bucket)["buckets"]
+        assert [(b["timestamp"], b["is_interim"]) for b in final] == [(open_bucket, False)]
+        records = service.get_records("interim", start=open_bucket)["records"]
+        assert records and not any(r["is_interim"] for r in records)
+        assert records[0]["by_field_value"] == "a"
+
+
+def test_reset_and_reset_range_clear_results():
+    docs = metric_data(buckets=320, spike=(300, "b", 5.0))
+    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"})
+    with adjobs.JobService() as service:
+        run_job(service, "reset", body, docs)
+        spike_ms = (T0 + 300 * SPAN) * 1000
+        assert service.get_records("reset")["records"][0]["timestamp"] == spike_ms
+        # reset_start/reset_end drop the results of that range before the upload.
+        service.post_data("reset", [], reset_start=str(spike_ms), reset_end=str(spike_ms + 1))
+        assert service.get_buckets("reset", timestamp=None, start=spike_ms,
+                                   end=spike_ms + 1)["count"] == 0
+        assert service.get_buckets("reset", size=1)["count"] == 318
+        service.close_job("reset")
+        service.reset_job("reset")
+        assert service.get_buckets("reset")["count"] == 0
+        assert service.get_records("reset")["count"] == 0
+        stats = service.get_job_stats("reset")["jobs"][0]
+        assert stats["timing_stats"]["bucket_count"] == 0
+        assert service.get_jobs("reset")["jobs"][0]["analysis_config"]["detectors"][0][
+            "function"] == "mean"
+
+
+def test_the_memory_limit_stops_new_series_and_says_hard_limit():
+    hosts = tuple(f"h{i:03d}" for i in range(300))
+    rng = np.random.default_rng(3)
+    docs = [{"time": T0 + b * SPAN + i, "rt": float(rng.normal(100, 5)), "host": h}
+            for b in range(3) for i, h in enumerate(hosts)]
+    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"},
+                  )
+    body["analysis_limits"] = {"model_memory_limit": "1mb"}
+    with adjobs.JobService() as service:
+        run_job(service, "limited", body, docs)
+        stats = service.get_job_stats("limited")["jobs"][0]["model_size_stats"]
+    assert stats["memory_status"] == "hard_limit"
+    assert stats["bucket_allocation_failures_count"] >= 1
+    assert 0 < stats["total_partition_field_count"] < 300
+    # What is modelled fits: the limit is checked before each new run of buckets.
+    assert stats["model_bytes"] < 2 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("function", "make"),
+    [
+        ("high_count", "burst"),
+        ("low_count", "drop"),
+        ("count", "burst"),
+        ("distinct_count", "distinct"),
+        ("high_sum", "sum"),
+        ("max", "max"),
+        ("min", "min"),
+        ("median", "median"),
+        ("varp", "varp"),
+    ],
+)
+def test_each_function_finds_its_planted_anomaly(function, make):
+    rng = np.random.default_rng(11)
+    docs = []
+    anomaly = 250
+    for b in range(300):
+        for host in ("a", "b"):
+            n = int(rng.poisson(20))
+            if (b, host) == (anomaly, "b"):
+                n = {"burst": 80, "drop": 0}.get(make, n)
+            for i in range(n):
+                rt = float(rng.normal(100, 5))
+                user = f"u{rng.integers(5)}"
+                if (b, host) == (anomaly, "b"):
+                    if make == "distinct":
+                        user = f"x{i}"
+                    elif make == "sum":
+                        rt *= 3
+                    elif make == "max" and i == 0:
+                        rt = 400.0
+                    elif make == "min" and i == 0:
+                        rt = -200.0
+                    elif make == "median":
+                        rt *= 2
+                    elif make == "varp":
+                        rt = 100 + (60 if i % 2 else -60)
+                docs.append({"time": T0 + b * SPAN + i, "rt": round(rt, 3), "host": host,
+                             "user": user})
+    docs.sort(key=lambda d: d["time"])
+    detector = {"function": function, "by_field_name": "host"}
+    if function == "distinct_count":
+        detector["field_name"] = "user"
+    elif "count" not in function:
+        detector["field_name"] = "rt"
+    with adjobs.JobService() as service:
+        run_job(service, function, config(detector), docs)
+        records = service.get_records(function, size=3)["records"]
+    assert records, function
+    top = records[0]
+    assert (top["timestamp"], top["by_field_value"]) == ((T0 + anomaly * SPAN) * 1000, "b")
+    assert top["function"] == function
+    assert top["probability"] < 0.01
+
+
+def test_population_analysis_flags_the_person_unlike_the_others():
+    rng = np.random.default_rng(5)
+    docs = []
+    for b in range(100):
+        for person in range(30):
+            n = int(rng.poisson(10))
+            if (b, person) == (80, 17):
+                n = 60
+            docs += [{"time": T0 + b * SPAN + i, "ip": f"10.0.0.{person}"} for i in range(n)]
+    docs.sort(key=lambda d: d["time"])
+    body = config({"function": "high_count", "over_field_name": "ip"}, influencers=("ip",))
+    with adjobs.JobService() as service:
+        run_job(service, "population", body, docs)
+        top = service.get_records("population", size=1)["records"][0]
+    assert (top["timestamp"], top["over_field_value"]) == ((T0 + 80 * SPAN) * 1000,
+                                                           "10.0.0.17")
+    assert top["actual"] == [60.0]
+    assert top["causes"][0]["over_field_value"] == "10.0.0.17"
+    assert top["causes"][0]["actual"] == [60.0]
+
+
+def test_rare_flags_a_value_never_seen_before():
+    docs = []
+    for b in range(60):
+        for i, status in enumerate(("200", "200", "404", "301")):
+            docs.append({"time": T0 + b * SPAN + i, "status": status})
+    docs.append({"time": T0 + 45 * SPAN + 30, "status": "999"})
+    docs.sort(key=lambda d: d["time"])
+    body = config({"function": "rare", "by_field_name": "status"})
+    with adjobs.JobService() as service:
+        run_job(service, "rare", body, docs)
+        records = service.get_records("rare")["records"]
+    assert [(r["timestamp"], r["by_field_value"]) for r in records] == [
+        ((T0 + 45 * SPAN) * 1000, "999")]
+
+
+def test_results_apis_check_their_parameters():
+    with adjobs.JobService() as service:
+        with pytest.raises(ApiError) as missing:
+            service.get_buckets("nope")
+        assert missing.value.status == 404
+        run_job(service, "params", config({"function": "count"}),
+                [{"time": T0 + i * 60} for i in range(100)])
+        with pytest.raises(ApiError) as bad:
+            service.get_records("params", record_score="high")
+        assert bad.value.status == 400 and "record_score" in bad.value.reason
+        with pytest.raises(ApiError) as window:
+            service.get_buckets("params", page={"from": 9_990, "size": 20})
+        assert window.value.status == 400
+        page = service.get_buckets("params", page={"from": 2, "size": 3})
+        assert [b["timestamp"] for b in page["buckets"]] == [
+            (T0 + SPAN * k) * 1000 for k in (2, 3, 4)]
+        assert page["count"] == 9
+
+
+def test_analysis_runs_in_the_upload_not_per_record_in_python():
+    # A smoke figure, not a timing assert: 30k records over 300 buckets go through.
+    docs = metric_data(buckets=300)
+    with adjobs.JobService() as service:
+        run_job(service, "volume", config({"function": "mean", "field_name": "rt",
+                                           "by_field_name": "host"}), docs)
+        stats = service.get_job_stats("volume")["jobs"][0]
+    assert stats["data_counts"]["processed_record_count"] == len(docs)
+    assert stats["timing_stats"]["bucket_count"] == 299
+    assert stats["model_size_stats"]["total_by_field_count"] == 3
+
+
+def test_farequote_sorted_finds_the_aal_incident_as_the_readme_says():
+    import pathlib
+    import re
+
+    from conftest import FAREQUOTE, ROOT
+
+    config = json.loads((ROOT / "examples" / "farequote.json").read_text())
+    config.pop("job_id")
+    header, *rows = FAREQUOTE.read_bytes().rstrip(b"\n").split(b"\n")
+    data = b"\n".join([header, *reversed(rows)]) + b"\n"
+    with adjobs.JobService() as service:
+        service.put_job("farequote", config)
+        service.open_job("farequote")
+        assert service.post_data("farequote", data)["processed_record_count"] == 86274
+        service.flush_job("farequote")
+        top = service.get_records("farequote", size=5)["records"]
+        influencer = service.get_influencers("farequote", size=1)["influencers"][0]
+    assert (top[0]["partition_field_value"], top[0]["timestamp"]) == ("AAL", 1612868400000)
+    assert (influencer["influencer_field_value"], influencer["timestamp"]) == (
+        "AAL", 1612868400000)
+    # The README's table is this run's top 5 (time, airline, score to one decimal).
+    readme = (pathlib.Path(ROOT) / "README.md").read_text()
+    table = re.findall(r"^\| (2021-\S+ \S+) \| (\w+) \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|$",
+                       readme, re.MULTILINE)
+    import datetime
+
+    got = [(datetime.datetime.fromtimestamp(r["timestamp"] / 1000, datetime.UTC)
+            .strftime("%Y-%m-%d %H:%M"), r["partition_field_value"],
+            f"{r['record_score']:.1f}") for r in top]
+    assert table == got

@@ -1,0 +1,275 @@
+"""The per-series time-series model (adjobs.model over adjobs._model).
+
+Behaviour on synthetic series with known answers, and exactness: save/restore and stepping
+series together or alone give bit-identical outputs. Randomness is seeded (SEED, printed).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+
+from adjobs.model import DEFAULT_PARAMS, OUTPUTS, SeriesModels, combined_probability
+
+SEED = 20240611
+SPAN = 300  # 5-minute buckets
+DAY_BUCKETS = 86400 // SPAN
+START = 1_700_000_000 // SPAN - (1_700_000_000 // SPAN) % DAY_BUCKETS  # a midnight
+
+
+def rng(offset: int = 0) -> np.random.Generator:
+    print(f"seed {SEED + offset}")
+    return np.random.default_rng(SEED + offset)
+
+
+def run(values, side: int = 0, buckets=None, span: int = SPAN) -> dict[str, np.ndarray]:
+    """One series through a fresh model in one call; outputs as 1-D arrays."""
+    models = SeriesModels(span, 1)
+    models.add_series(side)
+    values = np.asarray(values, dtype=np.float64)
+    if buckets is None:
+        buckets = START + np.arange(len(values))
+    out = models.step(values.reshape(-1, 1), buckets)
+    return {k: v[:, 0] for k, v in out.items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    """Bit-identical outputs (NaN where NaN)."""
+    return all(np.array_equal(a[k], b[k], equal_nan=True) for k in OUTPUTS)
+
+
+# --------------------------------------------------------------------------------------------
+# Behaviour
+
+
+def test_spike_in_noise_is_anomalous_and_its_neighbours_are_not():
+    # noise held within 2 sigma, so that "the neighbours are ordinary" is a fair demand of 40
+    # rows (unclipped Gaussian noise reaches 3 sigma in one row of 370, p ~ 0.003)
+    x = 100.0 + np.clip(rng().standard_normal(2000), -2.0, 2.0)
+    x[1500] += 15.0
+    out = run(x)
+    p = combined_probability(out["p_single"], out["p_multi"])
+    assert out["p_single"][1500] < 1e-4
+    around = np.r_[1480:1500, 1501:1521]
+    assert out["p_single"][around].min() > 0.01
+    assert p[1480:1500].min() > 0.01
+    # the spike neither inflates the scale nor moves the level: the rows after it and a second
+    # spike as large are judged as the first one was
+    assert p[1501:1521].min() > 0.01
+    y = x.copy()
+    y[1600] += 15.0
+    assert run(y)["p_single"][1600] < 1e-4
+
+
+def test_high_only_series_ignores_dips():
+    x = 100.0 + rng(1).standard_normal(1500)
+    x[1000] -= 15.0
+    x[1200] += 15.0
+    high = run(x, side=1)
+    both = run(x, side=0)
+    assert both["p_single"][1000] < 1e-4
+    assert high["p_single"][1000] >= 0.5
+    assert high["p_single"][1200] < 1e-4
+    low = run(x, side=-1)
+    assert low["p_single"][1000] < 1e-4
+    assert low["p_single"][1200] >= 0.5
+
+
+def test_daily_seasonality_is_learned():
+    days = 10
+    n = days * DAY_BUCKETS
+    phase = 2.0 * np.pi * np.arange(n) / DAY_BUCKETS
+    truth = 50.0 + 10.0 * np.sin(phase)
+    x = truth + 0.5 * rng(2).standard_normal(n)
+    peak = 7 * DAY_BUCKETS + DAY_BUCKETS // 4  # day 8, sin = 1
+    trough = 8 * DAY_BUCKETS + 3 * DAY_BUCKETS // 4  # day 9, sin = -1
+    x_anomaly = x.copy()
+    x_anomaly[trough] = 60.0  # the peak's value at the trough's time
+    out = run(x_anomaly)
+    p = combined_probability(out["p_single"], out["p_multi"])
+    # around the peak of day 8 nothing is unusual, and the model expects the peak
+    window = np.r_[peak - 12:peak + 13]
+    assert p[window].min() > 1e-3
+    assert np.abs(out["typical"][window] - truth[window]).max() < 1.5
+    assert out["p_single"][trough] < 1e-4
+    # the interval is the residual noise, not the daily swing
+    width = out["upper"][8 * DAY_BUCKETS:] - out["lower"][8 * DAY_BUCKETS:]
+    assert np.median(width) < 6.0
+
+
+def test_flat_data_is_never_anomalous_until_it_moves_by_one_percent():
+    x = np.full(1200, 50.0)
+    x[1100] = 50.5
+    out = run(x)
+    p = combined_probability(out["p_single"], out["p_multi"])
+    assert np.all(np.isfinite(p))
+    assert p[:1100].min() >= 0.05
+    assert out["p_single"][1100] < 1e-4
+    assert out["p_single"][1100] > 0.0  # minimum coefficient of variation: finite evidence
+
+
+def test_level_shift_is_flagged_then_learned():
+    x = 100.0 + rng(3).standard_normal(2000)
+    x[1000:] += 10.0
+    out = run(x)
+    p = combined_probability(out["p_single"], out["p_multi"])
+    assert out["p_single"][1000] < 1e-4
+    # accepted: a hundred buckets later the new level is ordinary
+    later = p[1100:2000]
+    assert np.median(later) > 0.2
+    assert np.mean(later < 0.01) < 0.03  # as often as noise alone would
+    assert later.min() > 1e-4
+    assert np.median(np.abs(out["typical"][1100:] - 110.0)) < 1.0
+
+
+def test_warm_up_gives_no_small_probability():
+    x = np.array([1.0, 1000.0, -5.0, 3.0, 1e6, 7.0])
+    out = run(x)
+    assert np.all(out["p_single"] >= 0.05)
+    assert np.all(out["p_multi"] >= 0.05)
+
+
+def test_nan_buckets_are_skipped():
+    x = 100.0 + rng(4).standard_normal(800)
+    x[700] += 12.0
+    gaps = np.zeros(len(x), dtype=bool)
+    gaps[[5, 100, 101, 102, 450, 699]] = True
+    with_nan = x.copy()
+    with_nan[gaps] = np.nan
+    buckets = START + np.arange(len(x))
+    a = run(with_nan, buckets=buckets)
+    # the same rows without the empty buckets (bucket numbers jump over them)
+    b = run(x[~gaps], buckets=buckets[~gaps])
+    assert np.all(np.isnan(a["p_single"][gaps])) and np.all(np.isnan(a["p_multi"][gaps]))
+    assert np.all(np.isfinite(a["typical"][gaps]))  # still says what it expected
+    for key in OUTPUTS:
+        assert np.array_equal(a[key][~gaps], b[key], equal_nan=True), key
+    assert a["p_single"][700] < 1e-4
+
+
+# --------------------------------------------------------------------------------------------
+# Exactness
+
+
+def _series_block(n: int, seed_offset: int) -> np.ndarray:
+    g = rng(seed_offset)
+    t = np.arange(n)
+    cols = [
+        10.0 + g.standard_normal(n),
+        50.0 + 10.0 * np.sin(2 * np.pi * t / DAY_BUCKETS) + g.standard_normal(n),
+        np.where(g.random(n) < 0.05, 20.0, 0.0),
+        np.full(n, 3.0),
+    ]
+    x = np.stack(cols, axis=1)
+    x[g.random(x.shape) < 0.03] = np.nan
+    x[n // 2, 0] += 30.0
+    x[n // 3:, 1] += 25.0
+    return x
+
+
+@pytest.mark.parametrize("splits", [[1], [700], [3, 4, 5, 1500], [287, 288, 289, 2000, 2001]])
+def test_save_and_restore_is_bit_identical(splits):
+    n = 2 * DAY_BUCKETS + 600
+    x = _series_block(n, 5)
+    buckets = START + np.arange(n) + (np.arange(n) > 900) * 37  # a jump over empty buckets
+    sides = [0, 1, 0, -1]
+
+    whole = SeriesModels(SPAN, 1)
+    for side in sides:
+        whole.add_series(side)
+    expected = whole.step(x, buckets)
+
+    parts = []
+    models = SeriesModels(SPAN, 2)
+    for side in sides:
+        models.add_series(side)
+    bounds = [0, *splits, n]
+    for lo, hi in itertools.pairwise(bounds):
+        parts.append(models.step(x[lo:hi], buckets[lo:hi]))
+        # through bytes, as a job would persist it
+        buffer = io.BytesIO()
+        np.savez(buffer, **models.state())
+        buffer.seek(0)
+        with np.load(buffer) as saved:
+            models = SeriesModels.from_state(dict(saved))
+    got = {k: np.concatenate([p[k] for p in parts]) for k in OUTPUTS}
+    assert same(got, expected)
+    final = models.state()
+    for key, value in whole.state().items():
+        assert np.array_equal(final[key], value, equal_nan=True), key
+
+
+def test_series_stepped_together_equal_series_stepped_alone():
+    n = 2 * DAY_BUCKETS + 300
+    x = _series_block(n, 6)
+    sides = [0, 1, -1, 0]
+    buckets = START + np.arange(n)
+    together = SeriesModels(SPAN, 1)
+    for side in sides:
+        together.add_series(side)
+    joint = together.step(x, buckets)
+    for s, side in enumerate(sides):
+        alone = run(x[:, s], side=side, buckets=buckets)
+        for key in OUTPUTS:
+            assert np.array_equal(joint[key][:, s], alone[key], equal_nan=True), (s, key)
+
+
+def test_a_series_added_later_starts_fresh():
+    n = 600
+    x = _series_block(n, 7)[:, :2]
+    buckets = START + np.arange(n)
+    models = SeriesModels(SPAN, 1)
+    models.add_series(0)
+    models.step(x[:300, :1], buckets[:300])
+    models.add_series(0)
+    out = models.step(x[300:], buckets[300:])
+    alone = run(x[300:, 1], buckets=buckets[300:])
+    for key in OUTPUTS:
+        assert np.array_equal(out[key][:, 1], alone[key], equal_nan=True), key
+
+
+# --------------------------------------------------------------------------------------------
+# API
+
+
+def test_arguments_are_checked():
+    models = SeriesModels(SPAN, 1)
+    models.add_series(0)
+    models.step(np.ones((3, 1)), np.array([10, 11, 12]))
+    with pytest.raises(ValueError, match="after the last"):
+        models.step(np.ones((1, 1)), np.array([12]))
+    with pytest.raises(ValueError, match="increase strictly"):
+        models.step(np.ones((2, 1)), np.array([20, 20]))
+    with pytest.raises(ValueError, match="shape"):
+        models.step(np.ones((2, 2)), np.array([30, 31]))
+    with pytest.raises(ValueError, match="finite"):
+        models.step(np.array([[np.inf]]), np.array([40]))
+    with pytest.raises(ValueError, match="side"):
+        models.add_series(2)
+    with pytest.raises(ValueError, match="bucket span"):
+        SeriesModels(0)
+    with pytest.raises(ValueError, match="unknown model parameter"):
+        SeriesModels(SPAN, params={"nope": 1.0})
+    state = models.state()
+    state["scalars"] = state["scalars"][:, :-1]
+    with pytest.raises(ValueError, match="scalars"):
+        SeriesModels.from_state(state)
+
+
+def test_memory_and_seasonal_layout_follow_the_bucket_span():
+    five_min = SeriesModels(300)
+    hourly = SeriesModels(3600)
+    daily = SeriesModels(86400)
+    odd = SeriesModels(7 * 60 + 1)
+    assert five_min.state()["daily"].shape == (0, 288)
+    assert hourly.state()["daily"].shape == (0, 24)
+    assert hourly.state()["weekly"].shape == (0, 168)
+    assert daily.state()["daily"].shape == (0, 0)  # no time of day in daily buckets
+    assert daily.state()["weekly"].shape == (0, 7)
+    assert odd.state()["daily"].shape == (0, 0)  # a span that does not divide a day
+    assert five_min.bytes_per_series > hourly.bytes_per_series > odd.bytes_per_series > 0
+    assert five_min.bytes_per_series < 16_000
+    assert set(five_min.params) == set(DEFAULT_PARAMS)
