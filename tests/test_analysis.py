@@ -80,7 +80,7 @@ def test_a_planted_spike_is_the_top_record_with_the_values_of_the_data():
         assert 90 < top["typical"][0] < 110
         assert top["function"] == "mean" and top["field_name"] == "rt"
         assert top["probability"] < 1e-4
-        assert top["record_score"] == top["initial_record_score"] > 50
+        assert top["initial_record_score"] > 50 and 0 < top["record_score"] <= 100
         assert top["influencers"] == [{"influencer_field_name": "host",
                                        "influencer_field_values": ["b"]}]
         assert all(r["record_score"] < top["record_score"] for r in records[1:])
@@ -405,3 +405,32 @@ def test_farequote_sorted_finds_the_aal_incident_as_the_readme_says():
             .strftime("%Y-%m-%d %H:%M"), r["partition_field_value"],
             f"{r['record_score']:.1f}") for r in top]
     assert table == got
+
+
+def test_a_bigger_anomaly_later_lowers_the_earlier_score_but_not_its_initial_one():
+    rng = np.random.default_rng(21)
+    docs = []
+    for b in range(600):
+        rt = float(rng.normal(100, 5))
+        if b == 300:
+            rt = 160.0  # a clear anomaly...
+        if b == 500:
+            rt = 2_000.0  # ...dwarfed by a much bigger one later
+        docs.append({"time": T0 + b * SPAN, "rt": rt})
+    body = config({"function": "mean", "field_name": "rt"})
+    first = (T0 + 300 * SPAN) * 1000
+    with adjobs.JobService() as service:
+        service.put_job("renorm", body)
+        service.open_job("renorm")
+        service.post_data("renorm", docs[:400])
+        service.flush_job("renorm")
+        before = service.get_records("renorm", start=first, end=first + 1)["records"][0]
+        bucket_before = service.get_buckets("renorm", timestamp=first)["buckets"][0]
+        service.post_data("renorm", docs[400:])
+        service.flush_job("renorm")
+        after = service.get_records("renorm", start=first, end=first + 1)["records"][0]
+        bucket = service.get_buckets("renorm", timestamp=first)["buckets"][0]
+    assert after["initial_record_score"] == before["initial_record_score"]
+    assert after["record_score"] < before["record_score"]
+    assert bucket["anomaly_score"] < bucket_before["anomaly_score"]
+    assert bucket["initial_anomaly_score"] == bucket_before["initial_anomaly_score"]

@@ -323,6 +323,14 @@ class _DetectorAnalysis:
         )
 
 
+def _identity(doc: dict) -> dict:
+    """The fields that name a stored record or influencer (adjobs.results.update_scores)."""
+    keys = ("result_type", "timestamp", "detector_index", "partition_field_value",
+            "by_field_value", "over_field_value", "influencer_field_name",
+            "influencer_field_value")
+    return {key: doc[key] for key in keys if key in doc}
+
+
 def _empty_rows(k: int, evaluated: np.ndarray) -> _Rows:
     none = np.empty(0, dtype=np.int64)
     return _Rows(
@@ -368,6 +376,14 @@ class JobAnalysis:
         #: Records of buckets not finalised yet, as chunks of (times, numeric, codes).
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.pending = ResultBatch()
+        #: A normaliser's maximum grew by more than 10%: older scores are re-normalised at
+        #: the next commit (A.6).
+        self.renormalise = False
+        days = config.renormalization_window_days
+        self.renormalization_window_ms = (
+            days * 86_400_000 if days is not None
+            else max(30 * 86_400_000, 100 * config.bucket_span_ms)
+        )
         self.memory_limit_bytes = config.model_memory_limit_mb * 1024 * 1024
         self.memory_status = "ok"
         self.allocation_failures = 0
@@ -584,8 +600,8 @@ class JobAnalysis:
         # The series that were not unusual score 0: they count in the quantiles too.
         zeros = max(0, evaluated - len(raw))
         records_normaliser = self.normalisers["record"]
-        records_normaliser.update(np.concatenate([raw, np.zeros(zeros)]),
-                                  scopes + [""] * zeros)
+        self.renormalise |= records_normaliser.update(np.concatenate([raw, np.zeros(zeros)]),
+                                                      scopes + [""] * zeros)
         record_scores = records_normaliser.normalise(raw, scopes)
         # Influencer values of each record: (field, value code).
         influence: dict[tuple[str, int], list[int]] = {}
@@ -607,8 +623,8 @@ class JobAnalysis:
             raw_i = np.atleast_1d(scoring.raw_score(p))
             # As for records: the values that influenced nothing count as zeros.
             quiet = max(0, evaluated - len(raw_i))
-            normaliser.update(np.concatenate([raw_i, np.zeros(quiet)]),
-                              scopes_i + [""] * quiet)
+            self.renormalise |= normaliser.update(np.concatenate([raw_i, np.zeros(quiet)]),
+                                                  scopes_i + [""] * quiet)
             scores_i = normaliser.normalise(raw_i, scopes_i)
             for (name, code), pi, ri, si in zip(keys, p, raw_i, scores_i, strict=True):
                 value = self._name(code)
@@ -643,7 +659,7 @@ class JobAnalysis:
         bucket_raw = np.atleast_1d(scoring.raw_score(bucket_p))
         names = [name for name, _ in fields]
         normaliser = self.normalisers["bucket"]
-        normaliser.update(bucket_raw, names)
+        self.renormalise |= normaliser.update(bucket_raw, names)
         bucket_scores = normaliser.normalise(bucket_raw, names)
         bucket_influencers = [
             {
@@ -754,6 +770,55 @@ class JobAnalysis:
                     cause[key] = doc[key]
             doc["causes"] = [cause]
         return doc
+
+    # -- renormalisation ---------------------------------------------------------------------
+
+    def take_renormalisation(self) -> int | None:
+        """If scores must be re-normalised: the start (ms) of the window to rescore."""
+        if not self.renormalise or self.next_bucket is None:
+            return None
+        self.renormalise = False
+        return max(0, self.next_bucket - self.renormalization_window_ms)
+
+    def rescore(self, docs: list[dict]) -> list[dict]:
+        """New scores for stored results (``record_score``, ``influencer_score``, bucket
+        influencers' ``anomaly_score``) from their raw scores and today's normalisers;
+        only those that changed. ``initial_*`` scores stay as they were."""
+        changes: list[dict] = []
+        records = [d for d in docs if d["result_type"] == "record" and "raw_score" in d]
+        if records:
+            scores = self.normalisers["record"].normalise(
+                np.array([d["raw_score"] for d in records]),
+                [d.get("partition_field_value", "") for d in records])
+            for doc, score in zip(records, scores, strict=True):
+                if float(score) != doc["record_score"]:
+                    changes.append({**_identity(doc), "record_score": float(score)})
+        influencers = [d for d in docs if d["result_type"] == "influencer" and "raw_score" in d]
+        if influencers:
+            scores = self.normalisers["influencer"].normalise(
+                np.array([d["raw_score"] for d in influencers]),
+                [d["influencer_field_name"] for d in influencers])
+            for doc, score in zip(influencers, scores, strict=True):
+                if float(score) != doc["influencer_score"]:
+                    changes.append({**_identity(doc), "influencer_score": float(score)})
+        buckets = [d for d in docs if d["result_type"] == "bucket" and d["bucket_influencers"]]
+        items = [(d, bi) for d in buckets for bi in d["bucket_influencers"]]
+        if items:
+            scores = self.normalisers["bucket"].normalise(
+                np.array([bi["raw_anomaly_score"] for _, bi in items]),
+                [bi["influencer_field_name"] for _, bi in items])
+            new: dict[int, list[dict]] = {}
+            moved: set[int] = set()
+            for (doc, bi), score in zip(items, scores, strict=True):
+                new.setdefault(doc["timestamp"], []).append(
+                    {"influencer_field_name": bi["influencer_field_name"],
+                     "anomaly_score": float(score)})
+                if float(score) != bi["anomaly_score"]:
+                    moved.add(doc["timestamp"])
+            for stamp in sorted(moved):
+                changes.append({"result_type": "bucket", "timestamp": stamp,
+                                "bucket_influencers": new[stamp]})
+        return changes
 
     # -- bookkeeping ------------------------------------------------------------------------
 

@@ -339,6 +339,8 @@ class JobService:
             stats=job.analysis.stats(),
             results=pending,
             reset_range=reset_range,
+            rescore_since=job.analysis.take_renormalisation(),
+            rescore=job.analysis.rescore,
         )
 
     def _parse_reset(self, reset_start: Any, reset_end: Any) -> tuple[int, int] | None:

@@ -26,7 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ApiError, job_already_exists
-from .results import RESULTS_SCHEMA, delete_results, write_results
+from .results import (
+    RESULTS_SCHEMA,
+    delete_results,
+    iter_for_renormalisation,
+    update_scores,
+    write_results,
+)
 
 DATABASE_NAME = "adjobs.db"
 #: Bumped whenever the tables change; ``_MIGRATIONS[n]`` upgrades version n to n + 1.
@@ -96,12 +102,21 @@ class AnalysisCommit:
     results: Any  # an object with buckets, records, influencers (adjobs.results)
     #: ``(start_ms, end_ms)`` of ``reset_start``/``reset_end``: results dropped first.
     reset_range: tuple[int, int] | None = None
+    #: Re-normalisation (A.6): the stored results from ``rescore_since`` on are passed to
+    #: ``rescore``, which returns their new scores.
+    rescore_since: int | None = None
+    rescore: Callable[[list[dict]], list[dict]] | None = None
 
 
 def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommit) -> None:
     if analysis.reset_range is not None:
         delete_results(db, job_id, *analysis.reset_range)
     write_results(db, job_id, analysis.results)
+    if analysis.rescore is not None and analysis.rescore_since is not None:
+        docs = list(iter_for_renormalisation(db, job_id, analysis.rescore_since))
+        changes = analysis.rescore(docs)
+        if changes:
+            update_scores(db, job_id, changes)
     db.execute(
         "INSERT OR REPLACE INTO analysis_state (job_id, state, stats) VALUES (?, ?, ?)",
         (job_id, analysis.state, json.dumps(analysis.stats)),
