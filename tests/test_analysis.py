@@ -434,3 +434,23 @@ def test_a_bigger_anomaly_later_lowers_the_earlier_score_but_not_its_initial_one
     assert after["record_score"] < before["record_score"]
     assert bucket["anomaly_score"] < bucket_before["anomaly_score"]
     assert bucket["initial_anomaly_score"] == bucket_before["initial_anomaly_score"]
+
+
+def test_the_demo_incident_is_the_top_record_and_influencer(tmp_path):
+    from adjobs import datagen
+
+    with adjobs.JobService() as service:
+        service.put_job("demo", datagen.demo_job_config())
+        service.open_job("demo")
+        written = datagen.write_ndjson(tmp_path / "demo.ndjson",
+                                       datagen.generate_records(seed=1))
+        assert written > 50_000
+        service.post_data("demo", tmp_path / "demo.ndjson")
+        service.flush_job("demo")
+        top = service.get_records("demo", size=1)["records"][0]
+        influencer = service.get_influencers("demo", size=1)["influencers"][0]
+    incident = datagen.INCIDENT
+    assert top["partition_field_value"] == incident.airline == "AAL"
+    assert incident.start_ms <= top["timestamp"] < incident.end_ms
+    assert top["initial_record_score"] >= 75  # critical
+    assert influencer["influencer_field_value"] == "AAL"
