@@ -276,16 +276,16 @@ class _DetectorAnalysis:
         # Back from model columns to series keys and to the feature rows behind them.
         column_key = {column: key for key, column in self.series.items()}
         keys = np.array([column_key[c] for c in columns.tolist()], dtype=np.int64)
-        feature_of = {
-            (b, c): r
-            for r, (b, c) in enumerate(zip(bucket_row.tolist(), row_column.tolist(),
-                                           strict=True))
-        }
-        feature_row = np.array(
-            [feature_of.get((b, c), -1) for b, c in zip(hit_bucket.tolist(), columns.tolist(),
-                                                         strict=True)],
-            dtype=np.int64,
-        )
+        # Feature rows are unique per (bucket, column): look the hits up by that key.
+        modelled = np.flatnonzero(known)
+        row_keys = bucket_row[modelled] * n_columns + row_column[modelled]
+        wanted = hit_bucket * n_columns + columns
+        feature_row = np.full(len(wanted), -1, dtype=np.int64)
+        if len(row_keys):
+            order = np.argsort(row_keys, kind="stable")
+            at = np.minimum(np.searchsorted(row_keys[order], wanted), len(order) - 1)
+            hit = row_keys[order][at] == wanted
+            feature_row[hit] = modelled[order[at][hit]]
         return _Rows(
             bucket=buckets[hit_bucket],
             probability=p[hit_bucket, hit_series],
