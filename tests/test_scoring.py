@@ -462,6 +462,41 @@ def test_percentile_ceiling_by_hand():
     assert Normaliser(300).bucket_factor == pytest.approx(1 / 6)
 
 
+def test_percentile_tail_is_extrapolated_by_hand():
+    # 980 zeros, ten 1.0s, ten 2.0s, then the query 5.0 (a job updates before it normalises):
+    # n = 1001 with 21 positive scores, so k = max(10, 1% of n) = 10. The top 11 are 5.0 and
+    # ten 2.0s, so u = 2.0; the mean excess over u is beta = 0.3, so the tail beyond 5.0 is
+    # (10 / 1001) exp(-3 / 0.3), far below the empirical 1 - 1000/1001. Noise (mostly zeros),
+    # max (r = 1) and probability (p << 1e-4) ceilings are all 100: the percentile one binds.
+    norm = Normaliser(1800)
+    norm.update([0.0] * 980 + [1.0] * 10 + [2.0] * 10, "a")
+    norm.update([5.0], "a")
+    frac = 1.0 - (10 / 1001) * math.exp(-3.0 / 0.3)
+    lo, hi = ref_wilson(frac, 1001)
+    expected = (ref_knot(100 * lo) + ref_knot(100 * hi)) / 2
+    assert norm.normalise([5.0], "a")[0] == pytest.approx(expected, abs=1e-4)
+    # Below u nothing changes: 2.0 has 990 of 1001 scores strictly below it.
+    lo, hi = ref_wilson(990 / 1001, 1001)
+    assert norm.normalise([2.0], "a")[0] == pytest.approx(
+        (ref_knot(100 * lo) + ref_knot(100 * hi)) / 2, abs=1e-4)
+
+
+def test_far_beyond_the_history_scores_higher_than_just_beyond_it():
+    # The empirical percentile of a new maximum is the same however far it lies beyond the
+    # previous one; the tail fit is not. 5-minute buckets, 3,000 scores of history.
+    rng = np.random.default_rng(3)
+    history = np.where(rng.uniform(size=3000) < 0.05, rng.exponential(0.3, size=3000), 0.0)
+    top = float(history.max())
+    scores = []
+    for query in (top + 0.01, top + 3.0):
+        norm = Normaliser(300)
+        norm.update(history, "a")
+        norm.update([query], "a")
+        scores.append(norm.normalise([query], "a")[0])
+    assert scores[1] > scores[0] + 5.0
+    assert scores[1] > 75.0
+
+
 def test_max_score_ceiling_by_hand():
     # 10,000 zeros and one 10: percentile ceilings ~98, noise relaxed, p << 1e-4 so cap 100.
     norm = Normaliser(1800)

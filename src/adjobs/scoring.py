@@ -102,6 +102,10 @@ NOISE_PERCENTILE = 50.0
 NOISE_MULTIPLIER = 1.0
 #: Two-sided confidence of the interval around a raw score's empirical percentile.
 PERCENTILE_CONFIDENCE = 0.70
+#: Upper tail used to extrapolate percentiles beyond the observed scores: the top 1% of the
+#: scores, and at least this many of them (peaks over a threshold, see ``Normaliser``).
+TAIL_FRACTION = 0.01
+TAIL_MIN_SCORES = 10
 #: Multi-bucket impact range (A.4, A.5).
 MIN_MULTI_BUCKET_IMPACT = -5.0
 MAX_MULTI_BUCKET_IMPACT = 5.0
@@ -645,7 +649,16 @@ class Normaliser:
     2. *percentile ceiling*: the fraction ``F`` of scores strictly below this one, with a 70%
        Wilson interval ``[lo, hi]`` for ``n`` scores, each end converted to a 30-minute-bucket
        percentile ``100 * P^(1/f)``, ``f = min(1, bucket_span / 1800)``, mapped through the knot
-       points and averaged;
+       points and averaged. In the upper tail ``F`` is extrapolated (:meth:`_tail_fraction`):
+       above the top ``k`` scores (``k`` = 1% of ``n``, at least 10, at most the number of
+       positive scores less one), whose excesses over the next one ``u`` have mean ``beta``,
+       ``F = max(F, 1 - (k / n) exp(-(raw - u) / beta))`` (peaks over a threshold with
+       exponential excesses, the natural tail of raw scores, which are about ``ln(1/p)``).
+       The empirical ``F`` cannot tell a new maximum that barely passes the old one from one
+       far beyond anything seen; the tail fit can, so a score far beyond the history reaches
+       the top knots sooner, while the Wilson interval (applied to the extrapolated ``F``)
+       still keeps short histories from claiming high percentiles. Histories with fewer than
+       11 positive scores, or a flat top, are not extrapolated;
     3. *max-score ceiling*: ``100 * min(1.5 r, 0.5 + 0.5 r)``, ``r = raw / max raw of the
        scope`` (not applied to a scope with no positive max);
     4. *probability cap*: :func:`probability_cap`.
@@ -832,7 +845,7 @@ class Normaliser:
 
         # 2. percentile ceiling
         below = cum[np.searchsorted(self._keys, d, side="left")]
-        lo, hi = _wilson(below / n, n)
+        lo, hi = _wilson(self._tail_fraction(d, below / n, n), n)
         power = 1.0 / self.bucket_factor
         pct = 0.5 * (
             np.interp(100.0 * lo**power, self._kx, self._ky)
@@ -866,6 +879,24 @@ class Normaliser:
         score = np.clip(score, 0.0, MAX_NORMALISED_SCORE)
         score = np.where(raw > 0.0, np.round(score, 4), 0.0) + 0.0
         return score
+
+    def _tail_fraction(self, d: np.ndarray, frac: np.ndarray, n: int) -> np.ndarray:
+        """``frac`` (fraction of scores below each discretised score ``d``) raised where the
+        exponential fit of the top ``k`` scores puts the score further into the tail."""
+        positive = n - (int(self._counts[0]) if self._keys[0] == 0 else 0)
+        k = min(max(TAIL_MIN_SCORES, int(TAIL_FRACTION * n)), positive - 1)
+        if k < TAIL_MIN_SCORES:
+            return frac
+        # the k + 1 largest scores (with multiplicity), from the top of the histogram
+        rev_keys, rev_counts = self._keys[::-1], self._counts[::-1]
+        j = int(np.searchsorted(np.cumsum(rev_counts), k + 1, side="left"))
+        top = np.repeat(rev_keys[: j + 1], rev_counts[: j + 1])[: k + 1]
+        u = int(top[k])
+        beta = float(np.mean(top[:k] - u))
+        if not beta > 0.0:
+            return frac
+        tail = (k / n) * np.exp(-np.maximum(d - u, 0) / beta)
+        return np.where(d > u, np.maximum(frac, 1.0 - tail), frac)
 
     # -- state --------------------------------------------------------------------------------
 
