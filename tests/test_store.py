@@ -911,3 +911,41 @@ def test_examples_file_is_the_one_the_spec_describes():
     case = json.loads(SPEC_EXAMPLES.read_text())["cases"]
     steps = next(c for c in case if c["name"] == "spec-ex4-5")["steps"]
     assert [len(s["upload"]) for s in steps if "upload" in s] == [2100, 21, 2100, 42, 42]
+
+
+def test_a_version_1_store_is_migrated_in_place_and_keeps_its_jobs(tmp_path):
+    """A store written before the analysis (schema 1) gains the results and analysis
+    tables on open; its jobs and counts are kept, and they analyse from then on."""
+    import json
+    import sqlite3
+
+    from adjobs import store as store_module
+
+    db = sqlite3.connect(tmp_path / store_module.DATABASE_NAME, isolation_level=None)
+    for statement in store_module._SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    db.execute(f"PRAGMA application_id={store_module.APPLICATION_ID}")
+    db.execute("PRAGMA user_version=1")
+    config = {"analysis_config": {"bucket_span": "1h", "detectors": [{"function": "count"}]},
+              "data_description": {"time_field": "t", "time_format": "epoch"}}
+    with adjobs.JobService() as scratch:
+        stored_config = scratch.put_job("old", config)
+        counts = scratch.get_job_stats("old")["jobs"][0]["data_counts"]
+    db.execute("INSERT INTO jobs (job_id, config, counts) VALUES (?, ?, ?)",
+               ("old", json.dumps(stored_config),
+                json.dumps(adjobs.counts.DataCounts().to_state())))
+    db.close()
+    with adjobs.JobService(tmp_path) as service:
+        assert service.get_job_stats("old")["jobs"][0]["data_counts"] == counts
+        service.open_job("old")
+        service.post_data("old", [{"t": 1_700_000_000 + 3600 * i} for i in range(30)])
+        service.flush_job("old")
+        assert service.get_buckets("old")["count"] == 29
+    db = sqlite3.connect(tmp_path / store_module.DATABASE_NAME)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        assert {"analysis_state", "result_buckets", "result_records"} <= tables
+    finally:
+        db.close()
