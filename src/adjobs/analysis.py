@@ -32,7 +32,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,7 @@ from .features import (
 )
 from .model import SeriesModels
 from .population import PopulationModels, RareModels
+from .results import ResultBatch
 
 #: The levels of results, each normalised on its own.
 LEVELS = ("record", "influencer", "bucket")
@@ -63,29 +64,9 @@ INFLUENCE_CUTOFF = 0.4
 MAX_RECORDS_PER_BUCKET = 500
 #: A gap longer than this many buckets is stepped over rather than walked bucket by bucket.
 MAX_EMPTY_BUCKETS = 10_000
-#: Records buffered for buckets not yet finalised are kept in chunks; this many records
-#: at the most before the buffer is compacted into one chunk.
+#: Records buffered for buckets not yet finalised are kept in chunks, compacted into one
+#: when there are more than this many.
 _COMPACT_CHUNKS = 64
-
-
-@dataclass
-class ResultBatch:
-    """Result documents in ES's shapes, waiting to be committed."""
-
-    buckets: list[dict] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
-    influencers: list[dict] = field(default_factory=list)
-    #: Drop the interim results before writing these.
-    replaces_interim: bool = False
-
-    def extend(self, other: ResultBatch) -> None:
-        self.buckets.extend(other.buckets)
-        self.records.extend(other.records)
-        self.influencers.extend(other.influencers)
-        self.replaces_interim = self.replaces_interim or other.replaces_interim
-
-    def __bool__(self) -> bool:
-        return bool(self.buckets or self.records or self.influencers or self.replaces_interim)
 
 
 @dataclass
@@ -105,7 +86,6 @@ class _Rows:
     features: Any
     #: Per bucket of the run: how many series had a probability (the others are 0).
     evaluated: np.ndarray | None = None
-    causes: list[list[dict]] | None = None
 
 
 class _ColumnModels:

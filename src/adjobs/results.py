@@ -170,12 +170,20 @@ class ResultBatch:
 
     Any object with ``buckets``, ``records`` and ``influencers`` lists will do (an optional
     true ``replaces_interim`` attribute makes :func:`write_results` drop every interim result
-    of the job first).
+    of the job first). :mod:`adjobs.analysis` fills these as buckets are finalised.
     """
 
     buckets: list[dict] = field(default_factory=list)
     records: list[dict] = field(default_factory=list)
     influencers: list[dict] = field(default_factory=list)
+    #: Drop every interim result of the job before writing these.
+    replaces_interim: bool = False
+
+    def extend(self, other: ResultBatch) -> None:
+        self.buckets.extend(other.buckets)
+        self.records.extend(other.records)
+        self.influencers.extend(other.influencers)
+        self.replaces_interim = self.replaces_interim or other.replaces_interim
 
 
 def create_results_tables(db: sqlite3.Connection) -> None:
@@ -506,6 +514,14 @@ def _filters(
     return where, params
 
 
+def _page_params(from_: int | None, size: int | None) -> tuple[int, int]:
+    """``from``/``size`` with their defaults for ``None``, checked as ES checks them."""
+    from_ = DEFAULT_FROM if from_ is None else int(from_)
+    size = DEFAULT_SIZE if size is None else int(size)
+    _check_page(from_, size)
+    return from_, size
+
+
 def _check_page(from_: int, size: int) -> None:
     if from_ < 0:
         raise illegal_argument("Parameter [from] cannot be < 0")
@@ -734,9 +750,7 @@ def get_records(
     ApiError
         400 for a bad page or an unknown sort field.
     """
-    from_ = DEFAULT_FROM if from_ is None else int(from_)
-    size = DEFAULT_SIZE if size is None else int(size)
-    _check_page(from_, size)
+    from_, size = _page_params(from_, size)
     order = _record_order("record_score" if sort is None else sort,
                           True if desc is None else bool(desc))
     where, params = _filters(job_id, start, end, "record_score", float(record_score or 0.0),
@@ -766,9 +780,7 @@ def get_influencers(
     ApiError
         400 for a bad page or an unknown sort field.
     """
-    from_ = DEFAULT_FROM if from_ is None else int(from_)
-    size = DEFAULT_SIZE if size is None else int(size)
-    _check_page(from_, size)
+    from_, size = _page_params(from_, size)
     order = _sort_term(_INFLUENCER_SORT, "influencer_score" if sort is None else sort,
                        True if desc is None else bool(desc)) + ", rowid ASC"
     where, params = _filters(job_id, start, end, "influencer_score",

@@ -90,12 +90,16 @@ class _Checkpoint:
         job.ingest.earliest_ms = self.earliest_ms
         job.ingest.diagnostics.set_state(self.diagnostics)
         job.ingest.strings.truncate(self.string_count)
-        # The analysis is rebuilt from its last committed state (every change to it is
-        # committed, so that is its state when the upload started).
-        job.analysis = JobAnalysis(job.config)
-        if job.analysis_state is not None:
-            job.analysis.set_state(job.analysis_state)
-        job.analysis.sync_names(job.ingest.strings)
+        _roll_back_analysis(job)
+
+
+def _roll_back_analysis(job: _OpenJob) -> None:
+    """Rebuild a job's analysis from its last committed state: every change to the analysis
+    is committed, so that is where it stood before the failed upload or flush."""
+    job.analysis = JobAnalysis(job.config)
+    if job.analysis_state is not None:
+        job.analysis.set_state(job.analysis_state)
+    job.analysis.sync_names(job.ingest.strings)
 
 
 class JobService:
@@ -544,10 +548,7 @@ class JobService:
                 commit = self._analysis_commit(job, interim=interim)
                 self._store.save_finalized(job_id, finalized, commit)
             except BaseException:
-                job.analysis = JobAnalysis(job.config)
-                if job.analysis_state is not None:
-                    job.analysis.set_state(job.analysis_state)
-                job.analysis.sync_names(job.ingest.strings)
+                _roll_back_analysis(job)
                 raise
             job.analysis_state = commit.state
             job.last_finalized_bucket_end = finalized
