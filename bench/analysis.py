@@ -12,6 +12,7 @@ also holds the top records and influencers of the analysed run.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ from pathlib import Path
 from bench._common import REPO_ROOT, bench_parser, load_average, machine_info, run_and_print
 
 TARGET_RATIO = 1.5
-FAREQUOTE = REPO_ROOT.parent / "shared" / "data" / "farequote-2021.csv"
+FAREQUOTE = (Path(os.environ.get("ADJOBS_SHARED_DIR") or REPO_ROOT.parent / "shared")
+             / "data" / "farequote-2021.csv")
 JOB = REPO_ROOT / "examples" / "farequote.json"
 
 

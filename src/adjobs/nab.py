@@ -262,10 +262,14 @@ class Corpus:
 
 
 def default_root() -> pathlib.Path:
-    """``$ADJOBS_NAB_DIR``, else ``shared/nab`` next to the repository (``<repo>/../shared``)."""
+    """``$ADJOBS_NAB_DIR``, else ``$ADJOBS_SHARED_DIR/nab``, else ``shared/nab`` next to the
+    repository (``<repo>/../shared``)."""
     env = os.environ.get("ADJOBS_NAB_DIR")
     if env:
         return pathlib.Path(env)
+    shared = os.environ.get("ADJOBS_SHARED_DIR")
+    if shared:
+        return pathlib.Path(shared) / "nab"
     return pathlib.Path(__file__).resolve().parents[3] / "shared" / "nab"
 
 
