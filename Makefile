@@ -26,10 +26,10 @@ bench-http:
 
 lint:
 	$(PYTHON) -m ruff check src tests bench
-	$(PYTHON) -m cython_lint src/adjobs/_core.pyx src/adjobs/_simdjson.pxd
+	$(PYTHON) -m cython_lint src/adjobs/_core.pyx src/adjobs/_simdjson.pxd src/adjobs/_normaliser.pyx
 
 annotate:
 	$(PYTHON) -m cython -a -3 --cplus -I ext src/adjobs/_core.pyx -o build/_core_annotated.cpp
 
 clean:
-	rm -rf build dist src/*.egg-info src/adjobs/_core.cpp src/adjobs/_core.html src/adjobs/*.so
+	rm -rf build dist src/*.egg-info src/adjobs/_core.cpp src/adjobs/_core.html src/adjobs/_normaliser.c src/adjobs/*.so

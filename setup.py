@@ -51,13 +51,20 @@ extension = Extension(
     define_macros=macros,
 )
 
-# The time-series model kernel (adjobs.model): plain C, no simdjson, same directives.
-model_extension = Extension(
-    "adjobs._model",
-    sources=["src/adjobs/_model.pyx"],
-    language="c",
-    extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]),
-    define_macros=macros,
-)
 
-setup(ext_modules=cythonize([extension, model_extension], compiler_directives=directives))
+def c_extension(name: str) -> Extension:
+    """A plain C kernel (no simdjson) with the same directives and debug switch as _core."""
+    return Extension(
+        f"adjobs.{name}",
+        sources=[f"src/adjobs/{name}.pyx"],
+        language="c",
+        extra_compile_args=(["-O0", "-g"] if DEBUG else ["-O3"]),
+        define_macros=macros,
+    )
+
+
+# The time-series model kernel (adjobs.model) and the normaliser's bucket-by-bucket state
+# walk (adjobs.scoring).
+kernels = [c_extension("_model"), c_extension("_normaliser")]
+
+setup(ext_modules=cythonize([extension, *kernels], compiler_directives=directives))

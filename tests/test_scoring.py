@@ -682,3 +682,82 @@ def test_update_quiet_is_the_same_as_updating_bucket_by_bucket_with_zeros():
     batched.update_quiet(50)
     assert stepwise.max_score("x") is None and batched.max_score("x") is None
     assert stepwise.big_change is False and batched.big_change is False
+
+
+def _walk_plan(seed: int, steps: int) -> list[tuple]:
+    """Buckets with scores (some 0, some scope "", some 100) and runs of quiet buckets."""
+    rng = np.random.default_rng(seed)
+    plan: list[tuple] = []
+    for _ in range(steps):
+        if rng.random() < 0.3:
+            plan.append(("quiet", int(rng.integers(1, 4)), int(rng.integers(0, 30))))
+            continue
+        m = int(rng.integers(1, 12))
+        raw = np.where(rng.random(m) < 0.4, 0.0, rng.exponential(3.0, m) + 0.001)
+        if rng.random() < 0.1:
+            raw[0] = 100.0
+        plan.append(("bucket", np.clip(raw, 0.0, 100.0),
+                     [str(x) for x in rng.choice(["", "a", "b", "c", "dd"], m)]))
+    return plan
+
+
+def _bucket_by_bucket(norm: Normaliser, plan: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    scores, bigs = [], []
+    for kind, first, second in plan:
+        if kind == "quiet":
+            norm.update_quiet(first, second)
+            bigs.append(False)
+        else:
+            bigs.append(norm.update(first, second))
+            scores.append(norm.normalise(first, second))
+    return np.concatenate(scores), np.array(bigs)
+
+
+def _walked(norm: Normaliser, plan: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    raw, scopes, counts, zeros, buckets = [], [], [], [], []
+    for kind, first, second in plan:
+        if kind == "quiet":
+            raw_n, scopes_n, zeros_n, buckets_n = [], [], second, first
+        else:
+            raw_n, scopes_n, zeros_n, buckets_n = list(first), second, 0, 1
+        raw += raw_n
+        scopes += scopes_n
+        counts.append(len(raw_n))
+        zeros.append(zeros_n)
+        buckets.append(buckets_n)
+    return norm.walk(np.array(raw), scopes, counts, zeros, buckets)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_walk_is_bit_identical_to_bucket_by_bucket_updates(seed):
+    # Scopes are forgotten quickly, so some are dropped and come back within the walk; after
+    # ~150 buckets the histogram holds enough positive scores for the tail fit.
+    forget = 1 + seed % 7
+    plan = _walk_plan(seed, 40 + 5 * seed)
+    stepwise, walked = Normaliser(900, forget_after=forget), Normaliser(900, forget_after=forget)
+    warm = len(plan) // 3
+    _bucket_by_bucket(stepwise, plan[:warm])
+    _bucket_by_bucket(walked, plan[:warm])
+    expected, expected_big = _bucket_by_bucket(stepwise, plan[warm:])
+    scores, big = _walked(walked, plan[warm:])
+    np.testing.assert_array_equal(scores, expected)
+    np.testing.assert_array_equal(big, expected_big)
+    assert json.dumps(walked.to_state()) == json.dumps(stepwise.to_state())
+
+
+def test_walk_scores_each_bucket_against_the_state_right_after_it():
+    walked, stepwise = Normaliser(1800), Normaliser(1800)
+    scores, big = walked.walk(np.array([2.0, 0.0, 2.0, 4.0]), ["a", "", "a", "b"],
+                              [2, 0, 2], [0, 3, 0], [1, 5, 1])
+    assert stepwise.update(np.array([2.0, 0.0]), ["a", ""]) is True
+    first = stepwise.normalise(np.array([2.0, 0.0]), ["a", ""])
+    stepwise.update_quiet(5, 3)
+    stepwise.update(np.array([2.0, 4.0]), ["a", "b"])
+    second = stepwise.normalise(np.array([2.0, 4.0]), ["a", "b"])
+    np.testing.assert_array_equal(scores, np.concatenate([first, second]))
+    # A causal walk: the first bucket's 2.0 is not scored against the later 4.0.
+    assert scores[0] > 0.0 and scores[1] == 0.0 and scores[2] < scores[3]
+    assert big.tolist() == [True, False, True]
+    assert walked.count == stepwise.count == 7
+    with pytest.raises(ValueError, match="at least one bucket"):
+        walked.walk(np.zeros(0), [], [0], [0], [0])

@@ -329,6 +329,68 @@ def _empty_rows(k: int, evaluated: np.ndarray) -> _Rows:
     )
 
 
+class _Steps:
+    """What one level's normaliser is given over a run of buckets, gathered bucket by bucket
+    for :meth:`adjobs.scoring.Normaliser.walk`."""
+
+    def __init__(self) -> None:
+        self.raw: list[np.ndarray] = []
+        self.scopes: list[str] = []
+        self.scores: list[int] = []
+        self.zeros: list[int] = []
+        self.buckets: list[int] = []
+        self.size = 0
+
+    def bucket(self, raw: np.ndarray, scopes: list[str], zeros: int = 0) -> int:
+        """A bucket with scores, and ``zeros`` more of scope "" (as ``update`` is given
+        them); returns where its scores start in :meth:`walk`'s output."""
+        at = self.size
+        if zeros:
+            raw = np.concatenate([raw, np.zeros(zeros)])
+            scopes = scopes + [""] * zeros
+        self.raw.append(raw)
+        self.scopes.extend(scopes)
+        self.scores.append(len(raw))
+        self.zeros.append(0)
+        self.buckets.append(1)
+        self.size += len(raw)
+        return at
+
+    def quiet(self, buckets: int, zeros: int) -> None:
+        """``buckets`` buckets without scores, ``zeros`` zeros in all (``update_quiet``)."""
+        self.scores.append(0)
+        self.zeros.append(zeros)
+        self.buckets.append(buckets)
+
+    def walk(self, normaliser: scoring.Normaliser) -> tuple[np.ndarray, bool]:
+        """Every score normalised, and whether some step was a big change."""
+        if not self.buckets:
+            return np.empty(0), False
+        raw = np.concatenate(self.raw) if self.raw else np.empty(0)
+        scores, big = normaliser.walk(raw, self.scopes, self.scores, self.zeros, self.buckets)
+        return scores, bool(big.any())
+
+
+@dataclass
+class _ScoredBucket:
+    """A bucket with records: its raw scores at every level, where its normalised scores
+    will be in the levels' :meth:`_Steps.walk` output, and the records' influencers."""
+
+    entries: list[tuple[int, int]]  # (detector, row), most unlikely first
+    probabilities: np.ndarray
+    raw: np.ndarray
+    influencers: list[list[tuple[str, int]]]  # per record: (field, value code)
+    record_at: int
+    influencer_keys: list[tuple[str, int]]
+    influencer_probabilities: np.ndarray
+    influencer_raw: np.ndarray
+    influencer_at: int
+    bucket_fields: list[str]
+    bucket_p: np.ndarray
+    bucket_raw: np.ndarray
+    bucket_at: int
+
+
 class JobAnalysis:
     """The analysis of one open job. Not thread-safe: the service holds the job's lock."""
 
@@ -512,35 +574,50 @@ class JobAnalysis:
         event_buckets, event_count = event_counts(times, self.span_ms)
         events = dict(zip(event_buckets.tolist(), event_count.tolist(), strict=True))
         evaluated = sum(rows.evaluated for rows in found)
-        batch = ResultBatch()
         # Group every detector's rows by bucket, in bucket order.
         per_bucket: dict[int, list[tuple[int, int]]] = {}
         for d, rows in enumerate(found):
             for r, bucket in enumerate(rows.bucket.tolist()):
                 per_bucket.setdefault(bucket, []).append((d, r))
+        # First what every level's normaliser is given, bucket by bucket; then each level
+        # is updated and normalised over the whole run at once (Normaliser.walk), each
+        # bucket against the state right after it; then the documents.
+        steps = {level: _Steps() for level in LEVELS}
+        scored: dict[int, _ScoredBucket] = {}
         quiet_buckets = quiet_zeros = 0
         for index, bucket in enumerate(buckets.tolist()):
             entries = per_bucket.get(bucket)
-            count = events.get(bucket, 0)
             if not entries:
                 # Nothing unusual: the bucket scores 0 and the normalisers only count it,
                 # a run of such buckets at a time.
                 quiet_buckets += 1
                 quiet_zeros += int(evaluated[index])
-                batch.buckets.append(self._bucket_doc(bucket, 0.0, count, interim, []))
                 continue
-            self._quiet(quiet_buckets, quiet_zeros)
+            self._quiet(steps, quiet_buckets, quiet_zeros)
             quiet_buckets = quiet_zeros = 0
-            self._bucket_results(bucket, entries, found, codes, count, int(evaluated[index]),
-                                 interim, batch)
-        self._quiet(quiet_buckets, quiet_zeros)
+            scored[bucket] = self._score_inputs(entries, found, codes, int(evaluated[index]),
+                                                steps)
+        self._quiet(steps, quiet_buckets, quiet_zeros)
+        scores = {}
+        for level, level_steps in steps.items():
+            scores[level], big = level_steps.walk(self.normalisers[level])
+            self.renormalise |= big
+        batch = ResultBatch()
+        for bucket in buckets.tolist():
+            count = events.get(bucket, 0)
+            inputs = scored.get(bucket)
+            if inputs is None:
+                batch.buckets.append(self._bucket_doc(bucket, 0.0, count, interim, []))
+            else:
+                self._bucket_results(bucket, inputs, found, count, interim, scores, batch)
         return batch
 
-    def _quiet(self, buckets: int, zeros: int) -> None:
+    @staticmethod
+    def _quiet(steps: dict[str, _Steps], buckets: int, zeros: int) -> None:
         if buckets:
-            self.normalisers["record"].update_quiet(buckets, zeros)
-            self.normalisers["influencer"].update_quiet(buckets, zeros)
-            self.normalisers["bucket"].update_quiet(buckets, buckets)
+            steps["record"].quiet(buckets, zeros)
+            steps["influencer"].quiet(buckets, zeros)
+            steps["bucket"].quiet(buckets, buckets)
 
     def _bucket_doc(self, bucket: int, score: float, event_count: int, interim: bool,
                     bucket_influencers: list[dict]) -> dict:
@@ -560,17 +637,15 @@ class JobAnalysis:
     def _name(self, code: int) -> str:
         return self.names[code] if 0 <= code < len(self.names) else ""
 
-    def _bucket_results(
+    def _score_inputs(
         self,
-        bucket: int,
         entries: list[tuple[int, int]],
         found: list[_Rows],
         codes: np.ndarray,
-        event_count: int,
         evaluated: int,
-        interim: bool,
-        batch: ResultBatch,
-    ) -> None:
+        steps: dict[str, _Steps],
+    ) -> _ScoredBucket:
+        """One bucket's raw scores at every level, added to the levels' steps."""
         probabilities = np.array([found[d].probability[r] for d, r in entries], dtype=float)
         order = np.argsort(probabilities, kind="stable")[:MAX_RECORDS_PER_BUCKET]
         entries = [entries[i] for i in order]
@@ -578,69 +653,83 @@ class JobAnalysis:
         raw = np.atleast_1d(scoring.raw_score(probabilities))
         scopes = [self._name(int(found[d].partition[r])) for d, r in entries]
         # The series that were not unusual score 0: they count in the quantiles too.
-        zeros = max(0, evaluated - len(raw))
-        records_normaliser = self.normalisers["record"]
-        self.renormalise |= records_normaliser.update(np.concatenate([raw, np.zeros(zeros)]),
-                                                      scopes + [""] * zeros)
-        record_scores = records_normaliser.normalise(raw, scopes)
+        record_at = steps["record"].bucket(raw, scopes, max(0, evaluated - len(raw)))
         # Influencer values of each record: (field, value code).
         influence: dict[tuple[str, int], list[int]] = {}
+        values_of = []
         for i, (d, r) in enumerate(entries):
-            rows = found[d]
-            detector = self.detectors[d].detector
-            values = self._influencers_of(detector, rows, r, codes)
+            values = self._influencers_of(self.detectors[d].detector, found[d], r, codes)
+            values_of.append(values)
             for name, code in values:
                 influence.setdefault((name, code), []).append(i)
-            batch.records.append(self._record(bucket, detector, rows, r, probabilities[i],
-                                              raw[i], record_scores[i], values, interim))
         # Influencers: one per (field, value), as unlikely as its most unlikely record.
-        influencer_docs = []
-        normaliser = self.normalisers["influencer"]
+        keys = list(influence)
+        p_i = np.array([probabilities[influence[key]].min() for key in keys])
+        raw_i = np.atleast_1d(scoring.raw_score(p_i))
         if influence:
-            keys = list(influence)
-            p = np.array([probabilities[influence[key]].min() for key in keys])
-            scopes_i = [name for name, _ in keys]
-            raw_i = np.atleast_1d(scoring.raw_score(p))
             # As for records: the values that influenced nothing count as zeros.
-            quiet = max(0, evaluated - len(raw_i))
-            self.renormalise |= normaliser.update(np.concatenate([raw_i, np.zeros(quiet)]),
-                                                  scopes_i + [""] * quiet)
-            scores_i = normaliser.normalise(raw_i, scopes_i)
-            for (name, code), pi, ri, si in zip(keys, p, raw_i, scores_i, strict=True):
-                value = self._name(code)
-                influencer_docs.append(
-                    {
-                        "job_id": self.job_id,
-                        "result_type": "influencer",
-                        "influencer_field_name": name,
-                        "influencer_field_value": value,
-                        name: value,
-                        "influencer_score": float(si),
-                        "initial_influencer_score": float(si),
-                        "probability": float(pi),
-                        "raw_score": float(ri),
-                        "bucket_span": self.span_s,
-                        "is_interim": interim,
-                        "timestamp": bucket,
-                    }
-                )
+            influencer_at = steps["influencer"].bucket(raw_i, [name for name, _ in keys],
+                                                       max(0, evaluated - len(raw_i)))
         else:
-            normaliser.update_quiet(1, evaluated)
-        batch.influencers.extend(influencer_docs)
+            influencer_at = 0
+            steps["influencer"].quiet(1, evaluated)
         # Bucket influencers: per influencer field, and bucket_time over all records; the
         # bucket is as unusual as its most unusual record among all it looked at.
         fields = [("bucket_time", probabilities)]
         for name, _ in self.influencer_columns:
-            mine = [doc["probability"] for doc in influencer_docs
-                    if doc["influencer_field_name"] == name]
+            mine = [p for (field, _), p in zip(keys, p_i.tolist(), strict=True)
+                    if field == name]
             if mine:
                 fields.append((name, np.array(mine)))
         bucket_p = np.array([scoring.extreme_probability(ps, 1) for _, ps in fields])
         bucket_raw = np.atleast_1d(scoring.raw_score(bucket_p))
         names = [name for name, _ in fields]
-        normaliser = self.normalisers["bucket"]
-        self.renormalise |= normaliser.update(bucket_raw, names)
-        bucket_scores = normaliser.normalise(bucket_raw, names)
+        bucket_at = steps["bucket"].bucket(bucket_raw, names)
+        return _ScoredBucket(entries, probabilities, raw, values_of, record_at, keys, p_i,
+                             raw_i, influencer_at, names, bucket_p, bucket_raw, bucket_at)
+
+    def _bucket_results(
+        self,
+        bucket: int,
+        inputs: _ScoredBucket,
+        found: list[_Rows],
+        event_count: int,
+        interim: bool,
+        scores: dict[str, np.ndarray],
+        batch: ResultBatch,
+    ) -> None:
+        """The documents of one bucket with records, from its scores at every level."""
+        at = inputs.record_at
+        record_scores = scores["record"][at:at + len(inputs.raw)]
+        for i, (d, r) in enumerate(inputs.entries):
+            batch.records.append(self._record(
+                bucket, self.detectors[d].detector, found[d], r, inputs.probabilities[i],
+                inputs.raw[i], record_scores[i], inputs.influencers[i], interim))
+        at = inputs.influencer_at
+        influencer_scores = scores["influencer"][at:at + len(inputs.influencer_raw)]
+        for (name, code), pi, ri, si in zip(inputs.influencer_keys,
+                                            inputs.influencer_probabilities,
+                                            inputs.influencer_raw, influencer_scores,
+                                            strict=True):
+            value = self._name(code)
+            batch.influencers.append(
+                {
+                    "job_id": self.job_id,
+                    "result_type": "influencer",
+                    "influencer_field_name": name,
+                    "influencer_field_value": value,
+                    name: value,
+                    "influencer_score": float(si),
+                    "initial_influencer_score": float(si),
+                    "probability": float(pi),
+                    "raw_score": float(ri),
+                    "bucket_span": self.span_s,
+                    "is_interim": interim,
+                    "timestamp": bucket,
+                }
+            )
+        at = inputs.bucket_at
+        bucket_scores = scores["bucket"][at:at + len(inputs.bucket_raw)]
         bucket_influencers = [
             {
                 "job_id": self.job_id,
@@ -654,8 +743,8 @@ class JobAnalysis:
                 "bucket_span": self.span_s,
                 "is_interim": interim,
             }
-            for name, p_b, raw_b, score_b in zip(names, bucket_p, bucket_raw, bucket_scores,
-                                                 strict=True)
+            for name, p_b, raw_b, score_b in zip(inputs.bucket_fields, inputs.bucket_p,
+                                                 inputs.bucket_raw, bucket_scores, strict=True)
         ]
         score = max(doc["anomaly_score"] for doc in bucket_influencers)
         batch.buckets.append(self._bucket_doc(bucket, score, event_count, interim,

@@ -1,8 +1,10 @@
 """Score layer: probabilities -> raw anomaly scores -> 0..100 normalised scores.
 
-Pure numpy, vectorised, independent of the rest of the package. The rules follow our summary of
-Elasticsearch ML in ``analysis.md`` (sections A.4, A.5, A.6); where that summary leaves a choice
-open, the choice and its reason are documented next to the code.
+Vectorised numpy, independent of the rest of the package but for one compiled kernel
+(``adjobs._normaliser``, which steps a normaliser through many buckets for
+:meth:`Normaliser.walk`). The rules follow our summary of Elasticsearch ML in ``analysis.md``
+(sections A.4, A.5, A.6); where that summary leaves a choice open, the choice and its reason
+are documented next to the code.
 
 Rules in one place:
 
@@ -32,6 +34,8 @@ from statistics import NormalDist
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from . import _normaliser
 
 __all__ = [
     "ATTRIBUTES",
@@ -811,6 +815,59 @@ class Normaliser:
             self._scope_age = self._scope_age[keep]
         self.big_change = False
 
+    def walk(self, raw_scores: Any, scopes: Any, step_scores: Any, step_zeros: Any,
+             step_buckets: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Many finalised buckets in a row, in one call: each *step* is a bucket with scores,
+        or a run of buckets without; return every score normalised against the state right
+        after its step, and per step whether it was a big change.
+
+        Step ``t`` stands for ``step_buckets[t]`` (>= 1) buckets and adds the next
+        ``step_scores[t]`` of ``raw_scores`` (with their ``scopes``) and ``step_zeros[t]``
+        zeros that belong to no scope. ``update(scores, scopes)`` then ``normalise(scores,
+        scopes)`` is the step ``(len(scores), 0, 1)``, and ``update_quiet(buckets, zeros)``
+        the step ``(0, zeros, buckets)``: the scores are identical to such calls bucket by
+        bucket, and so is the state afterwards (:attr:`big_change` is the last step's).
+        """
+        raw = _raw_scores(raw_scores)
+        s = _scope_array(scopes, raw.size)
+        step_scores = np.ascontiguousarray(step_scores, dtype=np.int64)
+        step_zeros = np.ascontiguousarray(step_zeros, dtype=np.int64)
+        step_buckets = np.ascontiguousarray(step_buckets, dtype=np.int64)
+        if step_buckets.size and step_buckets.min() < 1:
+            raise ValueError("every step stands for at least one bucket")
+        d = _discretise(raw)
+        # The kernel walks a dense histogram over the keys held or about to be.
+        keys = np.unique(np.concatenate([np.zeros(1, dtype=np.int64), self._keys, d]))
+        counts = np.zeros(keys.size, dtype=np.int64)
+        counts[np.searchsorted(keys, self._keys)] = self._counts
+        names, scope_index = np.unique(np.concatenate([self._scopes, s]), return_inverse=True)
+        held, entry_scope = scope_index[: self._scopes.size], scope_index[self._scopes.size:]
+        present = np.zeros(names.size, dtype=np.uint8)
+        scope_max = np.zeros(names.size, dtype=np.float64)
+        scope_age = np.zeros(names.size, dtype=np.int64)
+        present[held], scope_max[held], scope_age[held] = 1, self._scope_max, self._scope_age
+        facts, below, entry_max = _normaliser.walk(
+            counts, keys, np.searchsorted(keys, d).astype(np.int64), raw,
+            np.ascontiguousarray(entry_scope, dtype=np.int64), step_scores, step_zeros,
+            step_buckets, present, scope_max, scope_age, self.forget_after,
+            self.noise_percentile / 100.0, TAIL_MIN_SCORES, TAIL_FRACTION)
+        kept = counts > 0
+        self._keys, self._counts = keys[kept], counts[kept]
+        alive = present.astype(bool)
+        self._scopes = names[alive] if alive.any() else np.zeros(0, dtype="<U1")
+        self._scope_max, self._scope_age = scope_max[alive], scope_age[alive]
+        if step_buckets.size:
+            self.big_change = bool(facts["big"][-1])
+        if raw.size == 0:
+            return np.zeros(0), facts["big"]
+        of_score = np.repeat(np.arange(step_scores.size), step_scores)
+        scores = self._scores(
+            raw, d, _probability_cap_from_raw(raw), n=facts["n"][of_score],
+            zeros=facts["zeros"][of_score], noise_key=facts["noise_key"][of_score],
+            below=below, scope_max=entry_max, tail_k=facts["tail_k"][of_score],
+            tail_u=facts["tail_u"][of_score], tail_excess=facts["tail_excess"][of_score])
+        return scores, facts["big"]
+
     # -- normalise ----------------------------------------------------------------------------
 
     def normalise(
@@ -832,20 +889,44 @@ class Normaliser:
         s = _scope_array(scopes, raw.size)
         d = _discretise(raw)
         cum = np.concatenate([[0], np.cumsum(self._counts)])
-
-        # 1. noise ceiling
         q = self.noise_percentile / 100.0
         j = min(int(np.searchsorted(cum[1:], q * n, side="left")), self._keys.size - 1)
-        noise_d = int(self._keys[j])
-        zero_frac = self._counts[0] / n if self._keys[0] == 0 else 0.0
-        relax = MAX_NORMALISED_SCORE * max(2.0 * min(zero_frac / q, 1.0) - 1.0, 0.0)
+        zeros = int(self._counts[0]) if self._keys[0] == 0 else 0
+        below = cum[np.searchsorted(self._keys, d, side="left")]
+        idx, found = self._lookup(s)
+        scope_max = np.zeros(raw.size, dtype=np.float64)
+        scope_max[found] = self._scope_max[idx[found]]
+        tail_k, tail_u, tail_excess = self._tail(n, zeros)
+        if probabilities is None:
+            cap = _probability_cap_from_raw(raw)
+        else:
+            p = _float_array(probabilities, "probabilities")
+            if p.shape != raw.shape:
+                raise ValueError(f"need one probability per raw score ({raw.size})")
+            cap = np.asarray(probability_cap(p), dtype=np.float64)
+        return self._scores(raw, d, cap, n=n, zeros=zeros, noise_key=int(self._keys[j]),
+                            below=below, scope_max=scope_max, tail_k=tail_k, tail_u=tail_u,
+                            tail_excess=tail_excess)
+
+    def _scores(self, raw: np.ndarray, d: np.ndarray, cap: np.ndarray, *, n: Any, zeros: Any,
+                noise_key: Any, below: np.ndarray, scope_max: np.ndarray, tail_k: Any,
+                tail_u: Any, tail_excess: Any) -> np.ndarray:
+        """Normalised scores from the facts of the state they are scored against: ``n``
+        scores of which ``zeros`` are 0, the noise-percentile key, per score the count of
+        scores below it and its scope's max, the tail fit (``tail_k`` < ``TAIL_MIN_SCORES``:
+        none). The facts are scalars (:meth:`normalise`) or one per score (:meth:`walk`):
+        the arithmetic is elementwise either way, so both give the same bits."""
+        # 1. noise ceiling
+        q = self.noise_percentile / 100.0
+        zero_frac = zeros / n
+        relax = MAX_NORMALISED_SCORE * np.maximum(2.0 * np.minimum(zero_frac / q, 1.0) - 1.0,
+                                                  0.0)
         knot_noise = float(np.interp(self.noise_percentile, self._kx, self._ky))
-        strength = 10.0 * self.noise_multiplier * (d - noise_d) / DISCRETISATION_FACTOR
+        strength = 10.0 * self.noise_multiplier * (d - noise_key) / DISCRETISATION_FACTOR
         noise = knot_noise * np.maximum(1.0 + strength, 0.0) + relax
 
         # 2. percentile ceiling
-        below = cum[np.searchsorted(self._keys, d, side="left")]
-        lo, hi = _wilson(self._tail_fraction(d, below / n, n), n)
+        lo, hi = _wilson(self._tail_fraction(d, below / n, n, tail_k, tail_u, tail_excess), n)
         power = 1.0 / self.bucket_factor
         pct = 0.5 * (
             np.interp(100.0 * lo**power, self._kx, self._ky)
@@ -853,9 +934,6 @@ class Normaliser:
         )
 
         # 3. max-score ceiling
-        idx, found = self._lookup(s)
-        scope_max = np.zeros(raw.size, dtype=np.float64)
-        scope_max[found] = self._scope_max[idx[found]]
         has_max = scope_max > 0.0
         with np.errstate(over="ignore"):  # a subnormal max can overflow the ratio: fine
             # r >= 1 already gives a ceiling >= 100, so r is capped at 1.
@@ -866,37 +944,40 @@ class Normaliser:
             MAX_NORMALISED_SCORE,
         )
 
-        # 4. probability cap
-        if probabilities is None:
-            cap = _probability_cap_from_raw(raw)
-        else:
-            p = _float_array(probabilities, "probabilities")
-            if p.shape != raw.shape:
-                raise ValueError(f"need one probability per raw score ({raw.size})")
-            cap = np.asarray(probability_cap(p), dtype=np.float64)
-
+        # 4. probability cap: given
         score = np.minimum.reduce([noise, pct, max_ceiling, cap])
         score = np.clip(score, 0.0, MAX_NORMALISED_SCORE)
         score = np.where(raw > 0.0, np.round(score, 4), 0.0) + 0.0
         return score
 
-    def _tail_fraction(self, d: np.ndarray, frac: np.ndarray, n: int) -> np.ndarray:
-        """``frac`` (fraction of scores below each discretised score ``d``) raised where the
-        exponential fit of the top ``k`` scores puts the score further into the tail."""
-        positive = n - (int(self._counts[0]) if self._keys[0] == 0 else 0)
-        k = min(max(TAIL_MIN_SCORES, int(TAIL_FRACTION * n)), positive - 1)
+    def _tail(self, n: int, zeros: int) -> tuple[int, int, int]:
+        """The tail fit of the histogram: ``k`` (1% of ``n``, at least ``TAIL_MIN_SCORES``,
+        at most the positive scores less one; below the minimum: no fit), the (k + 1)-th
+        largest score ``u`` and the excess of the k largest over ``u``, summed."""
+        k = min(max(TAIL_MIN_SCORES, int(TAIL_FRACTION * n)), n - zeros - 1)
         if k < TAIL_MIN_SCORES:
-            return frac
+            return k, 0, 0
         # the k + 1 largest scores (with multiplicity), from the top of the histogram
         rev_keys, rev_counts = self._keys[::-1], self._counts[::-1]
         j = int(np.searchsorted(np.cumsum(rev_counts), k + 1, side="left"))
         top = np.repeat(rev_keys[: j + 1], rev_counts[: j + 1])[: k + 1]
         u = int(top[k])
-        beta = float(np.mean(top[:k] - u))
-        if not beta > 0.0:
+        return k, u, int(np.sum(top[:k] - u))
+
+    @staticmethod
+    def _tail_fraction(d: np.ndarray, frac: np.ndarray, n: Any, k: Any, u: Any,
+                       excess: Any) -> np.ndarray:
+        """``frac`` (fraction of scores below each discretised score ``d``) raised where the
+        exponential fit of the top ``k`` scores (mean excess ``beta`` over ``u``) puts the
+        score further into the tail; no fit where ``k`` is too small or ``beta`` is 0."""
+        fitted = (np.asarray(k) >= TAIL_MIN_SCORES) & (np.asarray(excess) > 0)
+        if not fitted.any():
             return frac
+        k = np.where(fitted, k, 1)
+        # The mean of k integer excesses: their exact sum over k, as np.mean gives.
+        beta = np.where(fitted, excess, 1) / k
         tail = (k / n) * np.exp(-np.maximum(d - u, 0) / beta)
-        return np.where(d > u, np.maximum(frac, 1.0 - tail), frac)
+        return np.where(fitted & (d > u), np.maximum(frac, 1.0 - tail), frac)
 
     # -- state --------------------------------------------------------------------------------
 
