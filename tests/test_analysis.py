@@ -454,3 +454,28 @@ def test_the_demo_incident_is_the_top_record_and_influencer(tmp_path):
     assert incident.start_ms <= top["timestamp"] < incident.end_ms
     assert top["initial_record_score"] >= 75  # critical
     assert influencer["influencer_field_value"] == "AAL"
+
+
+@pytest.mark.parametrize("big_code", [7, 2**31 - 1])
+def test_series_are_found_in_triple_order_whatever_the_code_range(big_code):
+    from adjobs.analysis import _unique_series
+
+    # -1 is "missing" (use_null); with 2**31 - 1 the packed key would overflow and the
+    # row-wise unique is used instead. Both give np.unique(axis=0)'s answer.
+    partition = np.array([3, -1, 3, big_code, -1, 3], dtype=np.int32)
+    by = np.array([0, 2, 0, 1, 2, -1], dtype=np.int32)
+    over = np.array([big_code, -1, big_code, 0, -1, 5], dtype=np.int32)
+    unique, first_row, inverse = _unique_series(_Triples(partition, by, over))
+    assert unique.tolist() == [[-1, 2, -1], [3, -1, 5], [3, 0, big_code], [big_code, 1, 0]]
+    assert first_row.tolist() == [1, 5, 0, 3]
+    assert inverse.tolist() == [2, 0, 2, 3, 0, 1]
+
+
+class _Triples:
+    """The split codes of some feature rows, as adjobs.features.Features holds them."""
+
+    def __init__(self, partition: np.ndarray, by: np.ndarray, over: np.ndarray) -> None:
+        self.partition, self.by, self.over = partition, by, over
+
+    def __len__(self) -> int:
+        return len(self.partition)

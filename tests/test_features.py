@@ -163,6 +163,21 @@ def test_a_worked_example_of_mean_by_airline():
     assert buckets.tolist() == [0, 60_000] and counts.tolist() == [4, 3]
 
 
+def test_event_counts_count_dense_runs_and_long_gaps_alike():
+    # Out of order, negative times, and (second) a gap of a million buckets, which is
+    # counted by sorting rather than by a count per bucket.
+    times = np.array([120_500, -1, 0, 59_999, 120_000, -60_001], dtype=np.int64)
+    buckets, counts = event_counts(times, SPAN)
+    assert buckets.tolist() == [-120_000, -60_000, 0, 120_000]
+    assert counts.tolist() == [1, 1, 2, 2]
+    gap = np.append(times, 10**6 * SPAN + 5)
+    buckets, counts = event_counts(gap, SPAN)
+    assert buckets.tolist() == [-120_000, -60_000, 0, 120_000, 10**6 * SPAN]
+    assert counts.tolist() == [1, 1, 2, 2, 1]
+    empty_buckets, empty_counts = event_counts(np.empty(0, dtype=np.int64), SPAN)
+    assert len(empty_buckets) == len(empty_counts) == 0
+
+
 def test_influencer_shares_rank_values_by_their_share_of_the_records():
     times = np.zeros(5, dtype=np.int64)
     codes = np.array([[0, 4], [0, 4], [0, 5], [0, -1], [1, 4]], dtype=np.int32)

@@ -199,11 +199,7 @@ class _DetectorAnalysis:
     ) -> _Rows:
         k = len(self.statistics)
         if len(features):
-            triples = np.stack([features.partition, features.by, features.over], axis=1)
-            unique, first_row, inverse = np.unique(
-                triples, axis=0, return_index=True, return_inverse=True
-            )
-            inverse = inverse.reshape(-1)
+            unique, first_row, inverse = _unique_series(features)
             first_columns = np.empty(len(unique), dtype=np.int64)
             for i, key in enumerate(map(tuple, unique.tolist())):
                 column = self.series.get(key)
@@ -301,6 +297,26 @@ class _DetectorAnalysis:
             evaluated=np.bincount(np.searchsorted(buckets, features.bucket),
                                   minlength=len(buckets))[:len(buckets)],
         )
+
+
+def _unique_series(features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (partition, by, over) code triples of the feature rows, in ascending
+    order, with the first row and the index of each row's triple (``np.unique(axis=0)``)."""
+    triples = (features.partition, features.by, features.over)
+    # Codes are >= -1: shifted by one, the triple packs into one int64 in the same order,
+    # and a 1-D unique is much cheaper than one over rows.
+    sizes = [int(split.max()) + 2 for split in triples]
+    if sizes[0] * sizes[1] * sizes[2] >= 2**62:
+        stacked = np.stack(triples, axis=1)
+        unique, first_row, inverse = np.unique(stacked, axis=0, return_index=True,
+                                               return_inverse=True)
+        return unique, first_row, inverse.reshape(-1)
+    packed = np.zeros(len(features), dtype=np.int64)
+    for split, size in zip(triples, sizes, strict=True):
+        packed = packed * size + (split.astype(np.int64) + 1)
+    _, first_row, inverse = np.unique(packed, return_index=True, return_inverse=True)
+    unique = np.stack([split[first_row] for split in triples], axis=1)
+    return unique, first_row, inverse.reshape(-1)
 
 
 def _identity(doc: dict) -> dict:

@@ -246,8 +246,13 @@ def detector_features(
         return _empty(len(statistics))
     bucket = times[index] // span_ms * span_ms
     partition, by, over = partition[index], by[index], over[index]
-    # Sort by series within buckets; within a series by value, for the median.
-    keys: list[np.ndarray] = [over, by, partition, bucket]
+    # Sort by series within buckets; within a series by value, for the median. A split the
+    # detector does not have is -1 throughout: as a sort key it would change nothing.
+    keys: list[np.ndarray] = [split for split, column in ((over, columns.over),
+                                                          (by, columns.by),
+                                                          (partition, columns.partition))
+                              if column >= 0]
+    keys.append(bucket)
     if value is not None and "median" in statistics:
         keys.insert(0, value[index])
     order = np.lexsort(keys)
@@ -317,8 +322,19 @@ def _statistic(
 
 def event_counts(times: np.ndarray, span_ms: int) -> tuple[np.ndarray, np.ndarray]:
     """``(bucket starts, records per bucket)`` of the records, buckets ascending."""
-    buckets, counts = np.unique(times // span_ms * span_ms, return_counts=True)
-    return buckets, counts
+    index = times // span_ms
+    if len(index) == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    low = int(index.min())
+    spanned = int(index.max()) - low + 1
+    if spanned > 4 * len(index) + 1024:
+        # Records spread over a long gap: sorting them is cheaper than counting every bucket.
+        buckets, counts = np.unique(index * span_ms, return_counts=True)
+        return buckets, counts
+    # Counting beats sorting (np.unique) when the buckets are about as many as the records.
+    counts = np.bincount(index - low, minlength=spanned)
+    held = np.flatnonzero(counts)
+    return (held + low) * span_ms, counts[held]
 
 
 def influencer_shares(

@@ -204,8 +204,12 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+#: One encoder for every document: json.dumps builds a new one per call for these options.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
 def _dumps(doc: Mapping[str, Any]) -> str:
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False, default=_json_default)
+    return _ENCODER.encode(doc)
 
 
 def _float_or_none(value: Any) -> float | None:
