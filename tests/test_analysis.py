@@ -211,6 +211,70 @@ def test_interim_results_are_replaced_by_the_final_bucket():
         assert records[0]["by_field_value"] == "a"
 
 
+def count_docs_with_open_bucket(buckets: int, per_bucket: int, open_records: int,
+                                 seed: int = 3) -> list[dict]:
+    """About ``per_bucket`` records (Poisson) spread over each bucket; the last bucket has
+    ``open_records`` records, all in its first 30%: a bucket still filling up."""
+    rng = np.random.default_rng(seed)
+    docs = []
+    for b in range(buckets):
+        last = b == buckets - 1
+        n = open_records if last else int(rng.poisson(per_bucket))
+        within = int(0.3 * SPAN) if last else SPAN
+        for t in np.sort(rng.integers(0, within, size=n)):
+            docs.append({"time": T0 + b * SPAN + int(t), "host": "a"})
+    return docs
+
+
+@pytest.mark.parametrize("function", ["count", "low_count"])
+def test_an_interim_bucket_still_filling_up_is_not_a_drop_in_count(function):
+    # 6 records in the first 30% of a bucket that usually holds 20: uncorrected, a low count
+    # (p ~ 0.02); corrected toward the typical 20 by (1 - 6/20) * 20, nothing unusual.
+    body = config({"function": function})
+    open_bucket = (T0 + 299 * SPAN) * 1000
+    with adjobs.JobService() as service:
+        run_job(service, "filling", body, count_docs_with_open_bucket(300, 20, 6))
+        service.flush_job("filling", calc_interim=True)
+        interim = service.get_buckets("filling", start=open_bucket)["buckets"]
+        assert [(b["timestamp"], b["is_interim"], b["event_count"]) for b in interim] == [
+            (open_bucket, True, 6)]
+        assert interim[0]["anomaly_score"] == 0.0
+        assert service.get_records("filling", start=open_bucket)["count"] == 0
+
+
+def test_an_interim_burst_is_still_flagged_and_not_made_larger():
+    # 40 records already: above the typical 20, so no correction applies (ES only moves a
+    # value toward the typical one) and the interim record shows the 40 that arrived.
+    body = config({"function": "count"})
+    open_bucket = (T0 + 299 * SPAN) * 1000
+    with adjobs.JobService() as service:
+        run_job(service, "burst", body, count_docs_with_open_bucket(300, 20, 40))
+        service.flush_job("burst", calc_interim=True)
+        records = service.get_records("burst", start=open_bucket)["records"]
+        assert len(records) == 1 and records[0]["is_interim"] is True
+        assert records[0]["actual"] == [40.0]
+        assert 18.0 < records[0]["typical"][0] < 22.0
+        assert records[0]["record_score"] > 0.0
+
+
+def test_the_bucket_count_history_survives_a_reopen(tmp_path):
+    # The completeness of an interim bucket is measured against the finalised buckets'
+    # mean count, which is part of the stored analysis state.
+    body = config({"function": "count"})
+    docs = count_docs_with_open_bucket(300, 20, 6)
+    open_bucket = (T0 + 299 * SPAN) * 1000
+    with adjobs.JobService(tmp_path) as service:
+        service.put_job("kept", body)
+        service.open_job("kept")
+        service.post_data("kept", docs)
+        service.close_job("kept")
+    with adjobs.JobService(tmp_path) as service:
+        service.open_job("kept")
+        service.flush_job("kept", calc_interim=True)
+        assert service.get_buckets("kept", start=open_bucket)["buckets"][0]["is_interim"]
+        assert service.get_records("kept", start=open_bucket)["count"] == 0
+
+
 def test_reset_and_reset_range_clear_results():
     docs = metric_data(buckets=320, spike=(300, "b", 5.0))
     body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"})

@@ -19,8 +19,13 @@ The whole state (models, normaliser, series registry, buffered records) is seria
 :meth:`JobAnalysis.get_state` at each commit, so a reopen, or a restart after a kill -9,
 continues from the last acknowledged upload.
 
-Simplifications, each documented in the README: interim results do not scale count
-expectations for the elapsed part of the bucket; influence is the share of the anomalous
+Interim results correct the incomplete bucket's count and sum features as ES's
+``CInterimBucketCorrector`` does: the bucket's *completeness* is its record count so far
+over the decayed mean record count of finalised buckets, and a feature is moved toward
+the model's typical value by at most ``(1 - completeness) * typical``, so an unfinished
+bucket does not look like a drop.
+
+Simplifications, each documented in the README: influence is the share of the anomalous
 series' records that carry the value (ES removes each value and re-tests), with ES's
 cut-off of 0.4; a gap of more than :data:`MAX_EMPTY_BUCKETS` empty buckets is stepped over
 (the models see the jump) instead of being processed bucket by bucket.
@@ -40,6 +45,7 @@ import numpy as np
 from . import scoring
 from .config import Detector, JobConfig
 from .features import (
+    COUNT_FUNCTIONS,
     DESCRIPTION,
     ZERO_WHEN_EMPTY,
     DetectorColumns,
@@ -64,6 +70,15 @@ INFLUENCE_CUTOFF = 0.4
 MAX_RECORDS_PER_BUCKET = 500
 #: A gap longer than this many buckets is stepped over rather than walked bucket by bucket.
 MAX_EMPTY_BUCKETS = 10_000
+#: Functions whose interim feature is corrected for the part of the bucket still to come:
+#: ES corrects counts and sums, which grow as records arrive (means, extremes and
+#: distinct counts do not grow with the record count).
+INTERIM_CORRECTED = COUNT_FUNCTIONS | frozenset(
+    {"sum", "high_sum", "low_sum", "non_null_sum", "high_non_null_sum", "low_non_null_sum"}
+)
+#: Decay of the mean record count per finalised bucket, per 30-minute bucket (A.5's model
+#: decay rate, which ES's interim corrector uses too).
+BUCKET_COUNT_DECAY = 0.0005
 #: Records buffered for buckets not yet finalised are kept in chunks, compacted into one
 #: when there are more than this many.
 _COMPACT_CHUNKS = 64
@@ -152,6 +167,9 @@ class _DetectorAnalysis:
         self.series: dict[tuple[int, int, int], int] = {}
         #: Series not modelled because the memory limit was reached.
         self.refused = 0
+        #: While interim results are computed: (start of the incomplete bucket, its
+        #: completeness in [0, 1]); None otherwise. Set by :meth:`JobAnalysis.interim`.
+        self.incomplete_bucket: tuple[int, float] | None = None
 
     # -- state ---------------------------------------------------------------------------
 
@@ -226,6 +244,8 @@ class _DetectorAnalysis:
             values[buckets[:, None] >= self.models.first_bucket[None, :]] = 0.0
         for j in range(k):
             values[bucket_row[known], row_column[known] + j] = features.values[known, j]
+        if self.incomplete_bucket is not None and self.function in INTERIM_CORRECTED:
+            self._correct_incomplete_bucket(values, buckets, span_ms)
         out = self.models.step(values, buckets // span_ms)
         p_single, p_multi = out["p_single"], out["p_multi"]
         combined = scoring.combine_single_multi(p_single, p_multi)
@@ -276,6 +296,27 @@ class _DetectorAnalysis:
             features=features,
             evaluated=evaluated,
         )
+
+    def _correct_incomplete_bucket(
+        self, values: np.ndarray, buckets: np.ndarray, span_ms: int
+    ) -> None:
+        """Move the incomplete bucket's values toward what the models expect there, by at
+        most ``(1 - completeness) * typical`` (ES ``CInterimBucketCorrector::corrections``).
+
+        The typical value of a bucket does not depend on the bucket's own value, so one
+        probing step (its state thrown away) gives it."""
+        start, completeness = self.incomplete_bucket
+        row = int(np.searchsorted(buckets, start))
+        if row >= len(buckets) or buckets[row] != start or completeness >= 1.0:
+            return
+        saved = self.models.state()
+        typical = self.models.step(values, buckets // span_ms)["typical"][row]
+        self.models = type(self.models).from_state(saved)
+        still_to_come = (1.0 - completeness) * typical
+        correction = np.clip(typical - values[row], np.minimum(0.0, still_to_come),
+                             np.maximum(0.0, still_to_come))
+        present = np.isfinite(values[row]) & np.isfinite(correction)
+        values[row, present] += correction[present]
 
     def _rows(self, features: Any, out: dict, buckets: np.ndarray) -> _Rows:
         """Rows of the population and rare models, which score feature rows directly."""
@@ -450,6 +491,11 @@ class JobAnalysis:
         self.total_processing_ms = 0.0
         self.average_processing_ms: float | None = None
         self.names: list[str] = []
+        #: Decayed sum of the record counts of finalised buckets and of their weights: the
+        #: expected count of a whole bucket, against which an interim bucket's completeness
+        #: is measured.
+        self.final_count_sum = 0.0
+        self.final_count_weight = 0.0
 
     # -- input ---------------------------------------------------------------------------
 
@@ -509,8 +555,30 @@ class JobAnalysis:
         results.replaces_interim = True
         self.pending.extend(results)
         self.next_bucket = boundary
+        self._learn_bucket_counts(buckets, times)
         elapsed_ms = (time.perf_counter() - started) * 1e3
         self._time(len(buckets), elapsed_ms)
+
+    def _learn_bucket_counts(self, buckets: np.ndarray, times: np.ndarray) -> None:
+        """Add the finalised buckets' record counts to the decayed mean, oldest first."""
+        if len(buckets) == 0:
+            return
+        counts = np.bincount(np.searchsorted(buckets, times // self.span_ms * self.span_ms),
+                             minlength=len(buckets))[: len(buckets)]
+        keep = np.exp(-BUCKET_COUNT_DECAY * self.span_s / scoring.STANDARD_BUCKET_LENGTH)
+        ages = np.arange(len(buckets) - 1, -1, -1, dtype=np.float64)
+        weights = keep**ages
+        aged = keep ** len(buckets)
+        self.final_count_sum = self.final_count_sum * aged + float(weights @ counts)
+        self.final_count_weight = self.final_count_weight * aged + float(weights.sum())
+
+    def completeness(self, bucket_records: int) -> float:
+        """How complete a bucket with ``bucket_records`` records so far probably is: the
+        ratio to the mean count of finalised buckets, in [0, 1]; 1 before any history."""
+        if self.final_count_weight <= 0.0 or self.final_count_sum <= 0.0:
+            return 1.0
+        expected = self.final_count_sum / self.final_count_weight
+        return min(max(bucket_records / expected, 0.0), 1.0)
 
     def skip(self, until: int) -> None:
         """``skip_time``: drop the buffered records before ``until``; no results, no learning."""
@@ -528,10 +596,14 @@ class JobAnalysis:
         buckets = self._bucket_range(self.next_bucket, last + self.span_ms, times)
         saved = [d.get_state() for d in self.detectors]
         normalisers = {level: n.to_state() for level, n in self.normalisers.items()}
+        incomplete = (last, self.completeness(int(np.count_nonzero(times >= last))))
         try:
+            for detector in self.detectors:
+                detector.incomplete_bucket = incomplete
             results = self._analyse(buckets, times, numeric, codes, interim=True)
         finally:
             for detector, state in zip(self.detectors, saved, strict=True):
+                detector.incomplete_bucket = None
                 detector.set_state(state)
             self.normalisers = {level: scoring.Normaliser.from_state(state)
                                 for level, state in normalisers.items()}
@@ -974,6 +1046,8 @@ class JobAnalysis:
             "memory_status": self.memory_status,
             "allocation_failures": self.allocation_failures,
             "peak_model_bytes": self.peak_model_bytes,
+            "final_count_sum": self.final_count_sum,
+            "final_count_weight": self.final_count_weight,
             "normalisers": {level: n.to_state() for level, n in self.normalisers.items()},
             "detectors": [],
         }
@@ -1008,6 +1082,9 @@ class JobAnalysis:
             self.memory_status = meta["memory_status"]
             self.allocation_failures = meta["allocation_failures"]
             self.peak_model_bytes = meta["peak_model_bytes"]
+            # States saved before interim correction existed have no count history yet.
+            self.final_count_sum = meta.get("final_count_sum", 0.0)
+            self.final_count_weight = meta.get("final_count_weight", 0.0)
             self.normalisers = {level: scoring.Normaliser.from_state(state)
                                 for level, state in meta["normalisers"].items()}
             if "buffer_times" in data:
