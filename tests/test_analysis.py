@@ -226,6 +226,21 @@ def count_docs_with_open_bucket(buckets: int, per_bucket: int, open_records: int
     return docs
 
 
+def test_results_apis_leave_out_the_stored_raw_score():
+    # The store keeps raw scores for renormalisation; ES's documents have no such field.
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"},
+                  influencers=("host",))
+    with adjobs.JobService() as service:
+        run_job(service, "shown", body, metric_data())
+        records = service.get_records("shown", size=100)["records"]
+        influencers = service.get_influencers("shown", size=100)["influencers"]
+        expanded = service.get_buckets("shown", expand=True, anomaly_score=1.0)["buckets"]
+        assert records and influencers and any(b["records"] for b in expanded)
+        shown = records + influencers + [r for b in expanded for r in b["records"]]
+        assert all("raw_score" not in doc for doc in shown)
+        assert all(0.0 < r["probability"] < 0.035 for r in records)
+
+
 @pytest.mark.parametrize("function", ["count", "low_count"])
 def test_an_interim_bucket_still_filling_up_is_not_a_drop_in_count(function):
     # 6 records in the first 30% of a bucket that usually holds 20: uncorrected, a low count

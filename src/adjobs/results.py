@@ -638,7 +638,7 @@ def _page(
             f"SELECT rowid, doc FROM {table} WHERE rowid IN ({', '.join('?' * len(part))})",
             part,
         ).fetchall())
-    return count, [json.loads(docs[rowid]) for rowid in rowids]
+    return count, [_as_shown(docs[rowid]) for rowid in rowids]
 
 
 def _bucket_records(
@@ -654,7 +654,15 @@ def _bucket_records(
         f" ORDER BY {order} LIMIT ?",
         (job_id, int(timestamp), EXPAND_RECORDS_SIZE),
     ).fetchall()
-    return [json.loads(row[0]) for row in rows]
+    return [_as_shown(row[0]) for row in rows]
+
+
+def _as_shown(doc: str) -> dict:
+    """A stored document as the APIs show it: without the ``raw_score`` that records and
+    influencers keep for renormalisation, a field ES does not return."""
+    shown = json.loads(doc)
+    shown.pop("raw_score", None)
+    return shown
 
 
 def _with_records(bucket: dict, records: list[dict]) -> dict:
