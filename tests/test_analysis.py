@@ -479,3 +479,27 @@ class _Triples:
 
     def __len__(self) -> int:
         return len(self.partition)
+
+
+def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
+    from adjobs import scoring
+    from adjobs.analysis import _raw_scores, _ScoredBucket
+
+    def bucket(records, influencers, buckets):
+        return _ScoredBucket([], np.array(records), [], 0, [], [], np.array(influencers),
+                             [], np.array(buckets))
+
+    run = [bucket([1e-5, 0.003], [1e-5], [0.02, 2e-5]),
+           bucket([0.04], [], [0.04]),
+           bucket([1e-60, 0.5, 0.01], [1e-60, 0.01], [1e-57, 1e-59])]
+    _raw_scores(run)
+    # Split back per bucket and level, each as raw_score gives it on its own.
+    assert run[0].raw.tolist() == scoring.raw_score(np.array([1e-5, 0.003])).tolist()
+    assert run[1].influencer_raw.tolist() == []
+    assert run[1].bucket_raw.tolist() == [scoring.raw_score(0.04)]
+    assert run[2].influencer_raw.tolist() == scoring.raw_score(np.array([1e-60, 0.01])).tolist()
+    assert [len(b.raw) for b in run] == [2, 1, 3]
+    assert run[2].raw[1] == 0.0  # p = 0.5 is not unusual
+    assert 1.0 < run[0].raw[0] < 50.0 < run[2].raw[0] <= 100.0
+    assert run[0].bucket_raw[0] == pytest.approx((1 / 0.02 - 20) / 9980)
+    _raw_scores([])  # nothing to score
