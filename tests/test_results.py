@@ -708,6 +708,21 @@ def test_iter_for_renormalisation(db, monkeypatch):
     assert len(list(results.iter_for_renormalisation(db, J))) == 14
 
 
+
+def test_iter_for_renormalisation_can_leave_out_buckets_without_bucket_influencers(
+        db, monkeypatch):
+    monkeypatch.setattr(results, "_RENORMALISATION_CHUNK", 2)
+    # Quiet buckets (no bucket influencers) between scored ones, over several chunks.
+    write(db, buckets=[bucket(T0 + k * H, 10.0 + k, influencers=() if k % 2 else ("x", "y"))
+                       for k in range(6)],
+          records=[record(T0 + H, 20.0)], influencers=[influencer(T0 + 2 * H, 30.0)])
+    docs = list(results.iter_for_renormalisation(db, J, T0 + H, scored_buckets_only=True))
+    assert [(d["result_type"], d["timestamp"]) for d in docs] == [
+        ("bucket", T0 + 2 * H), ("bucket", T0 + 4 * H), ("record", T0 + H),
+        ("influencer", T0 + 2 * H)]
+    assert docs[0] == bucket(T0 + 2 * H, 12.0, influencers=("x", "y"))
+    assert len(list(results.iter_for_renormalisation(db, J, T0 + H))) == 7  # all 5 buckets
+
 def test_renormalise_while_iterating(db, monkeypatch):
     monkeypatch.setattr(results, "_RENORMALISATION_CHUNK", 3)
     originals = [record(T0 + k * H, 50.0 + k, by="x") for k in range(7)]
