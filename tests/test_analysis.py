@@ -503,3 +503,31 @@ def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
     assert 1.0 < run[0].raw[0] < 50.0 < run[2].raw[0] <= 100.0
     assert run[0].bucket_raw[0] == pytest.approx((1 / 0.02 - 20) / 9980)
     _raw_scores([])  # nothing to score
+
+
+@pytest.mark.parametrize("times", [[0, 60_000, 3_600_000, 3_700_000, 7_300_000],  # in order
+                                   [3_700_000, 0, 7_300_000, 60_000, 3_600_000]])
+def test_records_before_a_boundary_are_taken_whatever_their_order(times):
+    from adjobs.analysis import JobAnalysis
+    from adjobs.config import parse_job_config
+
+    config = parse_job_config("j", {
+        "analysis_config": {"bucket_span": "1h", "detectors": [{"function": "count"}]},
+        "data_description": {"time_field": "t"}})
+    analysis = JobAnalysis(config)
+    stamps = np.array(times, dtype=np.int64)
+    numeric = (stamps / 1000.0).reshape(-1, 1)
+    codes = (stamps // 60_000).astype(np.int32).reshape(-1, 1)
+    analysis._chunks = [(stamps, numeric, codes)]
+    taken = analysis._take_before(3_600_000)
+    expected = sorted(t for t in times if t < 3_600_000)
+    assert sorted(taken[0].tolist()) == expected == [0, 60_000]
+    assert sorted(taken[1][:, 0].tolist()) == [0.0, 60.0]
+    assert sorted(taken[2][:, 0].tolist()) == [0, 1]
+    # The rest stays buffered, rows still together, in their order.
+    rest = analysis._chunks[0]
+    assert rest[0].tolist() == [t for t in times if t >= 3_600_000]
+    assert rest[1][:, 0].tolist() == [t / 1000.0 for t in rest[0].tolist()]
+    assert rest[2][:, 0].tolist() == [t // 60_000 for t in rest[0].tolist()]
+    assert [len(a) for a in analysis._take_before(10**9)] == [3, 3, 3]
+    assert analysis._chunks == []

@@ -521,9 +521,17 @@ class JobAnalysis:
             return np.empty(0, np.int64), np.empty((0, 0)), np.empty((0, 0), np.int32)
         times, numeric, codes = self._chunks[0]
         before = times < boundary
+        count = int(np.count_nonzero(before))
+        if before[:count].all():
+            # Records in time order (the usual case): the records taken are a prefix, and
+            # slices cost nothing where a mask would copy every array.
+            taken = times[:count], numeric[:count], codes[:count]
+            rest = times[count:], numeric[count:], codes[count:]
+            self._chunks = [rest] if count < len(times) else []
+            return taken
         taken = times[before], numeric[before], codes[before]
-        rest = ~before
-        self._chunks = [(times[rest], numeric[rest], codes[rest])] if rest.any() else []
+        after = ~before
+        self._chunks = [(times[after], numeric[after], codes[after])] if after.any() else []
         return taken
 
     # -- finalising -----------------------------------------------------------------------
