@@ -289,16 +289,23 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
     influencers = list(batch.influencers)
     if getattr(batch, "replaces_interim", False):
         delete_interim(db, job_id)
-    stamps = sorted({int(doc["timestamp"]) for doc in itertools.chain(buckets, records,
-                                                                      influencers)})
+    stamps = {int(doc["timestamp"]) for doc in itertools.chain(buckets, records, influencers)}
     if stamps:
-        params = [(job_id, stamp) for stamp in stamps]
         for table in _TABLES:
-            db.executemany(
-                f"DELETE FROM {table} INDEXED BY {table}_interim"
-                " WHERE job_id = ? AND timestamp = ? AND is_interim",
-                params,
-            )
+            # Look up the few interim timestamps stored (from the partial index) rather than
+            # run one DELETE per timestamp of the batch, which may hold hundreds of buckets.
+            interim = db.execute(
+                f"SELECT DISTINCT timestamp FROM {table} INDEXED BY {table}_interim"
+                " WHERE job_id = ? AND is_interim",
+                (job_id,),
+            ).fetchall()
+            replaced = sorted(stamps.intersection(stamp for (stamp,) in interim))
+            if replaced:
+                db.executemany(
+                    f"DELETE FROM {table} INDEXED BY {table}_interim"
+                    " WHERE job_id = ? AND timestamp = ? AND is_interim",
+                    [(job_id, stamp) for stamp in replaced],
+                )
     if buckets:
         db.executemany(
             "INSERT OR REPLACE INTO result_buckets (job_id, timestamp, anomaly_score,"
