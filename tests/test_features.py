@@ -214,6 +214,10 @@ def test_stable_order_is_lexsorts_order():
     bucket = rng.integers(10**9, 10**9 + 6, 500)
     keys = [partition, bucket]
     assert stable_order(keys).tolist() == np.lexsort(keys).tolist()
+    # Packed widths of 8, 16 and 64 bits (6 x 5, 6 x 2000 and 6 x 20000 values).
+    for spread in (5, 2000, 20000):
+        many = [rng.integers(0, spread, 500).astype(np.int32), bucket]
+        assert stable_order(many).tolist() == np.lexsort(many).tolist()
     # Ties keep their order; the last key sorts first.
     small = [np.array([1, 0, 1, 0], dtype=np.int32), np.array([5, 5, 4, 4])]
     assert stable_order(small).tolist() == [3, 2, 1, 0]
