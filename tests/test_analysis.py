@@ -471,6 +471,21 @@ def test_series_are_found_in_triple_order_whatever_the_code_range(big_code):
     assert inverse.tolist() == [2, 0, 2, 3, 0, 1]
 
 
+
+@pytest.mark.parametrize("spread", [3, 40, 70_000])  # packed keys of 8, 16 and 64 bits
+def test_series_of_many_rows_are_np_uniques_rows(spread):
+    from adjobs.analysis import _unique_series
+
+    rng = np.random.default_rng(spread)
+    splits = [rng.integers(-1, spread, 2_000).astype(np.int32) for _ in range(3)]
+    unique, first_row, inverse = _unique_series(_Triples(*splits))
+    expected = np.unique(np.stack(splits, axis=1), axis=0, return_index=True,
+                         return_inverse=True)
+    assert unique.tolist() == expected[0].tolist()
+    assert first_row.tolist() == expected[1].tolist()
+    assert inverse.tolist() == expected[2].reshape(-1).tolist()
+    assert (unique[inverse] == np.stack(splits, axis=1)).all()
+
 class _Triples:
     """The split codes of some feature rows, as adjobs.features.Features holds them."""
 
