@@ -550,6 +550,21 @@ def test_series_are_found_in_triple_order_whatever_the_code_range(big_code):
     assert inverse.tolist() == [2, 0, 2, 3, 0, 1]
 
 
+
+@pytest.mark.parametrize("spread", [3, 40, 70_000])  # packed keys of 8, 16 and 64 bits
+def test_series_of_many_rows_are_np_uniques_rows(spread):
+    from adjobs.analysis import _unique_series
+
+    rng = np.random.default_rng(spread)
+    splits = [rng.integers(-1, spread, 2_000).astype(np.int32) for _ in range(3)]
+    unique, first_row, inverse = _unique_series(_Triples(*splits))
+    expected = np.unique(np.stack(splits, axis=1), axis=0, return_index=True,
+                         return_inverse=True)
+    assert unique.tolist() == expected[0].tolist()
+    assert first_row.tolist() == expected[1].tolist()
+    assert inverse.tolist() == expected[2].reshape(-1).tolist()
+    assert (unique[inverse] == np.stack(splits, axis=1)).all()
+
 class _Triples:
     """The split codes of some feature rows, as adjobs.features.Features holds them."""
 
@@ -558,3 +573,55 @@ class _Triples:
 
     def __len__(self) -> int:
         return len(self.partition)
+
+
+def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
+    from adjobs import scoring
+    from adjobs.analysis import _raw_scores, _ScoredBucket
+
+    def bucket(records, influencers, buckets):
+        return _ScoredBucket([], np.array(records), [], 0, [], [], np.array(influencers),
+                             [], np.array(buckets))
+
+    run = [bucket([1e-5, 0.003], [1e-5], [0.02, 2e-5]),
+           bucket([0.04], [], [0.04]),
+           bucket([1e-60, 0.5, 0.01], [1e-60, 0.01], [1e-57, 1e-59])]
+    _raw_scores(run)
+    # Split back per bucket and level, each as raw_score gives it on its own.
+    assert run[0].raw.tolist() == scoring.raw_score(np.array([1e-5, 0.003])).tolist()
+    assert run[1].influencer_raw.tolist() == []
+    assert run[1].bucket_raw.tolist() == [scoring.raw_score(0.04)]
+    assert run[2].influencer_raw.tolist() == scoring.raw_score(np.array([1e-60, 0.01])).tolist()
+    assert [len(b.raw) for b in run] == [2, 1, 3]
+    assert run[2].raw[1] == 0.0  # p = 0.5 is not unusual
+    assert 1.0 < run[0].raw[0] < 50.0 < run[2].raw[0] <= 100.0
+    assert run[0].bucket_raw[0] == pytest.approx((1 / 0.02 - 20) / 9980)
+    _raw_scores([])  # nothing to score
+
+
+@pytest.mark.parametrize("times", [[0, 60_000, 3_600_000, 3_700_000, 7_300_000],  # in order
+                                   [3_700_000, 0, 7_300_000, 60_000, 3_600_000]])
+def test_records_before_a_boundary_are_taken_whatever_their_order(times):
+    from adjobs.analysis import JobAnalysis
+    from adjobs.config import parse_job_config
+
+    config = parse_job_config("j", {
+        "analysis_config": {"bucket_span": "1h", "detectors": [{"function": "count"}]},
+        "data_description": {"time_field": "t"}})
+    analysis = JobAnalysis(config)
+    stamps = np.array(times, dtype=np.int64)
+    numeric = (stamps / 1000.0).reshape(-1, 1)
+    codes = (stamps // 60_000).astype(np.int32).reshape(-1, 1)
+    analysis._chunks = [(stamps, numeric, codes)]
+    taken = analysis._take_before(3_600_000)
+    expected = sorted(t for t in times if t < 3_600_000)
+    assert sorted(taken[0].tolist()) == expected == [0, 60_000]
+    assert sorted(taken[1][:, 0].tolist()) == [0.0, 60.0]
+    assert sorted(taken[2][:, 0].tolist()) == [0, 1]
+    # The rest stays buffered, rows still together, in their order.
+    rest = analysis._chunks[0]
+    assert rest[0].tolist() == [t for t in times if t >= 3_600_000]
+    assert rest[1][:, 0].tolist() == [t / 1000.0 for t in rest[0].tolist()]
+    assert rest[2][:, 0].tolist() == [t // 60_000 for t in rest[0].tolist()]
+    assert [len(a) for a in analysis._take_before(10**9)] == [3, 3, 3]
+    assert analysis._chunks == []

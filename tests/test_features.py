@@ -204,3 +204,29 @@ def test_influencer_shares_rank_values_by_their_share_of_the_records():
 def test_sides_and_statistics(function, side, statistics):
     assert side_of(function) == side
     assert statistics_of(function) == statistics
+
+
+def test_stable_order_is_lexsorts_order():
+    from adjobs.features import stable_order
+
+    rng = np.random.default_rng(7)
+    partition = rng.integers(-1, 4, 500).astype(np.int32)
+    bucket = rng.integers(10**9, 10**9 + 6, 500)
+    keys = [partition, bucket]
+    assert stable_order(keys).tolist() == np.lexsort(keys).tolist()
+    # Packed widths of 8, 16 and 64 bits (6 x 5, 6 x 2000 and 6 x 20000 values).
+    for spread in (5, 2000, 20000):
+        many = [rng.integers(0, spread, 500).astype(np.int32), bucket]
+        assert stable_order(many).tolist() == np.lexsort(many).tolist()
+    # Ties keep their order; the last key sorts first.
+    small = [np.array([1, 0, 1, 0], dtype=np.int32), np.array([5, 5, 4, 4])]
+    assert stable_order(small).tolist() == [3, 2, 1, 0]
+    # A key of one value changes nothing.
+    assert stable_order([np.full(3, 9, dtype=np.int32), np.array([2, 1, 2])]).tolist() == [
+        1, 0, 2]
+    # Ranges too wide to pack, and float keys, go to lexsort: same order.
+    wide = [np.array([2**40, 0, 2**40]), np.array([2**40, 2**40, 0])]
+    assert stable_order(wide).tolist() == np.lexsort(wide).tolist() == [2, 1, 0]
+    with_values = [np.array([0.5, 0.25, 0.75]), np.array([1, 1, 0])]
+    assert stable_order(with_values).tolist() == [2, 1, 0]
+    assert stable_order([np.zeros(0, dtype=np.int64)]).tolist() == []

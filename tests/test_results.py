@@ -521,6 +521,29 @@ def test_final_results_replace_the_interim_results_of_their_bucket(db):
     assert results.get_influencers(db, J)["count"] == 0
 
 
+
+def test_only_the_interim_results_of_the_batchs_buckets_and_job_are_replaced(db):
+    for job in (J, "other"):
+        write(db, job, buckets=[bucket(T0 + k * H, 5.0 + k, job=job, interim=True)
+                                for k in range(3)],
+              records=[record(T0 + k * H, 5.0 + k, job=job, interim=True) for k in (0, 2)],
+              influencers=[influencer(T0 + H, 6.0, job=job, interim=True)])
+    # Final results for T0 and T0 + H among many buckets that had no interim results.
+    write(db, buckets=[bucket(T0 + k * H, 50.0 + k) for k in range(-300, 2)],
+          records=[record(T0 + H, 51.0)])
+    body = results.get_buckets(db, J, start=T0 - H, size=10)
+    assert [(b["timestamp"], b["anomaly_score"], b["is_interim"]) for b in body["buckets"]] == [
+        (T0 - H, 49.0, False), (T0, 50.0, False), (T0 + H, 51.0, False),
+        (T0 + 2 * H, 7.0, True)]
+    assert [(r["timestamp"], r["record_score"], r["is_interim"]) for r in
+            results.get_records(db, J)["records"]] == [(T0 + H, 51.0, False),
+                                                      (T0 + 2 * H, 7.0, True)]
+    assert results.get_influencers(db, J)["count"] == 0  # its bucket is final now
+    # The other job's interim results are all still there.
+    assert results.get_buckets(db, "other")["count"] == 3
+    assert results.get_records(db, "other")["count"] == 2
+    assert results.get_influencers(db, "other")["count"] == 1
+
 def test_new_interim_results_replace_older_interim_ones(db):
     write(db, records=[record(T0, 30.0, by="x", interim=True),
                        record(T0, 25.0, by="y", interim=True)])
@@ -707,6 +730,21 @@ def test_iter_for_renormalisation(db, monkeypatch):
         ("bucket", True), ("record", True)]
     assert len(list(results.iter_for_renormalisation(db, J))) == 14
 
+
+
+def test_iter_for_renormalisation_can_leave_out_buckets_without_bucket_influencers(
+        db, monkeypatch):
+    monkeypatch.setattr(results, "_RENORMALISATION_CHUNK", 2)
+    # Quiet buckets (no bucket influencers) between scored ones, over several chunks.
+    write(db, buckets=[bucket(T0 + k * H, 10.0 + k, influencers=() if k % 2 else ("x", "y"))
+                       for k in range(6)],
+          records=[record(T0 + H, 20.0)], influencers=[influencer(T0 + 2 * H, 30.0)])
+    docs = list(results.iter_for_renormalisation(db, J, T0 + H, scored_buckets_only=True))
+    assert [(d["result_type"], d["timestamp"]) for d in docs] == [
+        ("bucket", T0 + 2 * H), ("bucket", T0 + 4 * H), ("record", T0 + H),
+        ("influencer", T0 + 2 * H)]
+    assert docs[0] == bucket(T0 + 2 * H, 12.0, influencers=("x", "y"))
+    assert len(list(results.iter_for_renormalisation(db, J, T0 + H))) == 7  # all 5 buckets
 
 def test_renormalise_while_iterating(db, monkeypatch):
     monkeypatch.setattr(results, "_RENORMALISATION_CHUNK", 3)

@@ -272,6 +272,20 @@ def test_extreme_probability_matches_binomial_reference(ps, m):
     assert extreme_probability(ps, m) == pytest.approx(ref_extreme(ps, m), rel=1e-8, abs=1e-300)
 
 
+
+def test_extreme_probability_terms_are_cached_read_only_and_answer_the_same():
+    ps = [0.3, 0.1, 0.2]
+    first = extreme_probability(ps, 2)
+    log_choose, k, rest = scoring._binomial_tail_terms(3, 2)
+    # ln C(3, k) for k = 2, 3, and n - k
+    assert np.exp(log_choose).tolist() == pytest.approx([3.0, 1.0], rel=1e-12)
+    assert k.tolist() == [2.0, 3.0] and rest.tolist() == [1.0, 0.0]
+    assert not log_choose.flags.writeable
+    assert scoring._binomial_tail_terms(3, 2)[0] is log_choose  # the cached arrays
+    assert extreme_probability(ps, 2) == first == pytest.approx(0.104, rel=1e-12)
+    # x = 1 (every p is 1) short-cuts to probability 1
+    assert extreme_probability([1.0, 1.0], 1) == 1.0
+
 def test_style_presets():
     assert (PEOPLE.joint_weight, PEOPLE.extreme_weight) == (0.0, 1.0)
     assert (PEOPLE.min_extreme, PEOPLE.max_extreme) == (1, 1)

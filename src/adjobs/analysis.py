@@ -37,7 +37,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,7 @@ from .features import (
     event_counts,
     influencer_shares,
     side_of,
+    stable_order,
     statistics_of,
 )
 from .model import SeriesModels
@@ -355,9 +356,18 @@ def _unique_series(features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     packed = np.zeros(len(features), dtype=np.int64)
     for split, size in zip(triples, sizes, strict=True):
         packed = packed * size + (split.astype(np.int64) + 1)
-    _, first_row, inverse = np.unique(packed, return_index=True, return_inverse=True)
+    # np.unique(packed, return_index=True, return_inverse=True), from the same stable
+    # order but sorted by stable_order (a radix sort for the usual few thousand series).
+    order = stable_order([packed])
+    ordered = packed[order]
+    starts = np.empty(len(ordered), dtype=bool)
+    starts[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    first_row = order[starts]
+    inverse = np.empty(len(ordered), dtype=np.intp)
+    inverse[order] = np.cumsum(starts) - 1
     unique = np.stack([split[first_row] for split in triples], axis=1)
-    return unique, first_row, inverse.reshape(-1)
+    return unique, first_row, inverse
 
 
 def _identity(doc: dict) -> dict:
@@ -430,22 +440,52 @@ class _Steps:
 
 @dataclass
 class _ScoredBucket:
-    """A bucket with records: its raw scores at every level, where its normalised scores
-    will be in the levels' :meth:`_Steps.walk` output, and the records' influencers."""
+    """A bucket with records: its probabilities at every level, then (from
+    :func:`_raw_scores`) their raw scores and where its normalised scores will be in the
+    levels' :meth:`_Steps.walk` output, and the records' influencers."""
 
     entries: list[tuple[int, int]]  # (detector, row), most unlikely first
     probabilities: np.ndarray
-    raw: np.ndarray
+    scopes: list[str]  # the records' partition values
+    evaluated: int
     influencers: list[list[tuple[str, int]]]  # per record: (field, value code)
-    record_at: int
     influencer_keys: list[tuple[str, int]]
     influencer_probabilities: np.ndarray
-    influencer_raw: np.ndarray
-    influencer_at: int
     bucket_fields: list[str]
     bucket_p: np.ndarray
-    bucket_raw: np.ndarray
-    bucket_at: int
+    raw: np.ndarray = field(default_factory=lambda: np.empty(0))
+    influencer_raw: np.ndarray = field(default_factory=lambda: np.empty(0))
+    bucket_raw: np.ndarray = field(default_factory=lambda: np.empty(0))
+    record_at: int = 0
+    influencer_at: int = 0
+    bucket_at: int = 0
+
+    def add_steps(self, steps: dict[str, _Steps]) -> None:
+        """Give each level's normaliser this bucket's raw scores."""
+        # The series that were not unusual score 0: they count in the quantiles too.
+        self.record_at = steps["record"].bucket(self.raw, self.scopes,
+                                                max(0, self.evaluated - len(self.raw)))
+        if self.influencer_keys:
+            # As for records: the values that influenced nothing count as zeros.
+            self.influencer_at = steps["influencer"].bucket(
+                self.influencer_raw, [name for name, _ in self.influencer_keys],
+                max(0, self.evaluated - len(self.influencer_raw)))
+        else:
+            steps["influencer"].quiet(1, self.evaluated)
+        self.bucket_at = steps["bucket"].bucket(self.bucket_raw, self.bucket_fields)
+
+
+def _raw_scores(scored: list[_ScoredBucket]) -> None:
+    """Fill in the raw scores of every level of ``scored``, with one (elementwise)
+    :func:`scoring.raw_score` call for the whole run rather than three per bucket."""
+    parts = [p for s in scored for p in (s.probabilities, s.influencer_probabilities,
+                                         s.bucket_p)]
+    if not parts:
+        return
+    raw = np.atleast_1d(scoring.raw_score(np.concatenate(parts)))
+    pieces = np.split(raw, np.cumsum([len(p) for p in parts])[:-1])
+    for i, s in enumerate(scored):
+        s.raw, s.influencer_raw, s.bucket_raw = pieces[3 * i:3 * i + 3]
 
 
 class JobAnalysis:
@@ -537,9 +577,17 @@ class JobAnalysis:
             return np.empty(0, np.int64), np.empty((0, 0)), np.empty((0, 0), np.int32)
         times, numeric, codes = self._chunks[0]
         before = times < boundary
+        count = int(np.count_nonzero(before))
+        if before[:count].all():
+            # Records in time order (the usual case): the records taken are a prefix, and
+            # slices cost nothing where a mask would copy every array.
+            taken = times[:count], numeric[:count], codes[:count]
+            rest = times[count:], numeric[count:], codes[count:]
+            self._chunks = [rest] if count < len(times) else []
+            return taken
         taken = times[before], numeric[before], codes[before]
-        rest = ~before
-        self._chunks = [(times[rest], numeric[rest], codes[rest])] if rest.any() else []
+        after = ~before
+        self._chunks = [(times[after], numeric[after], codes[after])] if after.any() else []
         return taken
 
     # -- finalising -----------------------------------------------------------------------
@@ -671,11 +719,16 @@ class JobAnalysis:
         # is updated and normalised over the whole run at once (Normaliser.walk), each
         # bucket against the state right after it; then the documents.
         steps = {level: _Steps() for level in LEVELS}
-        scored: dict[int, _ScoredBucket] = {}
+        bucket_list = buckets.tolist()
+        scored = {
+            bucket: self._score_inputs(per_bucket[bucket], found, codes, int(evaluated[index]))
+            for index, bucket in enumerate(bucket_list) if per_bucket.get(bucket)
+        }
+        _raw_scores(list(scored.values()))
         quiet_buckets = quiet_zeros = 0
-        for index, bucket in enumerate(buckets.tolist()):
-            entries = per_bucket.get(bucket)
-            if not entries:
+        for index, bucket in enumerate(bucket_list):
+            inputs = scored.get(bucket)
+            if inputs is None:
                 # Nothing unusual: the bucket scores 0 and the normalisers only count it,
                 # a run of such buckets at a time.
                 quiet_buckets += 1
@@ -683,15 +736,14 @@ class JobAnalysis:
                 continue
             self._quiet(steps, quiet_buckets, quiet_zeros)
             quiet_buckets = quiet_zeros = 0
-            scored[bucket] = self._score_inputs(entries, found, codes, int(evaluated[index]),
-                                                steps)
+            inputs.add_steps(steps)
         self._quiet(steps, quiet_buckets, quiet_zeros)
         scores = {}
         for level, level_steps in steps.items():
             scores[level], big = level_steps.walk(self.normalisers[level])
             self.renormalise |= big
         batch = ResultBatch()
-        for bucket in buckets.tolist():
+        for bucket in bucket_list:
             count = events.get(bucket, 0)
             inputs = scored.get(bucket)
             if inputs is None:
@@ -731,17 +783,13 @@ class JobAnalysis:
         found: list[_Rows],
         codes: np.ndarray,
         evaluated: int,
-        steps: dict[str, _Steps],
     ) -> _ScoredBucket:
-        """One bucket's raw scores at every level, added to the levels' steps."""
+        """One bucket's probabilities at every level (their raw scores come after)."""
         probabilities = np.array([found[d].probability[r] for d, r in entries], dtype=float)
         order = np.argsort(probabilities, kind="stable")[:MAX_RECORDS_PER_BUCKET]
         entries = [entries[i] for i in order]
         probabilities = probabilities[order]
-        raw = np.atleast_1d(scoring.raw_score(probabilities))
         scopes = [self._name(int(found[d].partition[r])) for d, r in entries]
-        # The series that were not unusual score 0: they count in the quantiles too.
-        record_at = steps["record"].bucket(raw, scopes, max(0, evaluated - len(raw)))
         # Influencer values of each record: (field, value code).
         influence: dict[tuple[str, int], list[int]] = {}
         values_of = []
@@ -752,29 +800,18 @@ class JobAnalysis:
                 influence.setdefault((name, code), []).append(i)
         # Influencers: one per (field, value), as unlikely as its most unlikely record.
         keys = list(influence)
-        p_i = np.array([probabilities[influence[key]].min() for key in keys])
-        raw_i = np.atleast_1d(scoring.raw_score(p_i))
-        if influence:
-            # As for records: the values that influenced nothing count as zeros.
-            influencer_at = steps["influencer"].bucket(raw_i, [name for name, _ in keys],
-                                                       max(0, evaluated - len(raw_i)))
-        else:
-            influencer_at = 0
-            steps["influencer"].quiet(1, evaluated)
+        p_i = np.array([probabilities[influence[key]].min() for key in keys], dtype=float)
         # Bucket influencers: per influencer field, and bucket_time over all records; the
         # bucket is as unusual as its most unusual record among all it looked at.
         fields = [("bucket_time", probabilities)]
         for name, _ in self.influencer_columns:
-            mine = [p for (field, _), p in zip(keys, p_i.tolist(), strict=True)
-                    if field == name]
+            mine = [p for (field_name, _), p in zip(keys, p_i.tolist(), strict=True)
+                    if field_name == name]
             if mine:
                 fields.append((name, np.array(mine)))
         bucket_p = np.array([scoring.extreme_probability(ps, 1) for _, ps in fields])
-        bucket_raw = np.atleast_1d(scoring.raw_score(bucket_p))
-        names = [name for name, _ in fields]
-        bucket_at = steps["bucket"].bucket(bucket_raw, names)
-        return _ScoredBucket(entries, probabilities, raw, values_of, record_at, keys, p_i,
-                             raw_i, influencer_at, names, bucket_p, bucket_raw, bucket_at)
+        return _ScoredBucket(entries, probabilities, scopes, evaluated, values_of, keys, p_i,
+                             [name for name, _ in fields], bucket_p)
 
     def _bucket_results(
         self,

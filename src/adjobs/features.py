@@ -196,6 +196,37 @@ def _split_codes(codes: np.ndarray, column: int, n: int) -> np.ndarray:
     return codes[:, column]
 
 
+#: Packed sort keys stay below this, clear of int64 overflow.
+_PACKED_KEY_LIMIT = 2**62
+
+
+def stable_order(keys: list[np.ndarray]) -> np.ndarray:
+    """``np.lexsort(keys)`` (the last key sorts first, ties keep their order), faster.
+
+    Integer keys whose ranges multiply to less than 2**62 are packed into one int64 key per
+    row (as narrow as the ranges allow), and a stable argsort of that gives the same order
+    as lexsort at a fraction of the cost; other keys (floats, very wide ranges) go to lexsort.
+    """
+    if not keys or len(keys[0]) == 0 or any(key.dtype.kind != "i" for key in keys):
+        return np.lexsort(keys)
+    packed = np.zeros(len(keys[0]), dtype=np.int64)
+    scale = 1
+    for key in keys:  # least significant first, as lexsort takes them
+        low, high = int(key.min()), int(key.max())
+        width = high - low + 1
+        if scale * width >= _PACKED_KEY_LIMIT:
+            return np.lexsort(keys)
+        if width > 1:
+            packed += (key.astype(np.int64) - low) * scale
+        scale *= width
+    # numpy's stable sort is a radix sort for 8- and 16-bit keys: several times faster
+    # than its merge sort on int64 (packed keys are usually small: buckets x series).
+    for narrow in (np.uint8, np.uint16):
+        if scale <= np.iinfo(narrow).max + 1:
+            return np.argsort(packed.astype(narrow), kind="stable")
+    return np.argsort(packed, kind="stable")
+
+
 def detector_features(
     function: str,
     columns: DetectorColumns,
@@ -244,7 +275,8 @@ def detector_features(
     index = np.flatnonzero(keep)
     if len(index) == 0:
         return _empty(len(statistics))
-    bucket = times[index] // span_ms * span_ms
+    bucket_number = times[index] // span_ms
+    bucket = bucket_number * span_ms
     partition, by, over = partition[index], by[index], over[index]
     # Sort by series within buckets; within a series by value, for the median. A split the
     # detector does not have is -1 throughout: as a sort key it would change nothing.
@@ -252,10 +284,10 @@ def detector_features(
                                                           (by, columns.by),
                                                           (partition, columns.partition))
                               if column >= 0]
-    keys.append(bucket)
+    keys.append(bucket_number)  # in the same order as the bucket starts, and compact
     if value is not None and "median" in statistics:
         keys.insert(0, value[index])
-    order = np.lexsort(keys)
+    order = stable_order(keys)
     sorted_index = index[order]
     b, p, y, o = bucket[order], partition[order], by[order], over[order]
     change = np.empty(len(order), dtype=bool)

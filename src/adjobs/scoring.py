@@ -28,6 +28,7 @@ Rules in one place:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -317,15 +318,27 @@ def joint_probability(ps: Any) -> float:
     return max(math.exp(log_p), SMALLEST_PROBABILITY)
 
 
-def _log_binomial_tail(n: int, m: int, x: float, log_fact: np.ndarray) -> float:
+@functools.lru_cache(maxsize=256)
+def _binomial_tail_terms(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the terms ``k = m..n`` of :func:`_log_binomial_tail` share whatever ``x`` is:
+    ``ln C(n, k)``, ``k`` and ``n - k``. Cached (read-only): the bucket-level scores ask for
+    the same few ``n`` in every bucket."""
+    log_fact = _log_factorials(n)
+    k = np.arange(m, n + 1, dtype=np.float64)
+    ki = k.astype(np.int64)
+    log_choose = log_fact[n] - log_fact[ki] - log_fact[n - ki]
+    rest = n - k
+    for arr in (log_choose, k, rest):
+        arr.flags.writeable = False
+    return log_choose, k, rest
+
+
+def _log_binomial_tail(n: int, m: int, x: float) -> float:
     """``ln P(Binomial(n, x) >= m)`` summed term by term in log space (no cancellation)."""
     if x >= 1.0:
         return 0.0
-    k = np.arange(m, n + 1, dtype=np.float64)
-    ki = k.astype(np.int64)
-    terms = (
-        log_fact[n] - log_fact[ki] - log_fact[n - ki] + k * math.log(x) + (n - k) * math.log1p(-x)
-    )
+    log_choose, k, rest = _binomial_tail_terms(n, m)
+    terms = log_choose + k * math.log(x) + rest * math.log1p(-x)
     return min(_logsumexp(terms), 0.0)
 
 
@@ -341,7 +354,7 @@ def extreme_probability(ps: Any, m: int = 1) -> float:
         return 1.0
     m = min(max(int(m), 1), arr.size)
     x = float(np.partition(arr, m - 1)[m - 1])
-    log_p = _log_binomial_tail(arr.size, m, x, _log_factorials(arr.size))
+    log_p = _log_binomial_tail(arr.size, m, x)
     return max(math.exp(log_p), SMALLEST_PROBABILITY)
 
 
