@@ -202,6 +202,48 @@ def test_save_and_restore_is_bit_identical(splits):
         assert np.array_equal(final[key], value, equal_nan=True), key
 
 
+def test_long_clean_history_makes_a_large_deviation_very_unlikely():
+    # 1900 buckets of Gaussian noise: the light-tailed shape has earned its weight, so an
+    # 8-sigma value is as unlikely as a Gaussian says (~1e-15). Counted once (shape_evidence
+    # 1, the mixture of the first release) the heavy shapes kept it near 1e-6, which the
+    # probability cap turns into a middling score. Ordinary values stay ordinary either way.
+    x = rng(7).normal(100.0, 2.0, 2000)
+    x[1900] = 116.0
+    for evidence, spike_below, spike_above in ((10.0, 1e-12, 0.0), (1.0, 1e-5, 1e-8)):
+        models = SeriesModels(SPAN, 1, {"shape_evidence": evidence})
+        models.add_series(0)
+        p = models.step(x.reshape(-1, 1), START + np.arange(2000))["p_single"][:, 0]
+        assert spike_above < p[1900] < spike_below, (evidence, p[1900])
+        assert np.delete(p[500:], 1400).min() > 1e-5
+
+
+def test_a_state_saved_before_shape_evidence_existed_keeps_its_behaviour():
+    # An older job's state has one parameter less; it restores with the value that
+    # reproduces how it was created (shape_evidence 1) and steps exactly like a model made
+    # with that value.
+    x = _series_block(2 * DAY_BUCKETS, 2)
+    buckets = START + np.arange(len(x))
+    sides = [0, 1, 0, -1]
+    old_params = {"shape_evidence": 1.0}
+    reference = SeriesModels(SPAN, 4, old_params)
+    restored_from = SeriesModels(SPAN, 4, old_params)
+    for models in (reference, restored_from):
+        for side in sides:
+            models.add_series(side)
+    half = len(x) // 2
+    reference_out = reference.step(x, buckets)
+    restored_from.step(x[:half], buckets[:half])
+    state = restored_from.state()
+    state["params"] = state["params"][:-1]  # as the first release wrote it
+    restored = SeriesModels.from_state(state)
+    assert restored.params["shape_evidence"] == 1.0
+    assert restored.params == {**DEFAULT_PARAMS, **old_params}
+    tail = restored.step(x[half:], buckets[half:])
+    assert same(tail, {k: v[half:] for k, v in reference_out.items()})
+    with pytest.raises(ValueError, match="wrong number of parameters"):
+        SeriesModels.from_state({**state, "params": state["params"][:-3]})
+
+
 def test_series_stepped_together_equal_series_stepped_alone():
     n = 2 * DAY_BUCKETS + 300
     x = _series_block(n, 6)

@@ -11,7 +11,8 @@
 #   model by a margin ("test whether seasonality explains variance before using it").
 # * Residual distribution. A robust scale (winsorised mean absolute residual) shared by
 #   five shapes: Cauchy, t(2), t(4), Laplace, Gaussian; their weights come from decayed
-#   log-likelihoods (a one-of-N prior in the spirit of A.5). Heavy shapes win on spiky
+#   log-likelihoods (a one-of-N prior in the spirit of A.5), which count several times
+#   over once history is long, so that the weights concentrate as ES's do. Heavy shapes win on spiky
 #   data, so ordinary spikes do not give tiny probabilities; the Gaussian wins on clean
 #   noise, so a real outlier there does. The evidence is tempered while history is short
 #   (no early certainty that tails are light), and an outlier process learns how often
@@ -89,7 +90,8 @@ cdef enum:
     P_OUT_RATE = 22
     P_OUT_PRIOR = 23
     P_MB_CLIP = 24
-    NPARAM = 25
+    P_SHAPE_EVIDENCE = 25
+    NPARAM = 26
 
 # Unit-scale constants of the five shapes, Cauchy, t2, t4, Laplace, Gaussian.
 # KAPPA: fixed point s = E[min(|Z|, 3 s)], the value the winsorised mean absolute
@@ -137,6 +139,7 @@ ctypedef struct Params:
     double out_rate
     double out_prior
     double mb_clip
+    double shape_evidence
     double span
     int64_t daily_res        # buckets per daily phase (0: no daily component)
     int64_t daily_phases
@@ -212,8 +215,11 @@ cdef inline void shape_weights(const double* blk, double* w, const Params* P) no
     cdef int c
     cdef double top = -INFINITY, total = 0.0
     # Evidence is tempered while history is short: a day of clean noise does not prove that
-    # the tails are light, so early on the heavy shapes keep some weight.
-    cdef double temper = blk[RB_N] / (blk[RB_N] + P.temper_buckets)
+    # the tails are light, so early on the heavy shapes keep some weight. Once history is
+    # long it counts shape_evidence times over: the decayed log-likelihoods remember only
+    # the last few dozen buckets, and taken at face value they left every shape a weight
+    # that kept clean series from ever giving a small probability.
+    cdef double temper = P.shape_evidence * blk[RB_N] / (blk[RB_N] + P.temper_buckets)
     for c in range(NC):
         if blk[RB_LL + c] > top:
             top = blk[RB_LL + c]
@@ -621,6 +627,7 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     P.out_rate = params[P_OUT_RATE]
     P.out_prior = params[P_OUT_PRIOR]
     P.mb_clip = params[P_MB_CLIP]
+    P.shape_evidence = params[P_SHAPE_EVIDENCE]
     P.span = span
     P.daily_res = daily_res
     P.daily_phases = daily.shape[1]
