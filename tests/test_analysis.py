@@ -581,7 +581,7 @@ def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
 
     def bucket(records, influencers, buckets):
         return _ScoredBucket([], np.array(records), [], 0, [], [], np.array(influencers),
-                             [], np.array(buckets))
+                             [], [], bucket_p=np.array(buckets))
 
     run = [bucket([1e-5, 0.003], [1e-5], [0.02, 2e-5]),
            bucket([0.04], [], [0.04]),
@@ -597,6 +597,26 @@ def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
     assert 1.0 < run[0].raw[0] < 50.0 < run[2].raw[0] <= 100.0
     assert run[0].bucket_raw[0] == pytest.approx((1 / 0.02 - 20) / 9980)
     _raw_scores([])  # nothing to score
+
+
+def test_bucket_probabilities_of_a_run_are_each_fields_own_least_extreme_probability():
+    from adjobs import scoring
+    from adjobs.analysis import _bucket_probabilities, _ScoredBucket
+
+    def bucket(*fields):
+        return _ScoredBucket([], np.empty(0), [], 0, [], [], np.empty(0),
+                             ["bucket_time", "airline"][:len(fields)],
+                             [np.array(ps) for ps in fields])
+
+    run = [bucket([0.1, 0.2, 0.3], [0.1]), bucket([0.02]), bucket([1e-9, 0.5], [1e-9])]
+    _bucket_probabilities(run)
+    # 1 - (1 - min p)^n per field, split back per bucket.
+    assert run[0].bucket_p.tolist() == pytest.approx([0.271, 0.1], rel=1e-12)
+    assert run[1].bucket_p.tolist() == pytest.approx([0.02], rel=1e-12)
+    assert run[2].bucket_p.tolist() == pytest.approx([2e-9, 1e-9], rel=1e-6)
+    assert run[0].bucket_p.tolist() == [scoring.extreme_probability(ps, 1)
+                                        for ps in run[0].field_probabilities]
+    _bucket_probabilities([])  # nothing to score
 
 
 @pytest.mark.parametrize("times", [[0, 60_000, 3_600_000, 3_700_000, 7_300_000],  # in order

@@ -452,7 +452,9 @@ class _ScoredBucket:
     influencer_keys: list[tuple[str, int]]
     influencer_probabilities: np.ndarray
     bucket_fields: list[str]
-    bucket_p: np.ndarray
+    #: Per bucket field: the probabilities whose least extreme one is the field's.
+    field_probabilities: list[np.ndarray]
+    bucket_p: np.ndarray = field(default_factory=lambda: np.empty(0))
     raw: np.ndarray = field(default_factory=lambda: np.empty(0))
     influencer_raw: np.ndarray = field(default_factory=lambda: np.empty(0))
     bucket_raw: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -473,6 +475,17 @@ class _ScoredBucket:
         else:
             steps["influencer"].quiet(1, self.evaluated)
         self.bucket_at = steps["bucket"].bucket(self.bucket_raw, self.bucket_fields)
+
+
+def _bucket_probabilities(scored: list[_ScoredBucket]) -> None:
+    """Fill in every bucket field's probability of ``scored`` with one
+    :func:`scoring.least_extreme_probabilities` call for the whole run."""
+    groups = [ps for s in scored for ps in s.field_probabilities]
+    probabilities = scoring.least_extreme_probabilities(groups)
+    at = 0
+    for s in scored:
+        s.bucket_p = probabilities[at:at + len(s.field_probabilities)]
+        at += len(s.field_probabilities)
 
 
 def _raw_scores(scored: list[_ScoredBucket]) -> None:
@@ -724,6 +737,7 @@ class JobAnalysis:
             bucket: self._score_inputs(per_bucket[bucket], found, codes, int(evaluated[index]))
             for index, bucket in enumerate(bucket_list) if per_bucket.get(bucket)
         }
+        _bucket_probabilities(list(scored.values()))
         _raw_scores(list(scored.values()))
         quiet_buckets = quiet_zeros = 0
         for index, bucket in enumerate(bucket_list):
@@ -800,18 +814,19 @@ class JobAnalysis:
                 influence.setdefault((name, code), []).append(i)
         # Influencers: one per (field, value), as unlikely as its most unlikely record.
         keys = list(influence)
-        p_i = np.array([probabilities[influence[key]].min() for key in keys], dtype=float)
+        listed = probabilities.tolist()
+        p_i = np.array([min(listed[i] for i in influence[key]) for key in keys], dtype=float)
         # Bucket influencers: per influencer field, and bucket_time over all records; the
-        # bucket is as unusual as its most unusual record among all it looked at.
+        # bucket is as unusual as its most unusual record among all it looked at (their
+        # probabilities come later, for all buckets at once: _bucket_probabilities).
         fields = [("bucket_time", probabilities)]
         for name, _ in self.influencer_columns:
             mine = [p for (field_name, _), p in zip(keys, p_i.tolist(), strict=True)
                     if field_name == name]
             if mine:
                 fields.append((name, np.array(mine)))
-        bucket_p = np.array([scoring.extreme_probability(ps, 1) for _, ps in fields])
         return _ScoredBucket(entries, probabilities, scopes, evaluated, values_of, keys, p_i,
-                             [name for name, _ in fields], bucket_p)
+                             [name for name, _ in fields], [ps for _, ps in fields])
 
     def _bucket_results(
         self,
