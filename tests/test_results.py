@@ -746,6 +746,33 @@ def test_iter_for_renormalisation_can_leave_out_buckets_without_bucket_influence
     assert docs[0] == bucket(T0 + 2 * H, 12.0, influencers=("x", "y"))
     assert len(list(results.iter_for_renormalisation(db, J, T0 + H))) == 7  # all 5 buckets
 
+def test_iter_for_renormalisation_scores_only_reads_identity_and_scores_from_columns(
+        db, monkeypatch):
+    monkeypatch.setattr(results, "_RENORMALISATION_CHUNK", 2)
+    write(db, buckets=[bucket(T0 + H, 12.0, influencers=("x", "y"))],
+          records=[{**record(T0 + H, 20.5, by="a", partition="p", det=1), "raw_score": 3.25},
+                   record(T0 + 2 * H, 7.0, over="o")],  # no raw_score: left out
+          influencers=[{**influencer(T0 + H, 30.0, value="AAL"), "raw_score": 1.5}])
+    light = list(results.iter_for_renormalisation(db, J, T0, scored_buckets_only=True,
+                                                   scores_only=True))
+    assert light == [
+        bucket(T0 + H, 12.0, influencers=("x", "y")),  # buckets stay whole documents
+        {"result_type": "record", "timestamp": T0 + H, "detector_index": 1,
+         "partition_field_value": "p", "by_field_value": "a", "record_score": 20.5,
+         "raw_score": 3.25},
+        {"result_type": "record", "timestamp": T0 + 2 * H, "detector_index": 0,
+         "over_field_value": "o", "record_score": 7.0},
+        {"result_type": "influencer", "timestamp": T0 + H, "influencer_field_name": "airline",
+         "influencer_field_value": "AAL", "influencer_score": 30.0, "raw_score": 1.5},
+    ]
+    # A light document names its stored result for update_scores as the whole one does.
+    db.execute("BEGIN")
+    assert results.update_scores(db, J, [{**light[1], "record_score": 10.0},
+                                         {**light[3], "influencer_score": 5.0}]) == 2
+    db.execute("COMMIT")
+    assert [r["record_score"] for r in results.get_records(db, J)["records"]] == [10.0, 7.0]
+
+
 def test_renormalise_while_iterating(db, monkeypatch):
     monkeypatch.setattr(results, "_RENORMALISATION_CHUNK", 3)
     originals = [record(T0 + k * H, 50.0 + k, by="x") for k in range(7)]

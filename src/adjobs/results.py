@@ -454,6 +454,26 @@ def _update_bucket(db: sqlite3.Connection, job_id: str, change: Mapping[str, Any
     ).rowcount
 
 
+#: What :func:`iter_for_renormalisation` reads with ``scores_only``: the columns holding a
+#: stored result's identity, score and raw score (each equal to the document's field, None
+#: where the document has none).
+_SCORE_COLUMNS = {
+    "result_records": ("detector_index", "partition_field_value", "by_field_value",
+                       "over_field_value", "record_score", "raw_score"),
+    "result_influencers": ("influencer_field_name", "influencer_field_value",
+                           "influencer_score", "raw_score"),
+}
+_SCORE_RESULT_TYPES = {"result_records": "record", "result_influencers": "influencer"}
+
+
+def _scores_doc(table: str, stamp: int, values: list) -> dict:
+    doc: dict[str, Any] = {"result_type": _SCORE_RESULT_TYPES[table], "timestamp": stamp}
+    for name, value in zip(_SCORE_COLUMNS[table], values, strict=True):
+        if value is not None:
+            doc[name] = value
+    return doc
+
+
 def iter_for_renormalisation(
     db: sqlite3.Connection,
     job_id: str,
@@ -461,6 +481,7 @@ def iter_for_renormalisation(
     *,
     include_interim: bool = False,
     scored_buckets_only: bool = False,
+    scores_only: bool = False,
 ) -> Iterator[dict]:
     """The stored documents with ``timestamp >= since_ms``: all buckets, then all records, then
     all influencers, each kind in (timestamp, insertion) order, interim ones left out unless
@@ -471,9 +492,12 @@ def iter_for_renormalisation(
     (and ``raw_score`` when the writer put one in the document). Rows are read in chunks, so
     a job of any size streams, and :func:`update_scores` may be called between items.
     ``scored_buckets_only`` leaves out the buckets without bucket influencers (most of them,
-    in a quiet job): there is nothing in them to renormalise.
+    in a quiet job): there is nothing in them to renormalise. With ``scores_only``, records
+    and influencers are read from their columns as just their identity, score and raw score
+    (what renormalisation reads), not parsed from the documents, which costs far more.
     """
     for table in _TABLES:
+        light = scores_only and table in _SCORE_COLUMNS
         last: tuple[int, int] | None = None
         while True:
             where, params = _time_filter(job_id, since_ms, None)
@@ -485,15 +509,19 @@ def iter_for_renormalisation(
             if last is not None:
                 where += " AND (timestamp > ? OR (timestamp = ? AND rowid > ?))"
                 params += [last[0], last[0], last[1]]
+            columns = ", ".join(_SCORE_COLUMNS[table]) if light else "doc"
             rows = db.execute(
-                f"SELECT timestamp, rowid, doc FROM {table} INDEXED BY {table}_identity"
+                f"SELECT timestamp, rowid, {columns} FROM {table} INDEXED BY {table}_identity"
                 f" WHERE {where}"
                 " ORDER BY timestamp, rowid LIMIT ?",
                 [*params, _RENORMALISATION_CHUNK],
             ).fetchall()
-            for stamp, rowid, doc in rows:
+            for stamp, rowid, *values in rows:
                 last = (stamp, rowid)
-                yield json.loads(doc)
+                if light:
+                    yield _scores_doc(table, stamp, values)
+                else:
+                    yield json.loads(values[0])
             if len(rows) < _RENORMALISATION_CHUNK:
                 break
 

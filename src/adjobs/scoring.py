@@ -372,9 +372,14 @@ def least_extreme_probabilities(groups: list[Any]) -> np.ndarray:
     sizes = np.array([np.size(ps) for ps in groups], dtype=np.int64)
     if len(groups) == 0 or not sizes.any():
         return out
-    minima = np.array([_clean_ps(ps).min() if size else 1.0
-                       for ps, size in zip(groups, sizes.tolist(), strict=True)])
-    for n in np.unique(sizes[(sizes > 0)]).tolist():
+    # Clamped all at once (elementwise, as group by group); each group's minimum by reduceat
+    # over the non-empty groups' starts (an empty group would take its neighbour's value).
+    flat = _clean_ps(np.concatenate([np.ravel(ps) for ps in groups]))
+    filled = sizes > 0
+    starts = (np.cumsum(sizes) - sizes)[filled]
+    minima = np.ones(len(groups), dtype=np.float64)
+    minima[filled] = np.minimum.reduceat(flat, starts)
+    for n in np.unique(sizes[filled]).tolist():
         rows = np.flatnonzero((sizes == n) & (minima < 1.0))
         if len(rows) == 0:
             continue
