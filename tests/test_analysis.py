@@ -599,6 +599,31 @@ def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
     _raw_scores([])  # nothing to score
 
 
+def test_steps_zeros_of_a_bucket_count_as_zeros_written_out():
+    from adjobs import scoring
+    from adjobs.analysis import _Steps
+
+    def run(zeros_apart):
+        steps = _Steps()
+        ats = []
+        for raw, scopes, zeros in (([40.0, 2.0], ["a", "b"], 3), ([90.0], ["a"], 0),
+                                   ([5.0], [""], 4)):
+            if zeros_apart:
+                ats.append(steps.bucket(np.array(raw), scopes, zeros))
+            else:
+                ats.append(steps.bucket(np.array(raw + [0.0] * zeros), scopes + [""] * zeros))
+            steps.quiet(2, 6)
+        scores, big = steps.walk(scoring.Normaliser(900))
+        return ats, scores.tolist(), big, steps.size
+
+    apart, written_out = run(True), run(False)
+    assert apart == written_out
+    assert apart[0] == [0, 5, 6] and apart[3] == 11
+    # Early on (little history) scores stay small; the zeros score 0.
+    assert apart[1] == [0.8401, 0.5455, 0.0, 0.0, 0.0, 1.7795, 1.0576, 0.0, 0.0, 0.0, 0.0]
+    assert apart[2] is True
+
+
 def test_bucket_probabilities_of_a_run_are_each_fields_own_least_extreme_probability():
     from adjobs import scoring
     from adjobs.analysis import _bucket_probabilities, _ScoredBucket

@@ -412,15 +412,16 @@ class _Steps:
         """A bucket with scores, and ``zeros`` more of scope "" (as ``update`` is given
         them); returns where its scores start in :meth:`walk`'s output."""
         at = self.size
-        if zeros:
-            raw = np.concatenate([raw, np.zeros(zeros)])
-            scopes = scopes + [""] * zeros
+        # The zeros go in as their own piece: walk concatenates all pieces once anyway.
         self.raw.append(raw)
         self.scopes.extend(scopes)
-        self.scores.append(len(raw))
+        if zeros:
+            self.raw.append(np.zeros(zeros))
+            self.scopes.extend([""] * zeros)
+        self.scores.append(len(raw) + zeros)
         self.zeros.append(0)
         self.buckets.append(1)
-        self.size += len(raw)
+        self.size += len(raw) + zeros
         return at
 
     def quiet(self, buckets: int, zeros: int) -> None:
@@ -496,7 +497,8 @@ def _raw_scores(scored: list[_ScoredBucket]) -> None:
     if not parts:
         return
     raw = np.atleast_1d(scoring.raw_score(np.concatenate(parts)))
-    pieces = np.split(raw, np.cumsum([len(p) for p in parts])[:-1])
+    ends = np.cumsum([len(p) for p in parts]).tolist()
+    pieces = [raw[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
     for i, s in enumerate(scored):
         s.raw, s.influencer_raw, s.bucket_raw = pieces[3 * i:3 * i + 3]
 
@@ -839,18 +841,20 @@ class JobAnalysis:
         batch: ResultBatch,
     ) -> None:
         """The documents of one bucket with records, from its scores at every level."""
+        # Python floats (the same values) from here on: cheaper to read one at a time.
         at = inputs.record_at
-        record_scores = scores["record"][at:at + len(inputs.raw)]
+        record_scores = scores["record"][at:at + len(inputs.raw)].tolist()
+        probabilities, raw = inputs.probabilities.tolist(), inputs.raw.tolist()
         for i, (d, r) in enumerate(inputs.entries):
             batch.records.append(self._record(
-                bucket, self.detectors[d].detector, found[d], r, inputs.probabilities[i],
-                inputs.raw[i], record_scores[i], inputs.influencers[i], interim))
+                bucket, self.detectors[d].detector, found[d], r, probabilities[i],
+                raw[i], record_scores[i], inputs.influencers[i], interim))
         at = inputs.influencer_at
         influencer_scores = scores["influencer"][at:at + len(inputs.influencer_raw)]
         for (name, code), pi, ri, si in zip(inputs.influencer_keys,
-                                            inputs.influencer_probabilities,
-                                            inputs.influencer_raw, influencer_scores,
-                                            strict=True):
+                                            inputs.influencer_probabilities.tolist(),
+                                            inputs.influencer_raw.tolist(),
+                                            influencer_scores.tolist(), strict=True):
             value = self._name(code)
             batch.influencers.append(
                 {
@@ -883,8 +887,9 @@ class JobAnalysis:
                 "bucket_span": self.span_s,
                 "is_interim": interim,
             }
-            for name, p_b, raw_b, score_b in zip(inputs.bucket_fields, inputs.bucket_p,
-                                                 inputs.bucket_raw, bucket_scores, strict=True)
+            for name, p_b, raw_b, score_b in zip(inputs.bucket_fields, inputs.bucket_p.tolist(),
+                                                 inputs.bucket_raw.tolist(),
+                                                 bucket_scores.tolist(), strict=True)
         ]
         score = max(doc["anomaly_score"] for doc in bucket_influencers)
         batch.buckets.append(self._bucket_doc(bucket, score, event_count, interim,

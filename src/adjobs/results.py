@@ -216,16 +216,20 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+#: json.dumps's defaults with compact separators, built once: json.dumps builds a new
+#: encoder per call when given separators.
+_IDENT_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def record_ident(doc: Mapping[str, Any]) -> str:
     """The identity of a record within its job and bucket, as stored in ``ident``."""
-    return json.dumps(
+    return _IDENT_ENCODER.encode(
         [
             int(doc.get("detector_index", 0)),
             doc.get("partition_field_value"),
             doc.get("by_field_value"),
             doc.get("over_field_value"),
-        ],
-        separators=(",", ":"),
+        ]
     )
 
 
