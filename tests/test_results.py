@@ -691,6 +691,35 @@ def test_update_bucket_scores(db):
     assert results.get_buckets(db, J, anomaly_score=10.0)["count"] == 1
 
 
+def test_update_bucket_scores_in_bulk_apply_in_order_across_queries(db, monkeypatch):
+    monkeypatch.setattr(results, "_BUCKETS_PER_QUERY", 2)
+    write(db, buckets=[bucket(T0 + k * H, 40.0 + k, influencers=("bucket_time", "airline"))
+                       for k in range(5)])
+    db.execute("BEGIN")
+    changed = results.update_scores(db, J, [
+        {"result_type": "bucket", "timestamp": T0 + k * H,
+         "bucket_influencers": [{"influencer_field_name": "airline", "anomaly_score": 10.0 + k}]}
+        for k in (4, 0, 2)
+    ] + [
+        # The same bucket again: applied on top of the change before it.
+        {"result_type": "bucket", "timestamp": T0 + 2 * H,
+         "bucket_influencers": [{"influencer_field_name": "bucket_time",
+                                 "anomaly_score": 1.0}]},
+        {"result_type": "bucket", "timestamp": T0 + 3 * H},  # changes nothing
+        {"result_type": "bucket", "timestamp": T0 + 9 * H, "anomaly_score": 3.0},  # not stored
+    ])
+    db.execute("COMMIT")
+    assert changed == 4
+    got = {b["timestamp"]: b for b in results.get_buckets(db, J)["buckets"]}
+    # Each bucket takes the max of its bucket influencers' scores.
+    assert [got[T0 + k * H]["anomaly_score"] for k in range(5)] == [
+        40.0, 41.0, 12.0, 43.0, 44.0]
+    assert [b["anomaly_score"] for b in got[T0 + 2 * H]["bucket_influencers"]] == [1.0, 12.0]
+    assert [b["anomaly_score"] for b in got[T0 + 4 * H]["bucket_influencers"]] == [44.0, 14.0]
+    assert stamps(results.get_buckets(db, J, anomaly_score=42.0)["buckets"]) == [
+        T0 + 3 * H, T0 + 4 * H]
+
+
 def test_update_scores_ignores_unknown_results_and_rejects_bad_changes(db):
     write(db, records=[record(T0, 1.0, by="x")])
     assert results.update_scores(db, J, [

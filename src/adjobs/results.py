@@ -421,19 +421,47 @@ def update_scores(
             " AND influencer_field_value = ?",
             influencers,
         ).rowcount
-    for change in buckets:
-        updated += _update_bucket(db, job_id, change)
+    if buckets:
+        updated += _update_buckets(db, job_id, buckets)
     return updated
 
 
-def _update_bucket(db: sqlite3.Connection, job_id: str, change: Mapping[str, Any]) -> int:
-    stamp = int(change["timestamp"])
-    row = db.execute(
-        "SELECT doc FROM result_buckets WHERE job_id = ? AND timestamp = ?", (job_id, stamp)
-    ).fetchone()
-    if row is None:
-        return 0
-    doc = json.loads(row[0])
+#: Timestamps per ``IN (...)`` query of :func:`_update_buckets` (SQLite's variable limit).
+_BUCKETS_PER_QUERY = 500
+
+
+def _update_buckets(
+    db: sqlite3.Connection, job_id: str, changes: list[Mapping[str, Any]]
+) -> int:
+    """The bucket changes of :func:`update_scores`, applied in order to the stored documents
+    read in a few queries, then written back with one ``executemany``."""
+    stamps = sorted({int(change["timestamp"]) for change in changes})
+    docs: dict[int, dict] = {}
+    for i in range(0, len(stamps), _BUCKETS_PER_QUERY):
+        part = stamps[i:i + _BUCKETS_PER_QUERY]
+        rows = db.execute(
+            "SELECT timestamp, doc FROM result_buckets INDEXED BY result_buckets_identity"
+            f" WHERE job_id = ? AND timestamp IN ({', '.join('?' * len(part))})",
+            [job_id, *part],
+        ).fetchall()
+        docs.update((stamp, json.loads(doc)) for stamp, doc in rows)
+    changed: dict[int, dict] = {}
+    updated = 0  # each change that applied counts, as one UPDATE per change would
+    for change in changes:
+        stamp = int(change["timestamp"])
+        doc = docs.get(stamp)
+        if doc is not None and _change_bucket(doc, change):
+            changed[stamp] = doc
+            updated += 1
+    db.executemany(
+        "UPDATE result_buckets SET anomaly_score = ?, doc = ? WHERE job_id = ? AND timestamp = ?",
+        [(doc["anomaly_score"], _dumps(doc), job_id, stamp) for stamp, doc in changed.items()],
+    )
+    return updated
+
+
+def _change_bucket(doc: dict, change: Mapping[str, Any]) -> bool:
+    """Apply one bucket change to its stored document; whether it changed the scores."""
     new_scores = {
         str(item["influencer_field_name"]): float(item["anomaly_score"])
         for item in change.get("bucket_influencers") or ()
@@ -449,13 +477,10 @@ def _update_bucket(db: sqlite3.Connection, job_id: str, change: Mapping[str, Any
         score = max((float(item.get("anomaly_score", 0.0)) for item in influencers),
                     default=0.0)
     else:
-        return 0
+        return False
     _json_number(score)
     doc["anomaly_score"] = score
-    return db.execute(
-        "UPDATE result_buckets SET anomaly_score = ?, doc = ? WHERE job_id = ? AND timestamp = ?",
-        (score, _dumps(doc), job_id, stamp),
-    ).rowcount
+    return True
 
 
 #: What :func:`iter_for_renormalisation` reads with ``scores_only``: the columns holding a
