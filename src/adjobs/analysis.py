@@ -1004,7 +1004,8 @@ class JobAnalysis:
             scores = self.normalisers["record"].normalise(
                 np.array([d["raw_score"] for d in records]),
                 [d.get("partition_field_value", "") for d in records])
-            for doc, score in zip(records, scores, strict=True):
+            # As Python floats (the same values): cheaper to compare one at a time.
+            for doc, score in zip(records, scores.tolist(), strict=True):
                 if float(score) != doc["record_score"]:
                     changes.append({**_identity(doc), "record_score": float(score)})
         influencers = [d for d in docs if d["result_type"] == "influencer" and "raw_score" in d]
@@ -1012,7 +1013,7 @@ class JobAnalysis:
             scores = self.normalisers["influencer"].normalise(
                 np.array([d["raw_score"] for d in influencers]),
                 [d["influencer_field_name"] for d in influencers])
-            for doc, score in zip(influencers, scores, strict=True):
+            for doc, score in zip(influencers, scores.tolist(), strict=True):
                 if float(score) != doc["influencer_score"]:
                     changes.append({**_identity(doc), "influencer_score": float(score)})
         buckets = [d for d in docs if d["result_type"] == "bucket" and d["bucket_influencers"]]
@@ -1023,7 +1024,7 @@ class JobAnalysis:
                 [bi["influencer_field_name"] for _, bi in items])
             new: dict[int, list[dict]] = {}
             moved: set[int] = set()
-            for (doc, bi), score in zip(items, scores, strict=True):
+            for (doc, bi), score in zip(items, scores.tolist(), strict=True):
                 new.setdefault(doc["timestamp"], []).append(
                     {"influencer_field_name": bi["influencer_field_name"],
                      "anomaly_score": float(score)})
