@@ -670,3 +670,33 @@ def test_records_before_a_boundary_are_taken_whatever_their_order(times):
     assert rest[2][:, 0].tolist() == [t // 60_000 for t in rest[0].tolist()]
     assert [len(a) for a in analysis._take_before(10**9)] == [3, 3, 3]
     assert analysis._chunks == []
+
+
+def test_a_buckets_records_are_kept_most_unlikely_first_ties_in_row_order(monkeypatch):
+    from adjobs import analysis as module
+    from adjobs.analysis import JobAnalysis, _empty_rows
+    from adjobs.config import parse_job_config
+
+    config = parse_job_config("j", {
+        "analysis_config": {"bucket_span": "1h", "detectors": [
+            {"function": "mean", "field_name": "x", "partition_field_name": "p"}],
+            "influencers": ["p"]},
+        "data_description": {"time_field": "t"}})
+    analysis = JobAnalysis(config)
+    analysis.names = ["a", "b", "c", "d", "e"]
+    rows = _empty_rows(1, np.zeros(1, dtype=np.int64))
+    rows.probability = np.array([0.02, 0.001, 0.02, 0.0005, 0.001])
+    rows.partition = np.array([0, 1, 2, 3, 4])
+    rows.by = rows.over = np.full(5, -1)
+    rows.feature_row = np.full(5, -1)
+    listed = [(rows.probability.tolist(), rows.partition.tolist())]
+    monkeypatch.setattr(module, "MAX_RECORDS_PER_BUCKET", 4)
+    inputs = analysis._score_inputs([(0, r) for r in range(5)], [rows], listed,
+                                    np.empty((0, 1), np.int32), 19)
+    assert inputs.entries == [(0, 3), (0, 1), (0, 4), (0, 0)]  # (0, 2) is the fifth
+    assert inputs.probabilities.tolist() == [0.0005, 0.001, 0.001, 0.02]
+    assert inputs.scopes == ["d", "b", "e", "a"]
+    # The partition is the influencer: each record's own value, as unlikely as it.
+    assert inputs.influencer_keys == [("p", 3), ("p", 1), ("p", 4), ("p", 0)]
+    assert inputs.influencer_probabilities.tolist() == [0.0005, 0.001, 0.001, 0.02]
+    assert inputs.bucket_fields == ["bucket_time", "p"]

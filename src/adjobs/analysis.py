@@ -735,8 +735,10 @@ class JobAnalysis:
         # bucket against the state right after it; then the documents.
         steps = {level: _Steps() for level in LEVELS}
         bucket_list = buckets.tolist()
+        listed = [(rows.probability.tolist(), rows.partition.tolist()) for rows in found]
         scored = {
-            bucket: self._score_inputs(per_bucket[bucket], found, codes, int(evaluated[index]))
+            bucket: self._score_inputs(per_bucket[bucket], found, listed, codes,
+                                       int(evaluated[index]))
             for index, bucket in enumerate(bucket_list) if per_bucket.get(bucket)
         }
         _bucket_probabilities(list(scored.values()))
@@ -797,15 +799,18 @@ class JobAnalysis:
         self,
         entries: list[tuple[int, int]],
         found: list[_Rows],
+        listed: list[tuple[list[float], list[int]]],
         codes: np.ndarray,
         evaluated: int,
     ) -> _ScoredBucket:
-        """One bucket's probabilities at every level (their raw scores come after)."""
-        probabilities = np.array([found[d].probability[r] for d, r in entries], dtype=float)
-        order = np.argsort(probabilities, kind="stable")[:MAX_RECORDS_PER_BUCKET]
+        """One bucket's probabilities at every level (their raw scores come after).
+        ``listed`` holds each detector's row probabilities and partition codes as lists."""
+        unsorted = [listed[d][0][r] for d, r in entries]
+        # A stable sort of the few records, as np.argsort(kind="stable") without the arrays.
+        order = sorted(range(len(unsorted)), key=unsorted.__getitem__)[:MAX_RECORDS_PER_BUCKET]
         entries = [entries[i] for i in order]
-        probabilities = probabilities[order]
-        scopes = [self._name(int(found[d].partition[r])) for d, r in entries]
+        probabilities = np.array([unsorted[i] for i in order], dtype=float)
+        scopes = [self._name(listed[d][1][r]) for d, r in entries]
         # Influencer values of each record: (field, value code).
         influence: dict[tuple[str, int], list[int]] = {}
         values_of = []
