@@ -581,7 +581,7 @@ def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
 
     def bucket(records, influencers, buckets):
         return _ScoredBucket([], np.array(records), [], 0, [], [], np.array(influencers),
-                             [], np.array(buckets))
+                             [], [], bucket_p=np.array(buckets))
 
     run = [bucket([1e-5, 0.003], [1e-5], [0.02, 2e-5]),
            bucket([0.04], [], [0.04]),
@@ -597,6 +597,51 @@ def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
     assert 1.0 < run[0].raw[0] < 50.0 < run[2].raw[0] <= 100.0
     assert run[0].bucket_raw[0] == pytest.approx((1 / 0.02 - 20) / 9980)
     _raw_scores([])  # nothing to score
+
+
+def test_steps_zeros_of_a_bucket_count_as_zeros_written_out():
+    from adjobs import scoring
+    from adjobs.analysis import _Steps
+
+    def run(zeros_apart):
+        steps = _Steps()
+        ats = []
+        for raw, scopes, zeros in (([40.0, 2.0], ["a", "b"], 3), ([90.0], ["a"], 0),
+                                   ([5.0], [""], 4)):
+            if zeros_apart:
+                ats.append(steps.bucket(np.array(raw), scopes, zeros))
+            else:
+                ats.append(steps.bucket(np.array(raw + [0.0] * zeros), scopes + [""] * zeros))
+            steps.quiet(2, 6)
+        scores, big = steps.walk(scoring.Normaliser(900))
+        return ats, scores.tolist(), big, steps.size
+
+    apart, written_out = run(True), run(False)
+    assert apart == written_out
+    assert apart[0] == [0, 5, 6] and apart[3] == 11
+    # Early on (little history) scores stay small; the zeros score 0.
+    assert apart[1] == [0.8401, 0.5455, 0.0, 0.0, 0.0, 1.7795, 1.0576, 0.0, 0.0, 0.0, 0.0]
+    assert apart[2] is True
+
+
+def test_bucket_probabilities_of_a_run_are_each_fields_own_least_extreme_probability():
+    from adjobs import scoring
+    from adjobs.analysis import _bucket_probabilities, _ScoredBucket
+
+    def bucket(*fields):
+        return _ScoredBucket([], np.empty(0), [], 0, [], [], np.empty(0),
+                             ["bucket_time", "airline"][:len(fields)],
+                             [np.array(ps) for ps in fields])
+
+    run = [bucket([0.1, 0.2, 0.3], [0.1]), bucket([0.02]), bucket([1e-9, 0.5], [1e-9])]
+    _bucket_probabilities(run)
+    # 1 - (1 - min p)^n per field, split back per bucket.
+    assert run[0].bucket_p.tolist() == pytest.approx([0.271, 0.1], rel=1e-12)
+    assert run[1].bucket_p.tolist() == pytest.approx([0.02], rel=1e-12)
+    assert run[2].bucket_p.tolist() == pytest.approx([2e-9, 1e-9], rel=1e-6)
+    assert run[0].bucket_p.tolist() == [scoring.extreme_probability(ps, 1)
+                                        for ps in run[0].field_probabilities]
+    _bucket_probabilities([])  # nothing to score
 
 
 @pytest.mark.parametrize("times", [[0, 60_000, 3_600_000, 3_700_000, 7_300_000],  # in order
@@ -625,3 +670,33 @@ def test_records_before_a_boundary_are_taken_whatever_their_order(times):
     assert rest[2][:, 0].tolist() == [t // 60_000 for t in rest[0].tolist()]
     assert [len(a) for a in analysis._take_before(10**9)] == [3, 3, 3]
     assert analysis._chunks == []
+
+
+def test_a_buckets_records_are_kept_most_unlikely_first_ties_in_row_order(monkeypatch):
+    from adjobs import analysis as module
+    from adjobs.analysis import JobAnalysis, _empty_rows
+    from adjobs.config import parse_job_config
+
+    config = parse_job_config("j", {
+        "analysis_config": {"bucket_span": "1h", "detectors": [
+            {"function": "mean", "field_name": "x", "partition_field_name": "p"}],
+            "influencers": ["p"]},
+        "data_description": {"time_field": "t"}})
+    analysis = JobAnalysis(config)
+    analysis.names = ["a", "b", "c", "d", "e"]
+    rows = _empty_rows(1, np.zeros(1, dtype=np.int64))
+    rows.probability = np.array([0.02, 0.001, 0.02, 0.0005, 0.001])
+    rows.partition = np.array([0, 1, 2, 3, 4])
+    rows.by = rows.over = np.full(5, -1)
+    rows.feature_row = np.full(5, -1)
+    listed = [(rows.probability.tolist(), rows.partition.tolist())]
+    monkeypatch.setattr(module, "MAX_RECORDS_PER_BUCKET", 4)
+    inputs = analysis._score_inputs([(0, r) for r in range(5)], [rows], listed,
+                                    np.empty((0, 1), np.int32), 19)
+    assert inputs.entries == [(0, 3), (0, 1), (0, 4), (0, 0)]  # (0, 2) is the fifth
+    assert inputs.probabilities.tolist() == [0.0005, 0.001, 0.001, 0.02]
+    assert inputs.scopes == ["d", "b", "e", "a"]
+    # The partition is the influencer: each record's own value, as unlikely as it.
+    assert inputs.influencer_keys == [("p", 3), ("p", 1), ("p", 4), ("p", 0)]
+    assert inputs.influencer_probabilities.tolist() == [0.0005, 0.001, 0.001, 0.02]
+    assert inputs.bucket_fields == ["bucket_time", "p"]

@@ -691,6 +691,35 @@ def test_update_bucket_scores(db):
     assert results.get_buckets(db, J, anomaly_score=10.0)["count"] == 1
 
 
+def test_update_bucket_scores_in_bulk_apply_in_order_across_queries(db, monkeypatch):
+    monkeypatch.setattr(results, "_BUCKETS_PER_QUERY", 2)
+    write(db, buckets=[bucket(T0 + k * H, 40.0 + k, influencers=("bucket_time", "airline"))
+                       for k in range(5)])
+    db.execute("BEGIN")
+    changed = results.update_scores(db, J, [
+        {"result_type": "bucket", "timestamp": T0 + k * H,
+         "bucket_influencers": [{"influencer_field_name": "airline", "anomaly_score": 10.0 + k}]}
+        for k in (4, 0, 2)
+    ] + [
+        # The same bucket again: applied on top of the change before it.
+        {"result_type": "bucket", "timestamp": T0 + 2 * H,
+         "bucket_influencers": [{"influencer_field_name": "bucket_time",
+                                 "anomaly_score": 1.0}]},
+        {"result_type": "bucket", "timestamp": T0 + 3 * H},  # changes nothing
+        {"result_type": "bucket", "timestamp": T0 + 9 * H, "anomaly_score": 3.0},  # not stored
+    ])
+    db.execute("COMMIT")
+    assert changed == 4
+    got = {b["timestamp"]: b for b in results.get_buckets(db, J)["buckets"]}
+    # Each bucket takes the max of its bucket influencers' scores.
+    assert [got[T0 + k * H]["anomaly_score"] for k in range(5)] == [
+        40.0, 41.0, 12.0, 43.0, 44.0]
+    assert [b["anomaly_score"] for b in got[T0 + 2 * H]["bucket_influencers"]] == [1.0, 12.0]
+    assert [b["anomaly_score"] for b in got[T0 + 4 * H]["bucket_influencers"]] == [44.0, 14.0]
+    assert stamps(results.get_buckets(db, J, anomaly_score=42.0)["buckets"]) == [
+        T0 + 3 * H, T0 + 4 * H]
+
+
 def test_update_scores_ignores_unknown_results_and_rejects_bad_changes(db):
     write(db, records=[record(T0, 1.0, by="x")])
     assert results.update_scores(db, J, [
@@ -745,6 +774,33 @@ def test_iter_for_renormalisation_can_leave_out_buckets_without_bucket_influence
         ("influencer", T0 + 2 * H)]
     assert docs[0] == bucket(T0 + 2 * H, 12.0, influencers=("x", "y"))
     assert len(list(results.iter_for_renormalisation(db, J, T0 + H))) == 7  # all 5 buckets
+
+def test_iter_for_renormalisation_scores_only_reads_identity_and_scores_from_columns(
+        db, monkeypatch):
+    monkeypatch.setattr(results, "_RENORMALISATION_CHUNK", 2)
+    write(db, buckets=[bucket(T0 + H, 12.0, influencers=("x", "y"))],
+          records=[{**record(T0 + H, 20.5, by="a", partition="p", det=1), "raw_score": 3.25},
+                   record(T0 + 2 * H, 7.0, over="o")],  # no raw_score: left out
+          influencers=[{**influencer(T0 + H, 30.0, value="AAL"), "raw_score": 1.5}])
+    light = list(results.iter_for_renormalisation(db, J, T0, scored_buckets_only=True,
+                                                   scores_only=True))
+    assert light == [
+        bucket(T0 + H, 12.0, influencers=("x", "y")),  # buckets stay whole documents
+        {"result_type": "record", "timestamp": T0 + H, "detector_index": 1,
+         "partition_field_value": "p", "by_field_value": "a", "record_score": 20.5,
+         "raw_score": 3.25},
+        {"result_type": "record", "timestamp": T0 + 2 * H, "detector_index": 0,
+         "over_field_value": "o", "record_score": 7.0},
+        {"result_type": "influencer", "timestamp": T0 + H, "influencer_field_name": "airline",
+         "influencer_field_value": "AAL", "influencer_score": 30.0, "raw_score": 1.5},
+    ]
+    # A light document names its stored result for update_scores as the whole one does.
+    db.execute("BEGIN")
+    assert results.update_scores(db, J, [{**light[1], "record_score": 10.0},
+                                         {**light[3], "influencer_score": 5.0}]) == 2
+    db.execute("COMMIT")
+    assert [r["record_score"] for r in results.get_records(db, J)["records"]] == [10.0, 7.0]
+
 
 def test_renormalise_while_iterating(db, monkeypatch):
     monkeypatch.setattr(results, "_RENORMALISATION_CHUNK", 3)

@@ -273,6 +273,25 @@ def test_extreme_probability_matches_binomial_reference(ps, m):
 
 
 
+@given(st.lists(st.lists(unit_probs, max_size=12), max_size=30))
+def test_least_extreme_probabilities_equal_one_call_per_group_bit_for_bit(groups):
+    batched = scoring.least_extreme_probabilities([np.array(ps) for ps in groups])
+    one_by_one = [extreme_probability(ps, 1) for ps in groups]
+    assert batched.tolist() == one_by_one
+
+
+def test_least_extreme_probabilities_by_hand():
+    # 1 - (1 - 0.1)^3 = 0.271; one value is itself; empty and all-ones groups give 1;
+    # a probability of 0 is clamped to the smallest normal double.
+    out = scoring.least_extreme_probabilities(
+        [np.array([0.3, 0.1, 0.2]), np.array([0.25]), np.array([]), np.array([1.0, 1.0]),
+         np.array([0.0, 0.5])])
+    assert out[0] == pytest.approx(0.271, rel=1e-12)
+    assert out[1] == pytest.approx(0.25, rel=1e-15)
+    assert out[2:4].tolist() == [1.0, 1.0]
+    assert out[4] == pytest.approx(2 * TINY, rel=1e-12)
+
+
 def test_extreme_probability_terms_are_cached_read_only_and_answer_the_same():
     ps = [0.3, 0.1, 0.2]
     first = extreme_probability(ps, 2)

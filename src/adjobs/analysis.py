@@ -412,15 +412,16 @@ class _Steps:
         """A bucket with scores, and ``zeros`` more of scope "" (as ``update`` is given
         them); returns where its scores start in :meth:`walk`'s output."""
         at = self.size
-        if zeros:
-            raw = np.concatenate([raw, np.zeros(zeros)])
-            scopes = scopes + [""] * zeros
+        # The zeros go in as their own piece: walk concatenates all pieces once anyway.
         self.raw.append(raw)
         self.scopes.extend(scopes)
-        self.scores.append(len(raw))
+        if zeros:
+            self.raw.append(np.zeros(zeros))
+            self.scopes.extend([""] * zeros)
+        self.scores.append(len(raw) + zeros)
         self.zeros.append(0)
         self.buckets.append(1)
-        self.size += len(raw)
+        self.size += len(raw) + zeros
         return at
 
     def quiet(self, buckets: int, zeros: int) -> None:
@@ -452,7 +453,9 @@ class _ScoredBucket:
     influencer_keys: list[tuple[str, int]]
     influencer_probabilities: np.ndarray
     bucket_fields: list[str]
-    bucket_p: np.ndarray
+    #: Per bucket field: the probabilities whose least extreme one is the field's.
+    field_probabilities: list[np.ndarray]
+    bucket_p: np.ndarray = field(default_factory=lambda: np.empty(0))
     raw: np.ndarray = field(default_factory=lambda: np.empty(0))
     influencer_raw: np.ndarray = field(default_factory=lambda: np.empty(0))
     bucket_raw: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -475,6 +478,17 @@ class _ScoredBucket:
         self.bucket_at = steps["bucket"].bucket(self.bucket_raw, self.bucket_fields)
 
 
+def _bucket_probabilities(scored: list[_ScoredBucket]) -> None:
+    """Fill in every bucket field's probability of ``scored`` with one
+    :func:`scoring.least_extreme_probabilities` call for the whole run."""
+    groups = [ps for s in scored for ps in s.field_probabilities]
+    probabilities = scoring.least_extreme_probabilities(groups)
+    at = 0
+    for s in scored:
+        s.bucket_p = probabilities[at:at + len(s.field_probabilities)]
+        at += len(s.field_probabilities)
+
+
 def _raw_scores(scored: list[_ScoredBucket]) -> None:
     """Fill in the raw scores of every level of ``scored``, with one (elementwise)
     :func:`scoring.raw_score` call for the whole run rather than three per bucket."""
@@ -483,7 +497,8 @@ def _raw_scores(scored: list[_ScoredBucket]) -> None:
     if not parts:
         return
     raw = np.atleast_1d(scoring.raw_score(np.concatenate(parts)))
-    pieces = np.split(raw, np.cumsum([len(p) for p in parts])[:-1])
+    ends = np.cumsum([len(p) for p in parts]).tolist()
+    pieces = [raw[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
     for i, s in enumerate(scored):
         s.raw, s.influencer_raw, s.bucket_raw = pieces[3 * i:3 * i + 3]
 
@@ -720,10 +735,13 @@ class JobAnalysis:
         # bucket against the state right after it; then the documents.
         steps = {level: _Steps() for level in LEVELS}
         bucket_list = buckets.tolist()
+        listed = [(rows.probability.tolist(), rows.partition.tolist()) for rows in found]
         scored = {
-            bucket: self._score_inputs(per_bucket[bucket], found, codes, int(evaluated[index]))
+            bucket: self._score_inputs(per_bucket[bucket], found, listed, codes,
+                                       int(evaluated[index]))
             for index, bucket in enumerate(bucket_list) if per_bucket.get(bucket)
         }
+        _bucket_probabilities(list(scored.values()))
         _raw_scores(list(scored.values()))
         quiet_buckets = quiet_zeros = 0
         for index, bucket in enumerate(bucket_list):
@@ -781,15 +799,18 @@ class JobAnalysis:
         self,
         entries: list[tuple[int, int]],
         found: list[_Rows],
+        listed: list[tuple[list[float], list[int]]],
         codes: np.ndarray,
         evaluated: int,
     ) -> _ScoredBucket:
-        """One bucket's probabilities at every level (their raw scores come after)."""
-        probabilities = np.array([found[d].probability[r] for d, r in entries], dtype=float)
-        order = np.argsort(probabilities, kind="stable")[:MAX_RECORDS_PER_BUCKET]
+        """One bucket's probabilities at every level (their raw scores come after).
+        ``listed`` holds each detector's row probabilities and partition codes as lists."""
+        unsorted = [listed[d][0][r] for d, r in entries]
+        # A stable sort of the few records, as np.argsort(kind="stable") without the arrays.
+        order = sorted(range(len(unsorted)), key=unsorted.__getitem__)[:MAX_RECORDS_PER_BUCKET]
         entries = [entries[i] for i in order]
-        probabilities = probabilities[order]
-        scopes = [self._name(int(found[d].partition[r])) for d, r in entries]
+        probabilities = np.array([unsorted[i] for i in order], dtype=float)
+        scopes = [self._name(listed[d][1][r]) for d, r in entries]
         # Influencer values of each record: (field, value code).
         influence: dict[tuple[str, int], list[int]] = {}
         values_of = []
@@ -800,18 +821,19 @@ class JobAnalysis:
                 influence.setdefault((name, code), []).append(i)
         # Influencers: one per (field, value), as unlikely as its most unlikely record.
         keys = list(influence)
-        p_i = np.array([probabilities[influence[key]].min() for key in keys], dtype=float)
+        listed = probabilities.tolist()
+        p_i = np.array([min(listed[i] for i in influence[key]) for key in keys], dtype=float)
         # Bucket influencers: per influencer field, and bucket_time over all records; the
-        # bucket is as unusual as its most unusual record among all it looked at.
+        # bucket is as unusual as its most unusual record among all it looked at (their
+        # probabilities come later, for all buckets at once: _bucket_probabilities).
         fields = [("bucket_time", probabilities)]
         for name, _ in self.influencer_columns:
             mine = [p for (field_name, _), p in zip(keys, p_i.tolist(), strict=True)
                     if field_name == name]
             if mine:
                 fields.append((name, np.array(mine)))
-        bucket_p = np.array([scoring.extreme_probability(ps, 1) for _, ps in fields])
         return _ScoredBucket(entries, probabilities, scopes, evaluated, values_of, keys, p_i,
-                             [name for name, _ in fields], bucket_p)
+                             [name for name, _ in fields], [ps for _, ps in fields])
 
     def _bucket_results(
         self,
@@ -824,18 +846,20 @@ class JobAnalysis:
         batch: ResultBatch,
     ) -> None:
         """The documents of one bucket with records, from its scores at every level."""
+        # Python floats (the same values) from here on: cheaper to read one at a time.
         at = inputs.record_at
-        record_scores = scores["record"][at:at + len(inputs.raw)]
+        record_scores = scores["record"][at:at + len(inputs.raw)].tolist()
+        probabilities, raw = inputs.probabilities.tolist(), inputs.raw.tolist()
         for i, (d, r) in enumerate(inputs.entries):
             batch.records.append(self._record(
-                bucket, self.detectors[d].detector, found[d], r, inputs.probabilities[i],
-                inputs.raw[i], record_scores[i], inputs.influencers[i], interim))
+                bucket, self.detectors[d].detector, found[d], r, probabilities[i],
+                raw[i], record_scores[i], inputs.influencers[i], interim))
         at = inputs.influencer_at
         influencer_scores = scores["influencer"][at:at + len(inputs.influencer_raw)]
         for (name, code), pi, ri, si in zip(inputs.influencer_keys,
-                                            inputs.influencer_probabilities,
-                                            inputs.influencer_raw, influencer_scores,
-                                            strict=True):
+                                            inputs.influencer_probabilities.tolist(),
+                                            inputs.influencer_raw.tolist(),
+                                            influencer_scores.tolist(), strict=True):
             value = self._name(code)
             batch.influencers.append(
                 {
@@ -868,8 +892,9 @@ class JobAnalysis:
                 "bucket_span": self.span_s,
                 "is_interim": interim,
             }
-            for name, p_b, raw_b, score_b in zip(inputs.bucket_fields, inputs.bucket_p,
-                                                 inputs.bucket_raw, bucket_scores, strict=True)
+            for name, p_b, raw_b, score_b in zip(inputs.bucket_fields, inputs.bucket_p.tolist(),
+                                                 inputs.bucket_raw.tolist(),
+                                                 bucket_scores.tolist(), strict=True)
         ]
         score = max(doc["anomaly_score"] for doc in bucket_influencers)
         batch.buckets.append(self._bucket_doc(bucket, score, event_count, interim,
@@ -984,7 +1009,8 @@ class JobAnalysis:
             scores = self.normalisers["record"].normalise(
                 np.array([d["raw_score"] for d in records]),
                 [d.get("partition_field_value", "") for d in records])
-            for doc, score in zip(records, scores, strict=True):
+            # As Python floats (the same values): cheaper to compare one at a time.
+            for doc, score in zip(records, scores.tolist(), strict=True):
                 if float(score) != doc["record_score"]:
                     changes.append({**_identity(doc), "record_score": float(score)})
         influencers = [d for d in docs if d["result_type"] == "influencer" and "raw_score" in d]
@@ -992,7 +1018,7 @@ class JobAnalysis:
             scores = self.normalisers["influencer"].normalise(
                 np.array([d["raw_score"] for d in influencers]),
                 [d["influencer_field_name"] for d in influencers])
-            for doc, score in zip(influencers, scores, strict=True):
+            for doc, score in zip(influencers, scores.tolist(), strict=True):
                 if float(score) != doc["influencer_score"]:
                     changes.append({**_identity(doc), "influencer_score": float(score)})
         buckets = [d for d in docs if d["result_type"] == "bucket" and d["bucket_influencers"]]
@@ -1003,7 +1029,7 @@ class JobAnalysis:
                 [bi["influencer_field_name"] for _, bi in items])
             new: dict[int, list[dict]] = {}
             moved: set[int] = set()
-            for (doc, bi), score in zip(items, scores, strict=True):
+            for (doc, bi), score in zip(items, scores.tolist(), strict=True):
                 new.setdefault(doc["timestamp"], []).append(
                     {"influencer_field_name": bi["influencer_field_name"],
                      "anomaly_score": float(score)})

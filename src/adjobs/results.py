@@ -216,16 +216,20 @@ def _float_or_none(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+#: json.dumps's defaults with compact separators, built once: json.dumps builds a new
+#: encoder per call when given separators.
+_IDENT_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def record_ident(doc: Mapping[str, Any]) -> str:
     """The identity of a record within its job and bucket, as stored in ``ident``."""
-    return json.dumps(
+    return _IDENT_ENCODER.encode(
         [
             int(doc.get("detector_index", 0)),
             doc.get("partition_field_value"),
             doc.get("by_field_value"),
             doc.get("over_field_value"),
-        ],
-        separators=(",", ":"),
+        ]
     )
 
 
@@ -417,19 +421,47 @@ def update_scores(
             " AND influencer_field_value = ?",
             influencers,
         ).rowcount
-    for change in buckets:
-        updated += _update_bucket(db, job_id, change)
+    if buckets:
+        updated += _update_buckets(db, job_id, buckets)
     return updated
 
 
-def _update_bucket(db: sqlite3.Connection, job_id: str, change: Mapping[str, Any]) -> int:
-    stamp = int(change["timestamp"])
-    row = db.execute(
-        "SELECT doc FROM result_buckets WHERE job_id = ? AND timestamp = ?", (job_id, stamp)
-    ).fetchone()
-    if row is None:
-        return 0
-    doc = json.loads(row[0])
+#: Timestamps per ``IN (...)`` query of :func:`_update_buckets` (SQLite's variable limit).
+_BUCKETS_PER_QUERY = 500
+
+
+def _update_buckets(
+    db: sqlite3.Connection, job_id: str, changes: list[Mapping[str, Any]]
+) -> int:
+    """The bucket changes of :func:`update_scores`, applied in order to the stored documents
+    read in a few queries, then written back with one ``executemany``."""
+    stamps = sorted({int(change["timestamp"]) for change in changes})
+    docs: dict[int, dict] = {}
+    for i in range(0, len(stamps), _BUCKETS_PER_QUERY):
+        part = stamps[i:i + _BUCKETS_PER_QUERY]
+        rows = db.execute(
+            "SELECT timestamp, doc FROM result_buckets INDEXED BY result_buckets_identity"
+            f" WHERE job_id = ? AND timestamp IN ({', '.join('?' * len(part))})",
+            [job_id, *part],
+        ).fetchall()
+        docs.update((stamp, json.loads(doc)) for stamp, doc in rows)
+    changed: dict[int, dict] = {}
+    updated = 0  # each change that applied counts, as one UPDATE per change would
+    for change in changes:
+        stamp = int(change["timestamp"])
+        doc = docs.get(stamp)
+        if doc is not None and _change_bucket(doc, change):
+            changed[stamp] = doc
+            updated += 1
+    db.executemany(
+        "UPDATE result_buckets SET anomaly_score = ?, doc = ? WHERE job_id = ? AND timestamp = ?",
+        [(doc["anomaly_score"], _dumps(doc), job_id, stamp) for stamp, doc in changed.items()],
+    )
+    return updated
+
+
+def _change_bucket(doc: dict, change: Mapping[str, Any]) -> bool:
+    """Apply one bucket change to its stored document; whether it changed the scores."""
     new_scores = {
         str(item["influencer_field_name"]): float(item["anomaly_score"])
         for item in change.get("bucket_influencers") or ()
@@ -445,13 +477,30 @@ def _update_bucket(db: sqlite3.Connection, job_id: str, change: Mapping[str, Any
         score = max((float(item.get("anomaly_score", 0.0)) for item in influencers),
                     default=0.0)
     else:
-        return 0
+        return False
     _json_number(score)
     doc["anomaly_score"] = score
-    return db.execute(
-        "UPDATE result_buckets SET anomaly_score = ?, doc = ? WHERE job_id = ? AND timestamp = ?",
-        (score, _dumps(doc), job_id, stamp),
-    ).rowcount
+    return True
+
+
+#: What :func:`iter_for_renormalisation` reads with ``scores_only``: the columns holding a
+#: stored result's identity, score and raw score (each equal to the document's field, None
+#: where the document has none).
+_SCORE_COLUMNS = {
+    "result_records": ("detector_index", "partition_field_value", "by_field_value",
+                       "over_field_value", "record_score", "raw_score"),
+    "result_influencers": ("influencer_field_name", "influencer_field_value",
+                           "influencer_score", "raw_score"),
+}
+_SCORE_RESULT_TYPES = {"result_records": "record", "result_influencers": "influencer"}
+
+
+def _scores_doc(table: str, stamp: int, values: list) -> dict:
+    doc: dict[str, Any] = {"result_type": _SCORE_RESULT_TYPES[table], "timestamp": stamp}
+    for name, value in zip(_SCORE_COLUMNS[table], values, strict=True):
+        if value is not None:
+            doc[name] = value
+    return doc
 
 
 def iter_for_renormalisation(
@@ -461,6 +510,7 @@ def iter_for_renormalisation(
     *,
     include_interim: bool = False,
     scored_buckets_only: bool = False,
+    scores_only: bool = False,
 ) -> Iterator[dict]:
     """The stored documents with ``timestamp >= since_ms``: all buckets, then all records, then
     all influencers, each kind in (timestamp, insertion) order, interim ones left out unless
@@ -471,9 +521,12 @@ def iter_for_renormalisation(
     (and ``raw_score`` when the writer put one in the document). Rows are read in chunks, so
     a job of any size streams, and :func:`update_scores` may be called between items.
     ``scored_buckets_only`` leaves out the buckets without bucket influencers (most of them,
-    in a quiet job): there is nothing in them to renormalise.
+    in a quiet job): there is nothing in them to renormalise. With ``scores_only``, records
+    and influencers are read from their columns as just their identity, score and raw score
+    (what renormalisation reads), not parsed from the documents, which costs far more.
     """
     for table in _TABLES:
+        light = scores_only and table in _SCORE_COLUMNS
         last: tuple[int, int] | None = None
         while True:
             where, params = _time_filter(job_id, since_ms, None)
@@ -485,15 +538,19 @@ def iter_for_renormalisation(
             if last is not None:
                 where += " AND (timestamp > ? OR (timestamp = ? AND rowid > ?))"
                 params += [last[0], last[0], last[1]]
+            columns = ", ".join(_SCORE_COLUMNS[table]) if light else "doc"
             rows = db.execute(
-                f"SELECT timestamp, rowid, doc FROM {table} INDEXED BY {table}_identity"
+                f"SELECT timestamp, rowid, {columns} FROM {table} INDEXED BY {table}_identity"
                 f" WHERE {where}"
                 " ORDER BY timestamp, rowid LIMIT ?",
                 [*params, _RENORMALISATION_CHUNK],
             ).fetchall()
-            for stamp, rowid, doc in rows:
+            for stamp, rowid, *values in rows:
                 last = (stamp, rowid)
-                yield json.loads(doc)
+                if light:
+                    yield _scores_doc(table, stamp, values)
+                else:
+                    yield json.loads(values[0])
             if len(rows) < _RENORMALISATION_CHUNK:
                 break
 

@@ -113,9 +113,10 @@ def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommi
         delete_results(db, job_id, *analysis.reset_range)
     write_results(db, job_id, analysis.results)
     if analysis.rescore is not None and analysis.rescore_since is not None:
-        # rescore only looks at buckets with bucket influencers.
+        # rescore only looks at buckets with bucket influencers, and at the scores and
+        # identities of records and influencers.
         docs = list(iter_for_renormalisation(db, job_id, analysis.rescore_since,
-                                             scored_buckets_only=True))
+                                             scored_buckets_only=True, scores_only=True))
         changes = analysis.rescore(docs)
         if changes:
             update_scores(db, job_id, changes)
