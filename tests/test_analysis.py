@@ -290,6 +290,86 @@ def test_the_bucket_count_history_survives_a_reopen(tmp_path):
         assert service.get_records("kept", start=open_bucket)["count"] == 0
 
 
+def hosts_data(buckets: int, slow: tuple[int, str, float] | None = None,
+               burst: tuple[int, str, int] | None = None, seed: int = 5,
+               poisson: bool = False) -> list[dict]:
+    """Ten hosts, two records each per bucket (``poisson``: Poisson(2) of them), ``rt`` ~
+    N(100, 5); ``slow`` = (bucket, host, factor) multiplies that host's response times;
+    ``burst`` = (bucket, host, records) adds records of one host."""
+    rng = np.random.default_rng(seed)
+    hosts = [f"h{i}" for i in range(10)]
+    docs = []
+    for b in range(buckets):
+        for h in hosts:
+            for i in range(int(rng.poisson(2.0)) if poisson else 2):
+                rt = float(rng.normal(100.0, 5.0))
+                if slow and (b, h) == slow[:2]:
+                    rt *= slow[2]
+                docs.append({"time": T0 + b * SPAN + 30 * i + hosts.index(h),
+                             "rt": round(rt, 3), "host": h})
+        if burst and b == burst[0]:
+            docs.extend({"time": T0 + b * SPAN + 300 + i, "rt": 100.0, "host": burst[1]}
+                        for i in range(burst[2]))
+    docs.sort(key=lambda d: d["time"])
+    return docs
+
+
+def record_influencers(record: dict) -> dict[str, list[str]]:
+    return {i["influencer_field_name"]: i["influencer_field_values"]
+            for i in record.get("influencers", [])}
+
+
+def top_record_at_bucket_350(service, job_id: str, body: dict, docs: list[dict]) -> dict:
+    """Run the job; its top record, which must be the planted bucket 350's."""
+    run_job(service, job_id, body, docs)
+    top = service.get_records(job_id, size=1)["records"][0]
+    assert top["timestamp"] == (T0 + 350 * SPAN) * 1000
+    return top
+
+
+def test_a_slow_host_among_ten_influences_the_mean_it_makes_unusual():
+    # h3 answers 4x slower in bucket 350: 2 of the bucket's 20 records (a share of 0.1, below
+    # the 0.4 cut-off), yet without them the mean is ordinary: removing and retesting (ES)
+    # names h3, and only h3.
+    body = config({"function": "mean", "field_name": "rt"}, influencers=("host",))
+    with adjobs.JobService() as service:
+        top = top_record_at_bucket_350(service, "slow", body,
+                                       hosts_data(400, slow=(350, "h3", 4.0)))
+        assert record_influencers(top) == {"host": ["h3"]}
+        influencers = service.get_influencers("slow", size=100)["influencers"]
+        at_anomaly = [i for i in influencers if i["timestamp"] == top["timestamp"]]
+        assert [i["influencer_field_value"] for i in at_anomaly] == ["h3"]
+        assert at_anomaly[0]["influencer_score"] == top["record_score"]
+
+
+def test_a_burst_of_one_host_influences_the_count_and_a_drop_names_no_one():
+    body = config({"function": "count"}, influencers=("host",))
+    with adjobs.JobService() as service:
+        # h7 adds 30 records to a bucket of about 20: without them the count is ordinary
+        docs = hosts_data(400, burst=(350, "h7", 30), poisson=True)
+        top = top_record_at_bucket_350(service, "burst", body, docs)
+        in_bucket = [d for d in docs if d["time"] // SPAN == T0 // SPAN + 350]
+        assert top["actual"] == [float(len(in_bucket))]
+        assert record_influencers(top) == {"host": ["h7"]}
+    docs = [d for d in hosts_data(400, poisson=True)
+            if not (d["time"] // SPAN == T0 // SPAN + 350 and d["host"] < "h8")]
+    with adjobs.JobService() as service:
+        # 8 of the 10 hosts missing from bucket 350: a drop, which ES explains by no value
+        top = top_record_at_bucket_350(service, "drop", body, docs)
+        assert top["actual"][0] < 10
+        assert record_influencers(top) == {}
+
+
+def test_the_highest_value_influences_a_max_on_its_own():
+    # max: the value's own records are tested (ES's intersection): h5's spike alone is as
+    # unusual as the bucket's maximum, another host's ordinary records are not.
+    body = config({"function": "max", "field_name": "rt"}, influencers=("host",))
+    with adjobs.JobService() as service:
+        top = top_record_at_bucket_350(service, "max", body,
+                                       hosts_data(400, slow=(350, "h5", 3.0)))
+        assert record_influencers(top) == {"host": ["h5"]}
+
+
 def test_reset_and_reset_range_clear_results():
     docs = metric_data(buckets=320, spike=(300, "b", 5.0))
     body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"})

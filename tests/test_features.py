@@ -14,6 +14,7 @@ from adjobs.features import (
     DetectorColumns,
     detector_features,
     event_counts,
+    influence_alternatives,
     influencer_shares,
     side_of,
     statistics_of,
@@ -230,3 +231,35 @@ def test_stable_order_is_lexsorts_order():
     with_values = [np.array([0.5, 0.25, 0.75]), np.array([1, 1, 0])]
     assert stable_order(with_values).tolist() == [2, 1, 0]
     assert stable_order([np.zeros(0, dtype=np.int64)]).tolist() == []
+
+
+def test_influence_alternatives_take_each_value_out_or_alone():
+    columns = DetectorColumns(value=0, distinct=-1, partition=-1, by=-1, over=-1,
+                              use_null=False)
+    numeric = np.array([[1.0], [2.0], [3.0], [10.0], [5.0]])
+    members = np.array([0, 1, 2, 3, 4])
+    hosts = np.array([7, 7, 8, 9, -1])  # the last record has no host
+    weights = np.array([1.0, 1.0, 1.0, 2.0, 1.0])
+
+    def alt(statistic, complement, w=None):
+        codes, values = influence_alternatives(statistic, complement, columns, numeric, w,
+                                               members, hosts)
+        assert codes.tolist() == [7, 8, 9]
+        return values.tolist()
+
+    # without host 7 (records 0, 1), 8 (record 2), 9 (record 3)
+    assert alt("count", True) == [3.0, 4.0, 4.0]
+    assert alt("sum", True) == [18.0, 18.0, 11.0]
+    assert alt("mean", True) == [6.0, 4.5, 2.75]
+    assert np.allclose(alt("varp", True), [np.var([3.0, 10.0, 5.0]), np.var([1, 2, 10, 5.0]),
+                                           np.var([1, 2, 3, 5.0])])
+    # summary counts weigh records: host 9's record counts twice
+    assert alt("count", True, weights) == [4.0, 5.0, 4.0]
+    assert alt("mean", True, weights) == [28.0 / 4, 28.0 / 5, 11.0 / 4]
+    # alone, for the extremes
+    assert alt("max", False) == [2.0, 3.0, 10.0]
+    assert alt("min", False) == [1.0, 3.0, 10.0]
+    # a mean of no records is NaN (ES skips that value)
+    codes, values = influence_alternatives("mean", True, columns, numeric[:2], None,
+                                           np.array([0, 1]), np.array([7, 7]))
+    assert codes.tolist() == [7] and np.isnan(values[0])

@@ -244,6 +244,37 @@ def test_a_state_saved_before_shape_evidence_existed_keeps_its_behaviour():
         SeriesModels.from_state({**state, "params": state["params"][:-3]})
 
 
+def test_probes_are_judged_against_the_state_their_cell_met_and_change_nothing():
+    x = _series_block(2 * DAY_BUCKETS, 3)
+    buckets = START + np.arange(len(x))
+    sides = [0, 1, 0, -1]
+    plain, probed = SeriesModels(SPAN, 4), SeriesModels(SPAN, 4)
+    for models in (plain, probed):
+        for side in sides:
+            models.add_series(side)
+    expected = plain.step(x, buckets)
+    rows = np.array([500, 500, 500, 300, len(x) // 2, 2])
+    series = np.array([1, 0, 1, 2, 0, 0])
+    own = x[rows, series]
+    values = np.array([own[0], own[1], expected["typical"][500, 1], own[3], own[4], own[5]])
+    got = probed.step(x, buckets, probes=(rows, series, values))
+    # the probes leave outputs and state exactly as without them
+    assert same({k: got[k] for k in OUTPUTS}, expected)
+    for key, value in plain.state().items():
+        assert np.array_equal(probed.state()[key], value, equal_nan=True), key
+    p = got["probe_p"]
+    # a cell's own value probes to its own single-bucket probability, in the caller's order
+    for j in (0, 1, 3, 4):
+        if np.isfinite(own[j]):
+            assert p[j] == expected["p_single"][rows[j], series[j]], j
+    assert p[4] < 1e-6            # the planted +30 on series 0 at n // 2
+    assert p[2] > 0.5             # the typical value is not unusual
+    assert p[5] == 0.05 or p[5] == 1.0  # warm-up: nothing below 0.05 (or no value)
+    with pytest.raises(ValueError, match="inside values"):
+        probed.step(x[:1], buckets[-1:] + 1, probes=(np.array([1]), np.array([0]),
+                                                      np.array([1.0])))
+
+
 def test_series_stepped_together_equal_series_stepped_alone():
     n = 2 * DAY_BUCKETS + 300
     x = _series_block(n, 6)

@@ -18,4 +18,6 @@ def step(
     wcount: NDArray[np.float64],
     daily_res: int,
     weekly_res: int,
-) -> NDArray[np.float64]: ...
+    probe_cell: NDArray[np.int64],
+    probe_values: NDArray[np.float64],
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...

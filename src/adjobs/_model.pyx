@@ -350,10 +350,30 @@ cdef inline double robust_mean_abs(double current, double a, double n, double ra
     return current + rate * (a - current)
 
 
+cdef inline double prediction_floor(const Params* P, const double* sc, double yhat,
+                                    double x) noexcept nogil:
+    """Minimum coefficient of variation (A.5): the smallest scale a residual is measured
+    with, relative to the prediction, the baseline or the observation, whichever is largest:
+    a series of exact zeros has no scale, and a first non-zero value is measured against its
+    own size."""
+    cdef double size = fabs(yhat)
+    if fabs(sc[X_BASE]) > size:
+        size = fabs(sc[X_BASE])
+    if fabs(x) > size:
+        size = fabs(x)
+    size *= P.min_cv
+    return size if size > TINY else TINY
+
+
 cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, double* ring,
                   double* daily, double* dcount, double* weekly, double* wcount,
-                  double* out) noexcept nogil:
-    """Advance one series by one bucket. out = p_single, p_multi, typical, lower, upper."""
+                  double* out, const double* probes, Py_ssize_t n_probes,
+                  double* probe_out) noexcept nogil:
+    """Advance one series by one bucket. out = p_single, p_multi, typical, lower, upper.
+
+    ``probes`` are other values this bucket could have had (the feature without one
+    influencer value's records): ``probe_out`` gets their single-bucket probability against
+    the same state, before the bucket is learnt (1 where there is nothing to compare with)."""
     cdef int64_t pd = 0, pw = 0, slot
     cdef int m, k, best_m, allowed, mb_count
     cdef double seas[3]
@@ -367,6 +387,10 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
     if P.weekly_res > 0:
         pw = (b // P.weekly_res) % P.weekly_phases
 
+    cdef Py_ssize_t j
+    cdef double hwp, pv
+    for j in range(n_probes):
+        probe_out[j] = 1.0
     if n < 1.0:
         if isnan(x):
             out[0] = out[1] = out[2] = out[3] = out[4] = NAN
@@ -418,26 +442,15 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
     yhat = sc[X_LEV + best_m] + seas[best_m // 2]
 
     # Minimum coefficient of variation (A.5): flat data never gives infinite anomalies
-    floor_ = fabs(yhat)
-    if fabs(sc[X_BASE]) > floor_:
-        floor_ = fabs(sc[X_BASE])
+    floor_ = prediction_floor(P, sc, yhat, x)
     if isnan(x):
         # no value: the model does not move; report what it expected
-        floor_ = floor_ * P.min_cv if floor_ * P.min_cv > TINY else TINY
         block_probability(&sc[X_SINGLE], 0.0, floor_, 0, P, &hw)
         out[0] = out[1] = NAN
         out[2] = yhat
         out[3] = yhat - hw
         out[4] = yhat + hw
         return 0
-
-    # ...of the prediction or the observation, whichever is larger: a series of exact zeros
-    # has no scale, and a first non-zero value is measured against its own size
-    if fabs(x) > floor_:
-        floor_ = fabs(x)
-    floor_ *= P.min_cv
-    if floor_ < TINY:
-        floor_ = TINY
     r = x - yhat
     for m in range(NM):
         e[m] = x - sc[X_LEV + m] - seas[m // 2]
@@ -474,6 +487,14 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
     out[2] = yhat
     out[3] = yhat - hw
     out[4] = yhat + hw
+    for j in range(n_probes):
+        if isnan(probes[j]):
+            continue
+        pv = block_probability(&sc[X_SINGLE], probes[j] - yhat,
+                               prediction_floor(P, sc, yhat, probes[j]), side, P, &hwp)
+        if (n < P.warm_buckets or hist < P.warm_seconds) and pv < 0.05:
+            pv = 0.05
+        probe_out[j] = pv
 
     # ---- learn
     block_update(&sc[X_SINGLE], r, floor_, P)
@@ -545,8 +566,12 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
 cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[::1] buckets,
                     const int8_t[::1] side, double[:, ::1] scalars, double[:, ::1] ring,
                     double[:, ::1] daily, double[:, ::1] dcount, double[:, ::1] weekly,
-                    double[:, ::1] wcount, double[:, :, ::1] out) noexcept nogil:
-    cdef Py_ssize_t i, s
+                    double[:, ::1] wcount, double[:, :, ::1] out,
+                    const int64_t[::1] probe_cell, const double[::1] probe_values,
+                    double[::1] probe_out) noexcept nogil:
+    # probe_cell[j] = row * series + column, ascending: the probes of one cell are adjacent
+    cdef Py_ssize_t i, s, j = 0, j_end, n_probes = probe_cell.shape[0]
+    cdef int64_t cell
     cdef double o[5]
     cdef double* dp
     cdef double* dn
@@ -560,8 +585,15 @@ cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[
             dn = &dcount[s, 0] if daily.shape[1] > 0 else NULL
             wp = &weekly[s, 0] if weekly.shape[1] > 0 else NULL
             wn = &wcount[s, 0] if weekly.shape[1] > 0 else NULL
+            cell = i * values.shape[1] + s
+            j_end = j
+            while j_end < n_probes and probe_cell[j_end] == cell:
+                j_end += 1
             status = step_one(P, values[i, s], buckets[i], side[s], &scalars[s, 0],
-                              &ring[s, 0], dp, dn, wp, wn, o)
+                              &ring[s, 0], dp, dn, wp, wn, o,
+                              &probe_values[j] if j_end > j else NULL, j_end - j,
+                              &probe_out[j] if j_end > j else NULL)
+            j = j_end
             if status != 0:
                 return status
             out[0, i, s] = o[0]
@@ -576,12 +608,15 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
          const int64_t[::1] buckets, const int8_t[::1] side, double[:, ::1] scalars,
          double[:, ::1] ring, double[:, ::1] daily, double[:, ::1] dcount,
          double[:, ::1] weekly, double[:, ::1] wcount, int64_t daily_res,
-         int64_t weekly_res):
+         int64_t weekly_res, const int64_t[::1] probe_cell, const double[::1] probe_values):
     """Step S series over B buckets; returns a (5, B, S) array: p_single, p_multi,
-    typical, lower, upper. The state arrays are updated in place.
+    typical, lower, upper, and the single-bucket probability of each probe. The state arrays
+    are updated in place.
 
     ``buckets`` must be strictly increasing and after every series' last bucket; the
     caller (adjobs.model.SeriesModels) checks that, and the shapes, before calling.
+    A probe is another value of one (bucket row, series) cell, ``probe_cell = row * S +
+    series``, ascending; it is judged against the cell's state before the bucket is learnt.
     """
     cdef Params P
     cdef Py_ssize_t nb = values.shape[0], ns = values.shape[1]
@@ -598,6 +633,11 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
         raise ValueError("weekly state has the wrong shape")
     if (daily_res > 0) != (daily.shape[1] > 0) or (weekly_res > 0) != (weekly.shape[1] > 0):
         raise ValueError("seasonal resolution and state disagree")
+    if probe_cell.shape[0] != probe_values.shape[0]:
+        raise ValueError("one probe value per probe cell")
+    if probe_cell.shape[0] and (np.any(np.diff(probe_cell) < 0) or probe_cell[0] < 0
+                                or probe_cell[probe_cell.shape[0] - 1] >= nb * ns):
+        raise ValueError("probe cells must be ascending cells of the block")
     P.alpha[0] = params[P_ALPHA_SLOW]
     P.alpha[1] = params[P_ALPHA_FAST]
     P.level_clip = params[P_LEVEL_CLIP]
@@ -634,10 +674,12 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     P.weekly_res = weekly_res
     P.weekly_phases = weekly.shape[1]
     out = np.empty((5, nb, ns), dtype=np.float64)
+    probe_p = np.ones(probe_cell.shape[0], dtype=np.float64)
     cdef double[:, :, ::1] out_v = out
+    cdef double[::1] probe_v = probe_p
     with nogil:
         status = step_block(&P, values, buckets, side, scalars, ring, daily, dcount,
-                            weekly, wcount, out_v)
+                            weekly, wcount, out_v, probe_cell, probe_values, probe_v)
     if status != 0:
         raise RuntimeError(f"model kernel failed with status {status}")
-    return out
+    return out, probe_p

@@ -25,10 +25,17 @@ over the decayed mean record count of finalised buckets, and a feature is moved 
 the model's typical value by at most ``(1 - completeness) * typical``, so an unfinished
 bucket does not look like a drop.
 
-Simplifications, each documented in the README: influence is the share of the anomalous
-series' records that carry the value (ES removes each value and re-tests), with ES's
-cut-off of 0.4; a gap of more than :data:`MAX_EMPTY_BUCKETS` empty buckets is stepped over
-(the models see the jump) instead of being processed bucket by bucket.
+Influence, as ES finds it: for an influencer field that is not one of the detector's split
+fields, each value's records are removed from the anomalous feature (counts, sums, means,
+varp; counts and sums only when the anomaly is high) or kept alone (min, max), the model
+judges that value again against the state the bucket met, and the influence is
+``1 - ln p_rest / ln p`` (or ``ln p_own / ln p``); values of influence >= 0.4 influence the
+record. A split field's value influences its own series' records.
+
+Simplifications, each documented in the README: median, distinct count, metric, rare and
+population detectors keep the share of the anomalous series' records that carry a value as
+its influence (cut-off 0.4); a gap of more than :data:`MAX_EMPTY_BUCKETS` empty buckets is
+stepped over (the models see the jump) instead of being processed bucket by bucket.
 """
 
 from __future__ import annotations
@@ -47,10 +54,13 @@ from .config import Detector, JobConfig
 from .features import (
     COUNT_FUNCTIONS,
     DESCRIPTION,
+    RETEST,
+    RETEST_HIGH_ONLY,
     ZERO_WHEN_EMPTY,
     DetectorColumns,
     detector_features,
     event_counts,
+    influence_alternatives,
     influencer_shares,
     side_of,
     stable_order,
@@ -71,6 +81,8 @@ INFLUENCE_CUTOFF = 0.4
 MAX_RECORDS_PER_BUCKET = 500
 #: A gap longer than this many buckets is stepped over rather than walked bucket by bucket.
 MAX_EMPTY_BUCKETS = 10_000
+#: Probabilities are clamped up to this before their logarithm is taken.
+SMALLEST = scoring.SMALLEST_PROBABILITY
 #: Functions whose interim feature is corrected for the part of the bucket still to come:
 #: ES corrects counts and sums, which grow as records arrive (means, extremes and
 #: distinct counts do not grow with the record count).
@@ -102,6 +114,10 @@ class _Rows:
     features: Any
     #: Per bucket of the run: how many series had a probability (the others are 0).
     evaluated: np.ndarray | None = None
+    #: Influence by remove and retest, per record index: {influencer column: [(value code,
+    #: influence)]}, for the influencer fields that are not the detector's split fields;
+    #: records not in it keep the share of records (see :data:`features.RETEST`).
+    influences: dict[int, dict[int, list[tuple[int, float]]]] | None = None
 
 
 class _ColumnModels:
@@ -132,8 +148,9 @@ class _ColumnModels:
                                       np.full(statistics, first_bucket, dtype=np.int64))
         return first
 
-    def step(self, values: np.ndarray, bucket_index: np.ndarray) -> dict:
-        return self.models.step(values, bucket_index)
+    def step(self, values: np.ndarray, bucket_index: np.ndarray,
+             probes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
+        return self.models.step(values, bucket_index, probes)
 
     def state(self) -> dict:
         return {**self.models.state(), "first_bucket": self.first_bucket}
@@ -168,6 +185,16 @@ class _DetectorAnalysis:
         self.series: dict[tuple[int, int, int], int] = {}
         #: Series not modelled because the memory limit was reached.
         self.refused = 0
+        categorical = list(config.categorical_fields)
+        splits = {detector.partition_field_name, detector.by_field_name,
+                  detector.over_field_name}
+        #: Influencer fields whose influence on this detector's anomalies is found by
+        #: removing a value's records and testing again (ES), and how.
+        self.retest_columns = [categorical.index(name) for name in config.influencers
+                               if name in categorical and name not in splits]
+        self.retest = (RETEST.get(self.statistics[0])
+                       if len(self.statistics) == 1 and not self.population
+                       and self.function != "rare" and self.retest_columns else None)
         #: While interim results are computed: (start of the incomplete bucket, its
         #: completeness in [0, 1]); None otherwise. Set by :meth:`JobAnalysis.interim`.
         self.incomplete_bucket: tuple[int, float] | None = None
@@ -211,10 +238,12 @@ class _DetectorAnalysis:
         if self.function == "rare" or self.population:
             out = self.models.step(features, buckets)
             return self._rows(features, out, buckets)
-        return self._series_rows(features, buckets, span_ms, budget)
+        return self._series_rows(features, buckets, span_ms, budget, numeric, codes, weights)
 
     def _series_rows(
-        self, features: Any, buckets: np.ndarray, span_ms: int, budget: Callable[[int], bool]
+        self, features: Any, buckets: np.ndarray, span_ms: int, budget: Callable[[int], bool],
+        numeric: np.ndarray | None = None, codes: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
     ) -> _Rows:
         k = len(self.statistics)
         if len(features):
@@ -247,6 +276,7 @@ class _DetectorAnalysis:
             values[bucket_row[known], row_column[known] + j] = features.values[known, j]
         if self.incomplete_bucket is not None and self.function in INTERIM_CORRECTED:
             self._correct_incomplete_bucket(values, buckets, span_ms)
+        before = self.models.state() if self.retest is not None and codes is not None else None
         out = self.models.step(values, buckets // span_ms)
         p_single, p_multi = out["p_single"], out["p_multi"]
         combined = scoring.combine_single_multi(p_single, p_multi)
@@ -296,7 +326,59 @@ class _DetectorAnalysis:
             feature_row=feature_row,
             features=features,
             evaluated=evaluated,
+            influences=None if before is None else self._retest_influences(
+                before, values, buckets // span_ms, features, feature_row, hit_bucket,
+                columns, p_single, out["typical"], numeric, codes, weights),
         )
+
+    def _retest_influences(
+        self, before: dict, values: np.ndarray, bucket_index: np.ndarray, features: Any,
+        feature_row: np.ndarray, hit_bucket: np.ndarray, columns: np.ndarray,
+        p_single: np.ndarray, typical: np.ndarray, numeric: np.ndarray, codes: np.ndarray,
+        weights: np.ndarray | None,
+    ) -> dict[int, dict[int, list[tuple[int, float]]]]:
+        """ES's influence of each influencer value on each record: the record's feature
+        without that value's records (or of them alone, for min and max), judged again by
+        the model against the state the bucket met; ``1 - ln p_rest / ln p`` (or
+        ``ln p_own / ln p``), in [0, 1]. One value, or a single-bucket probability of 1,
+        gives every value influence 1 (ES). The models are stepped again from ``before``
+        with the same values, which leaves them where the first step did."""
+        statistic = self.statistics[0]
+        complement = self.retest == "complement"
+        influences: dict[int, dict[int, list[tuple[int, float]]]] = {}
+        probe_rows, probe_series, probe_values, owners = [], [], [], []
+        for i, (row, column, frow) in enumerate(zip(hit_bucket.tolist(), columns.tolist(),
+                                                    feature_row.tolist(), strict=True)):
+            if frow < 0:
+                continue
+            first, size = int(features.first[frow]), int(features.size[frow])
+            members = features.order[first:first + size]
+            p_record = p_single[row, column]
+            influences[i] = {c: [] for c in self.retest_columns}
+            if statistic in RETEST_HIGH_ONLY and not values[row, column] > typical[row, column]:
+                continue  # a drop in a count or sum: ES names no influencer
+            for c in self.retest_columns:
+                present, alternatives = influence_alternatives(
+                    statistic, complement, self.columns, numeric, weights, members,
+                    codes[members, c])
+                if len(present) <= 1 or not p_record < 1.0:
+                    influences[i][c] = [(code, 1.0) for code in present.tolist()]
+                    continue
+                tested = np.isfinite(alternatives)  # a mean of no records: ES skips it
+                probe_rows.extend([row] * int(tested.sum()))
+                probe_series.extend([column] * int(tested.sum()))
+                probe_values.extend(alternatives[tested].tolist())
+                owners.extend((i, c, code) for code in present[tested].tolist())
+        if owners:
+            self.models = type(self.models).from_state(before)
+            again = self.models.step(values, bucket_index, probes=(
+                np.array(probe_rows), np.array(probe_series), np.array(probe_values)))
+            for (i, c, code), p_other in zip(owners, again["probe_p"].tolist(), strict=True):
+                log_p = np.log(max(p_single[hit_bucket[i], columns[i]], SMALLEST))
+                ratio = np.log(max(p_other, SMALLEST)) / log_p
+                influence = 1.0 - ratio if complement else ratio
+                influences[i][c].append((code, min(max(influence, 0.0), 1.0)))
+        return influences
 
     def _correct_incomplete_bucket(
         self, values: np.ndarray, buckets: np.ndarray, span_ms: int
@@ -914,6 +996,12 @@ class JobAnalysis:
         for name, column in self.influencer_columns:
             if name in splits and splits[name] >= 0:
                 out.append((name, splits[name]))
+                continue
+            retested = rows.influences.get(r) if rows.influences is not None else None
+            if retested is not None and column in retested:
+                ranked = sorted(retested[column], key=lambda pair: -pair[1])
+                out.extend((name, code) for code, influence in ranked
+                           if influence >= INFLUENCE_CUTOFF)
                 continue
             if feature_row < 0 or rows.features is None:
                 continue

@@ -369,6 +369,59 @@ def event_counts(times: np.ndarray, span_ms: int) -> tuple[np.ndarray, np.ndarra
     return (held + low) * span_ms, counts[held]
 
 
+#: How ES tests an influencer value's part in an anomaly of each statistic (its
+#: ``CProbabilityAndInfluenceCalculator``): "complement" features are recomputed without the
+#: value's records, influence ``1 - ln p_rest / ln p``; "intersection" ones from the value's
+#: records alone, influence ``ln p_own / ln p``. Counts and sums are only tested when the
+#: anomaly is high (removing records cannot explain a drop). Other statistics (median,
+#: distinct count, rare) keep the share of records.
+RETEST = {"count": "complement", "sum": "complement", "mean": "complement",
+          "varp": "complement", "min": "intersection", "max": "intersection"}
+RETEST_HIGH_ONLY = frozenset({"count", "sum"})
+
+
+def influence_alternatives(statistic: str, complement: bool, columns: DetectorColumns,
+                           numeric: np.ndarray, weights: np.ndarray | None,
+                           members: np.ndarray, value_codes: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """For each distinct influencer value among a feature row's records (``members``, with
+    their codes ``value_codes``, -1 for none): the row's ``statistic`` without that value's
+    records (``complement``) or of them alone, computed as :func:`detector_features` does,
+    for all values at once. Returns (codes, alternatives); NaN where there is no record to
+    take a mean or an extreme of."""
+    present = value_codes >= 0
+    codes, inverse = np.unique(value_codes[present], return_inverse=True)
+    k = len(codes)
+    w = weights[members] if weights is not None else np.ones(len(members))
+    v = numeric[members, columns.value] if columns.value >= 0 else np.zeros(len(members))
+    wv, vv = w[present], v[present]
+    if statistic in ("min", "max"):  # of the value's records alone
+        extreme = np.full(k, np.inf if statistic == "min" else -np.inf)
+        (np.minimum if statistic == "min" else np.maximum).at(extreme, inverse, vv)
+        return codes, extreme
+    own_w = np.bincount(inverse, weights=wv, minlength=k)
+    own_sum = np.bincount(inverse, weights=wv * vv, minlength=k)
+    own_squares = np.bincount(inverse, weights=wv * vv * vv, minlength=k)
+    if complement:
+        count = w.sum() - own_w
+        total = (w * v).sum() - own_sum
+        squares = (w * v * v).sum() - own_squares
+    else:
+        count, total, squares = own_w, own_sum, own_squares
+    if statistic == "count":
+        return codes, count
+    if statistic == "sum":
+        return codes, total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / count, np.nan)
+        if statistic == "mean":
+            return codes, mean
+        if statistic == "varp":
+            return codes, np.where(count > 0, np.maximum(squares / count - mean * mean, 0.0),
+                                   np.nan)
+    raise ValueError(f"no influence test for {statistic!r}")
+
+
 def influencer_shares(
     features: Features, codes: np.ndarray, column: int, rows: np.ndarray
 ) -> list[list[tuple[int, float]]]:

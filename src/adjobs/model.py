@@ -93,6 +93,24 @@ def multi_bucket_impact(p_single: np.ndarray, p_multi: np.ndarray) -> np.ndarray
     return impact
 
 
+def _probe_cells(probes: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                 shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probes as the kernel takes them: cell numbers ascending, and the order that sorts
+    them (to put the probabilities back in the caller's order)."""
+    if probes is None:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
+    rows, series, values = (np.asarray(a) for a in probes)
+    if not rows.shape == series.shape == values.shape or rows.ndim != 1:
+        raise ValueError("probes need rows, series and values of one length")
+    if len(rows) and (rows.min() < 0 or rows.max() >= shape[0] or series.min() < 0
+                      or series.max() >= shape[1]):
+        raise ValueError("probe cells must lie inside values")
+    cells = rows.astype(np.int64) * shape[1] + series.astype(np.int64)
+    order = np.argsort(cells, kind="stable")
+    return (np.ascontiguousarray(cells[order]), order,
+            np.ascontiguousarray(values[order], dtype=np.float64))
+
+
 class SeriesModels:
     """Models of series that share one bucket span, stepped together.
 
@@ -169,12 +187,18 @@ class SeriesModels:
 
     # -- stepping -----------------------------------------------------------------------
 
-    def step(self, values: np.ndarray, bucket_index: np.ndarray) -> dict[str, np.ndarray]:
+    def step(self, values: np.ndarray, bucket_index: np.ndarray,
+             probes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+             ) -> dict[str, np.ndarray]:
         """Feed ``values[b, s]`` (NaN: no value) for buckets ``bucket_index[b]``.
 
         Bucket indices count bucket spans since the epoch; they must increase strictly and
         come after every bucket already stepped (gaps are fine). Returns :data:`OUTPUTS`, each
         ``(buckets, series)``; a NaN value gives NaN probabilities.
+
+        ``probes`` = (rows, series, values): other values the cells ``(rows[j], series[j])``
+        could have had; ``"probe_p"`` in the result is the single-bucket probability of each
+        against the state the cell's own value met (influence by remove and retest).
         """
         values = np.ascontiguousarray(values, dtype=np.float64)
         if values.ndim == 1 and self._n == 1:
@@ -194,13 +218,19 @@ class SeriesModels:
             raise ValueError("values must be finite or NaN")
         n = self._n
         lay = self._layout
-        out = _model.step(
+        cells, order, probe_values = _probe_cells(probes, values.shape)
+        out, probe_p = _model.step(
             float(self.bucket_span_s), self._params, values, buckets, self._side[:n],
             self._scalars[:n], self._ring[:n], self._daily[:n], self._daily_count[:n],
-            self._weekly[:n], self._weekly_count[:n], lay["daily_res"], lay["weekly_res"])
+            self._weekly[:n], self._weekly_count[:n], lay["daily_res"], lay["weekly_res"],
+            cells, probe_values)
         if len(buckets):
             self._last_bucket = int(buckets[-1])
-        return dict(zip(OUTPUTS, out, strict=True))
+        result = dict(zip(OUTPUTS, out, strict=True))
+        if probes is not None:
+            result["probe_p"] = np.empty(len(order))
+            result["probe_p"][order] = probe_p
+        return result
 
     # -- persistence --------------------------------------------------------------------
 
