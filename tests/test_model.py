@@ -217,14 +217,14 @@ def test_long_clean_history_makes_a_large_deviation_very_unlikely():
         assert np.delete(p[500:], 1400).min() > 1e-5
 
 
-def test_a_state_saved_before_shape_evidence_existed_keeps_its_behaviour():
-    # An older job's state has one parameter less; it restores with the value that
-    # reproduces how it was created (shape_evidence 1) and steps exactly like a model made
-    # with that value.
+def test_a_state_saved_by_the_first_release_keeps_its_behaviour():
+    # The first release's state has neither the parameters added since (shape_evidence,
+    # phase_outlier_min) nor the daily outlier habits; it restores with the values that
+    # reproduce how its job was created and steps exactly like a model made with them.
     x = _series_block(2 * DAY_BUCKETS, 2)
     buckets = START + np.arange(len(x))
     sides = [0, 1, 0, -1]
-    old_params = {"shape_evidence": 1.0}
+    old_params = {"shape_evidence": 1.0, "phase_outlier_min": 2.0}
     reference = SeriesModels(SPAN, 4, old_params)
     restored_from = SeriesModels(SPAN, 4, old_params)
     for models in (reference, restored_from):
@@ -234,14 +234,32 @@ def test_a_state_saved_before_shape_evidence_existed_keeps_its_behaviour():
     reference_out = reference.step(x, buckets)
     restored_from.step(x[:half], buckets[:half])
     state = restored_from.state()
-    state["params"] = state["params"][:-1]  # as the first release wrote it
+    state["params"] = state["params"][:-2]  # as the first release wrote it
+    del state["daily_outliers"]
     restored = SeriesModels.from_state(state)
-    assert restored.params["shape_evidence"] == 1.0
     assert restored.params == {**DEFAULT_PARAMS, **old_params}
     tail = restored.step(x[half:], buckets[half:])
     assert same(tail, {k: v[half:] for k, v in reference_out.items()})
     with pytest.raises(ValueError, match="wrong number of parameters"):
         SeriesModels.from_state({**state, "params": state["params"][:-3]})
+
+
+def test_a_spike_at_the_same_time_every_day_becomes_habitual_but_not_elsewhere():
+    # 12 days of noise with a spike at 03:00 every day from day 3: after a few nights the
+    # 03:00 spike is no news, while the same spike at 15:00 still is. Without the habit
+    # (phase_outlier_min above 1) the nightly spike stays as unusual as a new one.
+    n = 12 * DAY_BUCKETS
+    x = 10.0 + rng(11).standard_normal(n)
+    night = np.arange(3 * DAY_BUCKETS, n, DAY_BUCKETS) + 3 * 12
+    x[night] += 12.0
+    odd = 11 * DAY_BUCKETS + 15 * 12
+    x[odd] += 12.0
+    p_habit = run(x)["p_single"]
+    models = SeriesModels(SPAN, 1, {"phase_outlier_min": 2.0})
+    models.add_series(0)
+    p_plain = models.step(x.reshape(-1, 1), START + np.arange(n))["p_single"][:, 0]
+    assert p_habit[night[-1]] > 0.05 > p_plain[night[-1]]
+    assert p_habit[odd] < 1e-3 and p_plain[odd] < 1e-3
 
 
 def test_probes_are_judged_against_the_state_their_cell_met_and_change_nothing():

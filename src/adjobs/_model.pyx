@@ -91,7 +91,8 @@ cdef enum:
     P_OUT_PRIOR = 23
     P_MB_CLIP = 24
     P_SHAPE_EVIDENCE = 25
-    NPARAM = 26
+    P_PHASE_OUTLIER_MIN = 26
+    NPARAM = 27
 
 # Unit-scale constants of the five shapes, Cauchy, t2, t4, Laplace, Gaussian.
 # KAPPA: fixed point s = E[min(|Z|, 3 s)], the value the winsorised mean absolute
@@ -140,6 +141,7 @@ ctypedef struct Params:
     double out_prior
     double mb_clip
     double shape_evidence
+    double phase_outlier_min
     double span
     int64_t daily_res        # buckets per daily phase (0: no daily component)
     int64_t daily_phases
@@ -240,8 +242,10 @@ cdef inline double shape_scale(const double* blk, int c, double floor,
 
 
 cdef double block_probability(const double* blk, double r, double floor, int side,
-                              const Params* P, double* half_width) noexcept nogil:
-    """Tail probability of residual r: one-sided for side +1/-1, two-sided for 0."""
+                              const Params* P, double* half_width,
+                              double outlier_floor=0.0) noexcept nogil:
+    """Tail probability of residual r: one-sided for side +1/-1, two-sided for 0.
+    ``outlier_floor``: the least weight of the outlier process (habitual outliers)."""
     cdef double w[5]
     cdef double p = 0.0, h = 0.0, sig, t, pc, best = -1.0, pi, sd, po
     cdef int c
@@ -271,6 +275,8 @@ cdef double block_probability(const double* blk, double r, double floor, int sid
     # weighted by how many have been seen, so that one anomaly does not mask the next.
     if blk[RB_OM] > 0.0:
         pi = blk[RB_PI] * blk[RB_OM] / (blk[RB_OM] + P.out_prior)
+        if pi < outlier_floor:
+            pi = outlier_floor
         sd = sqrt(blk[RB_VAR]) if blk[RB_VAR] > 0.25 else 0.5
         sig = shape_scale(blk, 4, floor, P)
         po = 0.5 * erfc((log(fabs(r) / sig + 1e-300) - blk[RB_MU]) / (SQRT2 * sd))
@@ -365,9 +371,23 @@ cdef inline double prediction_floor(const Params* P, const double* sc, double yh
     return size if size > TINY else TINY
 
 
+cdef inline double phase_habit(const double* doutliers, int64_t pd, int64_t phases,
+                               double sign) noexcept nogil:
+    """How often outliers of ``sign`` came at phase ``pd`` or a neighbouring one (the time
+    of a daily spike wobbles by a bucket)."""
+    cdef double habit = sign * doutliers[pd]
+    cdef double other = sign * doutliers[(pd + 1) % phases]
+    if other > habit:
+        habit = other
+    other = sign * doutliers[(pd + phases - 1) % phases]
+    if other > habit:
+        habit = other
+    return habit
+
+
 cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, double* ring,
-                  double* daily, double* dcount, double* weekly, double* wcount,
-                  double* out, const double* probes, Py_ssize_t n_probes,
+                  double* daily, double* dcount, double* doutliers, double* weekly,
+                  double* wcount, double* out, const double* probes, Py_ssize_t n_probes,
                   double* probe_out) noexcept nogil:
     """Advance one series by one bucket. out = p_single, p_multi, typical, lower, upper.
 
@@ -380,7 +400,7 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
     cdef double e[6]
     cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw, hwm
     cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
-    cdef double run, t_rate
+    cdef double run, t_rate, habit = 0.0, sign, outlier
 
     if P.daily_res > 0:
         pd = (b // P.daily_res) % P.daily_phases
@@ -471,7 +491,13 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
             mb_count += 1
     mbv /= mb_count
 
-    ps = block_probability(&sc[X_SINGLE], r, floor_, side, P, &hw)
+    # Spikes at the same time of day: a phase (or its neighbour) that has had more than one
+    # recent outlier of this sign makes outliers there part of the series, not news.
+    if P.daily_res > 0 and dcount[pd] >= 2.0:
+        habit = phase_habit(doutliers, pd, P.daily_phases, 1.0 if r > 0.0 else -1.0)
+        if habit < P.phase_outlier_min:
+            habit = 0.0
+    ps = block_probability(&sc[X_SINGLE], r, floor_, side, P, &hw, habit)
     if mb_count >= MB // 2 and n >= MB:
         pm = block_probability(&sc[X_MULTI], mbv, floor_, side, P, &hwm)
     else:
@@ -550,6 +576,12 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
         if g < 1.0 / (dcount[pd] + 1.0):
             g = 1.0 / (dcount[pd] + 1.0)
         daily[pd] += g * (dc - daily[pd])
+        # signed decayed frequency of outliers at this phase, at the profile's gain
+        outlier = 0.0
+        if (sc[X_SINGLE + RB_N] >= 4.0
+                and fabs(r) > P.out_sigma * shape_scale(&sc[X_SINGLE], 4, floor_, P)):
+            outlier = 1.0 if r > 0.0 else -1.0
+        doutliers[pd] += g * (outlier - doutliers[pd])
         dcount[pd] += 1.0
     if P.weekly_res > 0:
         g = P.gamma_weekly
@@ -565,8 +597,8 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
 
 cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[::1] buckets,
                     const int8_t[::1] side, double[:, ::1] scalars, double[:, ::1] ring,
-                    double[:, ::1] daily, double[:, ::1] dcount, double[:, ::1] weekly,
-                    double[:, ::1] wcount, double[:, :, ::1] out,
+                    double[:, ::1] daily, double[:, ::1] dcount, double[:, ::1] doutliers,
+                    double[:, ::1] weekly, double[:, ::1] wcount, double[:, :, ::1] out,
                     const int64_t[::1] probe_cell, const double[::1] probe_values,
                     double[::1] probe_out) noexcept nogil:
     # probe_cell[j] = row * series + column, ascending: the probes of one cell are adjacent
@@ -575,6 +607,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[
     cdef double o[5]
     cdef double* dp
     cdef double* dn
+    cdef double* dout
     cdef double* wp
     cdef double* wn
     cdef int status
@@ -583,6 +616,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[
         for s in range(values.shape[1]):
             dp = &daily[s, 0] if daily.shape[1] > 0 else NULL
             dn = &dcount[s, 0] if daily.shape[1] > 0 else NULL
+            dout = &doutliers[s, 0] if daily.shape[1] > 0 else NULL
             wp = &weekly[s, 0] if weekly.shape[1] > 0 else NULL
             wn = &wcount[s, 0] if weekly.shape[1] > 0 else NULL
             cell = i * values.shape[1] + s
@@ -590,7 +624,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[
             while j_end < n_probes and probe_cell[j_end] == cell:
                 j_end += 1
             status = step_one(P, values[i, s], buckets[i], side[s], &scalars[s, 0],
-                              &ring[s, 0], dp, dn, wp, wn, o,
+                              &ring[s, 0], dp, dn, dout, wp, wn, o,
                               &probe_values[j] if j_end > j else NULL, j_end - j,
                               &probe_out[j] if j_end > j else NULL)
             j = j_end
@@ -607,6 +641,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[
 def step(double span, const double[::1] params, const double[:, ::1] values,
          const int64_t[::1] buckets, const int8_t[::1] side, double[:, ::1] scalars,
          double[:, ::1] ring, double[:, ::1] daily, double[:, ::1] dcount,
+         double[:, ::1] doutliers,
          double[:, ::1] weekly, double[:, ::1] wcount, int64_t daily_res,
          int64_t weekly_res, const int64_t[::1] probe_cell, const double[::1] probe_values):
     """Step S series over B buckets; returns a (5, B, S) array: p_single, p_multi,
@@ -627,7 +662,8 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
         raise ValueError("values, buckets, side and state disagree in shape")
     if scalars.shape[1] != NSCAL or ring.shape[1] != 2 * MB or ring.shape[0] != ns:
         raise ValueError("state arrays have the wrong width")
-    if daily.shape[0] != ns or dcount.shape[0] != ns or dcount.shape[1] != daily.shape[1]:
+    if (daily.shape[0] != ns or dcount.shape[0] != ns or dcount.shape[1] != daily.shape[1]
+            or doutliers.shape[0] != ns or doutliers.shape[1] != daily.shape[1]):
         raise ValueError("daily state has the wrong shape")
     if weekly.shape[0] != ns or wcount.shape[0] != ns or wcount.shape[1] != weekly.shape[1]:
         raise ValueError("weekly state has the wrong shape")
@@ -668,6 +704,7 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     P.out_prior = params[P_OUT_PRIOR]
     P.mb_clip = params[P_MB_CLIP]
     P.shape_evidence = params[P_SHAPE_EVIDENCE]
+    P.phase_outlier_min = params[P_PHASE_OUTLIER_MIN]
     P.span = span
     P.daily_res = daily_res
     P.daily_phases = daily.shape[1]
@@ -678,7 +715,7 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     cdef double[:, :, ::1] out_v = out
     cdef double[::1] probe_v = probe_p
     with nogil:
-        status = step_block(&P, values, buckets, side, scalars, ring, daily, dcount,
+        status = step_block(&P, values, buckets, side, scalars, ring, daily, dcount, doutliers,
                             weekly, wcount, out_v, probe_cell, probe_values, probe_v)
     if status != 0:
         raise RuntimeError(f"model kernel failed with status {status}")
