@@ -262,6 +262,22 @@ def test_a_spike_at_the_same_time_every_day_becomes_habitual_but_not_elsewhere()
     assert p_habit[odd] < 1e-3 and p_plain[odd] < 1e-3
 
 
+def test_an_incident_lasting_several_buckets_is_not_excused_by_its_own_first_bucket():
+    # A shift of 8 sigma for 6 buckets on day 5: each bucket sits at the phase after the one
+    # before, whose single outlier must not count as a habit (two are needed), so the
+    # incident's buckets are judged exactly as with no habits at all.
+    n = 6 * DAY_BUCKETS
+    x = 10.0 + rng(12).standard_normal(n)
+    start = 4 * DAY_BUCKETS + 100
+    x[start:start + 6] += 8.0
+    with_habits = run(x)["p_single"]
+    models = SeriesModels(SPAN, 1, {"phase_outlier_min": 2.0})
+    models.add_series(0)
+    without = models.step(x.reshape(-1, 1), START + np.arange(n))["p_single"][:, 0]
+    assert np.array_equal(with_habits[start:start + 6], without[start:start + 6])
+    assert with_habits[start] < 1e-6 and with_habits[start + 1] < 1e-3
+
+
 def test_probes_are_judged_against_the_state_their_cell_met_and_change_nothing():
     x = _series_block(2 * DAY_BUCKETS, 3)
     buckets = START + np.arange(len(x))

@@ -576,12 +576,14 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
         if g < 1.0 / (dcount[pd] + 1.0):
             g = 1.0 / (dcount[pd] + 1.0)
         daily[pd] += g * (dc - daily[pd])
-        # signed decayed frequency of outliers at this phase, at the profile's gain
+        # signed decayed frequency of outliers at this phase, at the profile's gain from the
+        # start (not the running mean's 1 / count): one outlier, 0.15, never makes a habit,
+        # so the first bucket of an incident does not excuse the next one
         outlier = 0.0
         if (sc[X_SINGLE + RB_N] >= 4.0
                 and fabs(r) > P.out_sigma * shape_scale(&sc[X_SINGLE], 4, floor_, P)):
             outlier = 1.0 if r > 0.0 else -1.0
-        doutliers[pd] += g * (outlier - doutliers[pd])
+        doutliers[pd] += P.gamma_daily * (outlier - doutliers[pd])
         dcount[pd] += 1.0
     if P.weekly_res > 0:
         g = P.gamma_weekly

@@ -65,8 +65,8 @@ DEFAULT_PARAMS: dict[str, float] = {
     # A daily phase whose same-sign outliers have come this often (a decayed frequency at
     # the daily profile's gain: 0.2 is "more than one lately") makes outliers there
     # habitual: the spike at 2 am every night stops being news, a spike at another time, or
-    # the absence of a habitual jump, is still news. NAB: FP rows 97 -> 88 with the same 36
-    # windows found (51.2 -> 52.1 standard, 41.7 -> 43.4 low FP); 0.2-0.4 all gain.
+    # the absence of a habitual jump, is still news. NAB: FP rows 97 -> 91 with the same 36
+    # windows found (51.2 -> 51.8 standard, 41.7 -> 42.8 low FP).
     "phase_outlier_min": 0.2,
 }
 #: Parameters added after the first release, with the value that reproduces how a job
