@@ -132,6 +132,48 @@ def test_results_are_the_same_whether_posted_at_once_or_across_a_restart(tmp_pat
     assert [key(r) for r in split["records"]] == [key(r) for r in whole["records"]]
 
 
+def test_an_upload_reaches_the_analysis_in_batches_of_at_least_delivery_records(
+    monkeypatch,
+):
+    docs = metric_data(buckets=300, spike=(250, "a", 4.0))  # 2700 records
+    # CSV, which the reader hands over chunk by chunk (~200 records per 4 KB chunk).
+    csv = ("time,rt,host\n" + "".join(f"{d['time']},{d['rt']},{d['host']}\n"
+                                      for d in docs)).encode()
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"},
+                  influencers=("host",))
+    body["data_description"] = {"format": "delimited", "field_delimiter": ",",
+                                "time_field": "time", "time_format": "epoch"}
+
+    def analysed(delivery_records: int, chunk_bytes: int) -> tuple[list[int], dict]:
+        monkeypatch.setattr("adjobs.service.DELIVERY_RECORDS", delivery_records)
+        monkeypatch.setattr("adjobs.ingest.CHUNK_BYTES", chunk_bytes)
+        with adjobs.JobService() as service:
+            service.put_job("job", body)
+            service.open_job("job")
+            sizes: list[int] = []
+            service.add_record_listener("job", lambda times, *_: sizes.append(len(times)))
+            service.post_data("job", csv)
+            service.flush_job("job")
+            return sizes, {
+                "buckets": service.get_buckets("job", size=500, expand=True)["buckets"],
+                "records": service.get_records("job", size=500)["records"],
+                "influencers": service.get_influencers("job", size=500)["influencers"],
+            }
+
+    # The chunks' records gather to 1000 or more per hand-over, the rest at the end.
+    held_sizes, held = analysed(1000, 4096)
+    assert sum(held_sizes) == len(docs)
+    assert len(held_sizes) == 3
+    assert all(1000 <= size < 1210 for size in held_sizes[:2])
+    # Every chunk handed over as read, and the whole upload at once: the same results.
+    chunk_sizes, per_chunk = analysed(1, 4096)
+    assert len(chunk_sizes) == 14
+    whole_sizes, whole = analysed(1 << 20, 1 << 20)
+    assert whole_sizes == [len(docs)]
+    assert len(whole["records"]) >= 1
+    assert held == per_chunk == whole
+
+
 def test_a_killed_process_continues_from_its_last_acknowledged_upload(tmp_path):
     docs = metric_data(buckets=200, spike=(150, "c", 4.0))
     body = config({"function": "high_mean", "field_name": "rt", "by_field_name": "host"})

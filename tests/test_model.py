@@ -380,3 +380,22 @@ def test_memory_and_seasonal_layout_follow_the_bucket_span():
     assert five_min.bytes_per_series > hourly.bytes_per_series > odd.bytes_per_series > 0
     assert five_min.bytes_per_series < 16_000
     assert set(five_min.params) == set(DEFAULT_PARAMS)
+
+
+def test_probabilities_are_bit_for_bit_those_of_the_kernel_before_the_shape_weight_shortcut():
+    # shape_weights sets the most likely shape's weight to 1 without exp(0): the values below
+    # were computed with the kernel that still called exp for it, and must not move a bit.
+    x = rng(7).normal(100.0, 2.0, 600)
+    x[550] = 112.0
+    expected = {
+        10.0: ([0.15800599611693716, 0.9005456311987574, 5.419537708064052e-09,
+                0.5518898243044835], 103.70258096639103),
+        1.0: ([0.1596464096869899, 0.8953025718296325, 0.00031952100348409254,
+               0.5438739628487752], 103.89446887894655),
+    }
+    for evidence, (p_expected, upper_expected) in expected.items():
+        models = SeriesModels(SPAN, 1, {"shape_evidence": evidence})
+        models.add_series(0)
+        out = models.step(x.reshape(-1, 1), START + np.arange(600))
+        assert out["p_single"][[20, 300, 550, 599], 0].tolist() == p_expected
+        assert out["upper"][599, 0] == upper_expected

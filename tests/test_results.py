@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import sqlite3
 from dataclasses import dataclass, field
 
@@ -983,3 +984,110 @@ def test_more_than_10000_overall_buckets_is_a_400(db):
            results.get_overall_buckets, db, ["m"], {"m": 60})
     body = results.get_overall_buckets(db, ["m"], {"m": 60}, end=T0 + 10_000 * 60_000)
     assert body["count"] == 10_000
+
+
+def _rescore_by_raw_scores(docs):
+    """A rescore in the form of JobAnalysis.rescore: records and influencers score 10 times
+    their raw score, bucket influencers 7 times theirs; only the changed ones."""
+    changes = []
+    for doc in docs:
+        kind = doc["result_type"]
+        if kind in ("record", "influencer") and "raw_score" in doc:
+            key = "record_score" if kind == "record" else "influencer_score"
+            score = round(doc["raw_score"] * 10.0, 4)
+            if score != doc[key]:
+                identity = {k: doc[k] for k in (
+                    "result_type", "timestamp", "detector_index", "partition_field_value",
+                    "by_field_value", "over_field_value", "influencer_field_name",
+                    "influencer_field_value") if k in doc}
+                changes.append({**identity, key: score})
+        elif kind == "bucket":
+            new = [{"influencer_field_name": bi["influencer_field_name"],
+                    "anomaly_score": round(bi["raw_anomaly_score"] * 7.0, 4)}
+                   for bi in doc["bucket_influencers"]]
+            if any(n["anomaly_score"] != bi["anomaly_score"]
+                   for n, bi in zip(new, doc["bucket_influencers"], strict=True)):
+                changes.append({"result_type": "bucket", "timestamp": doc["timestamp"],
+                                "bucket_influencers": new})
+    return changes
+
+
+def _with_raw(doc, raw):
+    return {**doc, "raw_score": raw}
+
+
+@pytest.mark.parametrize("replaces_interim", [False, True])
+def test_a_batch_rescored_in_memory_is_stored_as_if_written_then_rescored(replaces_interim):
+    since = T0 + H
+    stored = ResultBatch(
+        buckets=[bucket(T0, 5.0), bucket(T0 + H, 5.0, influencers=("bucket_time", "airline")),
+                 bucket(T0 + 2 * H, 5.0, interim=True)],
+        records=[_with_raw(record(T0, 5.0, by="AAL"), 1.0),
+                 _with_raw(record(T0 + H, 5.0, by="AAL"), 2.0),
+                 _with_raw(record(T0 + 2 * H, 5.0, by="AAL", interim=True), 3.0)],
+        influencers=[_with_raw(influencer(T0, 5.0), 1.0),
+                     _with_raw(influencer(T0 + H, 5.0), 2.0),
+                     _with_raw(influencer(T0 + 2 * H, 5.0, interim=True), 3.0)],
+    )
+    quiet = bucket(T0 + 3 * H, 0.0)
+    quiet["bucket_influencers"] = []
+    batch = ResultBatch(
+        # T0 + H again (replacing the stored bucket), the interim bucket finalised, a quiet
+        # bucket, a scored one, and a new interim one, which is not rescored.
+        buckets=[bucket(T0 + H, 9.0), bucket(T0 + 2 * H, 1.0), quiet,
+                 bucket(T0 + 4 * H, 2.0, influencers=("bucket_time", "airline")),
+                 bucket(T0 + 5 * H, 3.0, interim=True)],
+        records=[_with_raw(record(T0 + H, 9.0, by="AAL"), 2.5),
+                 _with_raw(record(T0 + 2 * H, 1.0, by="AAL"), 0.5),
+                 _with_raw(record(T0 + 4 * H, 7.0, by="AAL"), 0.7),  # unchanged: 10 x 0.7
+                 _with_raw(record(T0 + 4 * H, 1.0, by="JZA", partition="eu"), 0.25),
+                 record(T0 + 4 * H, 1.0, by="KLM"),  # no raw score: not rescored
+                 _with_raw(record(T0 + 5 * H, 1.0, by="AAL", interim=True), 4.0)],
+        influencers=[_with_raw(influencer(T0 + H, 9.0), 2.5),
+                     _with_raw(influencer(T0 + 4 * H, 1.0, value="JZA"), 0.25),
+                     _with_raw(influencer(T0 + 5 * H, 1.0, interim=True), 4.0)],
+        replaces_interim=replaces_interim,
+    )
+
+    def stored_rows(connection):
+        rows = {}
+        for table in ("result_buckets", "result_records", "result_influencers"):
+            names = [c[1] for c in connection.execute(f"PRAGMA table_info({table})")]
+            rows[table] = [
+                {name: (json.loads(value) if name == "doc" else value)
+                 for name, value in zip(["rowid", *names], row, strict=True)}
+                for row in connection.execute(f"SELECT rowid, * FROM {table} ORDER BY rowid")]
+        return rows
+
+    def database():
+        connection = sqlite3.connect(":memory:", isolation_level=None)
+        results.create_results_tables(connection)
+        results.write_results(connection, J, copy.deepcopy(stored))
+        return connection
+
+    # As before: write the batch, read back everything from `since` on, rescore, update.
+    written_first = database()
+    results.write_results(written_first, J, copy.deepcopy(batch))
+    docs = list(results.iter_for_renormalisation(written_first, J, since,
+                                                 scored_buckets_only=True, scores_only=True))
+    results.update_scores(written_first, J, _rescore_by_raw_scores(docs))
+    # In memory: the stored results rescored, then the batch rescored before it is written.
+    in_memory = database()
+    docs = list(results.iter_for_renormalisation(in_memory, J, since,
+                                                 scored_buckets_only=True, scores_only=True))
+    results.update_scores(in_memory, J, _rescore_by_raw_scores(docs))
+    given = copy.deepcopy(batch)
+    rescored = results.rescored_batch(given, since, _rescore_by_raw_scores)
+    assert given.records == batch.records  # the batch's own documents are left as they were
+    results.write_results(in_memory, J, rescored)
+
+    assert stored_rows(in_memory) == stored_rows(written_first)
+    by_stamp = {doc["timestamp"]: doc for doc in rescored.buckets}
+    assert by_stamp[T0 + H]["anomaly_score"] == 8.75
+    assert [bi["anomaly_score"] for bi in by_stamp[T0 + 4 * H]["bucket_influencers"]] == [
+        8.75, 8.75]
+    assert by_stamp[T0 + 5 * H]["anomaly_score"] == 3.0  # interim: kept
+    assert [doc["record_score"] for doc in rescored.records] == [25.0, 5.0, 7.0, 2.5, 1.0, 1.0]
+    assert rescored.records[2] is given.records[2]  # unchanged: not copied
+    assert [doc["influencer_score"] for doc in rescored.influencers] == [25.0, 2.5, 1.0]
+    assert rescored.replaces_interim is replaces_interim

@@ -225,8 +225,14 @@ cdef inline void shape_weights(const double* blk, double* w, const Params* P) no
     for c in range(NC):
         if blk[RB_LL + c] > top:
             top = blk[RB_LL + c]
+    # exp(temper * 0) is exactly 1 for a finite temper (for any other it is NaN): the most
+    # likely shape needs no exp.
+    cdef bint finite_temper = temper * 0.0 == 0.0
     for c in range(NC):
-        w[c] = exp(temper * (blk[RB_LL + c] - top))
+        if finite_temper and blk[RB_LL + c] == top:
+            w[c] = 1.0
+        else:
+            w[c] = exp(temper * (blk[RB_LL + c] - top))
         total += w[c]
     for c in range(NC):
         w[c] /= total

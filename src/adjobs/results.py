@@ -56,7 +56,7 @@ import itertools
 import json
 import math
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -501,6 +501,97 @@ def _scores_doc(table: str, stamp: int, values: list) -> dict:
         if value is not None:
             doc[name] = value
     return doc
+
+
+def rescored_batch(batch: Any, since_ms: int, rescore: Callable[[list[dict]], list[dict]]
+                   ) -> ResultBatch:
+    """``batch`` with its results from ``since_ms`` on rescored by ``rescore`` before they
+    are written: the same documents, and the same changes, as writing the batch, reading it
+    back with :func:`iter_for_renormalisation` (``scored_buckets_only``, ``scores_only``)
+    and applying the changes with :func:`update_scores`, without parsing it back.
+
+    Each change applies to every document of the batch with its identity (the row that an
+    ``UPDATE`` would find is the one of them written last). Changed documents are copies.
+    """
+    def eligible(doc: Mapping[str, Any]) -> bool:
+        return int(doc["timestamp"]) >= since_ms and not doc.get("is_interim")
+
+    # What iter_for_renormalisation would read back, in the order it would read it.
+    buckets = [doc for doc in batch.buckets
+               if eligible(doc) and isinstance(doc.get("bucket_influencers"), list)
+               and doc["bucket_influencers"]]
+    records = [doc for doc in batch.records if eligible(doc)]
+    influencers = [doc for doc in batch.influencers if eligible(doc)]
+    read_back = [*sorted(buckets, key=lambda doc: int(doc["timestamp"])),
+                 *(_scores_doc("result_records", stamp, values)
+                   for stamp, values in sorted(((int(doc["timestamp"]),
+                                                 _record_score_columns(doc))
+                                                for doc in records), key=lambda x: x[0])),
+                 *(_scores_doc("result_influencers", stamp, values)
+                   for stamp, values in sorted(((int(doc["timestamp"]),
+                                                 _influencer_score_columns(doc))
+                                                for doc in influencers), key=lambda x: x[0]))]
+    record_scores: dict[tuple[int, str], float] = {}
+    influencer_scores: dict[tuple[int, str, str], float] = {}
+    bucket_changes: dict[int, list[Mapping[str, Any]]] = {}
+    for change in rescore(read_back):
+        kind = change.get("result_type")
+        stamp = int(change["timestamp"])
+        if kind == "record":
+            _json_number(change["record_score"])
+            record_scores[(stamp, record_ident(change))] = float(change["record_score"])
+        elif kind == "influencer":
+            _json_number(change["influencer_score"])
+            influencer_scores[(stamp, str(change["influencer_field_name"]),
+                               str(change["influencer_field_value"]))] = float(
+                change["influencer_score"])
+        elif kind == "bucket":
+            bucket_changes.setdefault(stamp, []).append(change)
+        else:
+            raise ValueError(f"unknown result_type {kind!r} in a score change")
+
+    def rescored_bucket(doc: dict) -> dict:
+        changes = bucket_changes.get(int(doc["timestamp"]))
+        if not changes:
+            return doc
+        doc = {**doc, "bucket_influencers": [dict(item)
+                                             for item in doc.get("bucket_influencers") or ()]}
+        for change in changes:
+            _change_bucket(doc, change)
+        return doc
+
+    def rescored_record(doc: dict) -> dict:
+        score = record_scores.get((int(doc["timestamp"]), record_ident(doc)))
+        return doc if score is None else {**doc, "record_score": score}
+
+    def rescored_influencer(doc: dict) -> dict:
+        score = influencer_scores.get((int(doc["timestamp"]), str(doc["influencer_field_name"]),
+                                       str(doc["influencer_field_value"])))
+        return doc if score is None else {**doc, "influencer_score": score}
+
+    return ResultBatch(
+        buckets=[rescored_bucket(doc) for doc in batch.buckets] if bucket_changes
+        else list(batch.buckets),
+        records=[rescored_record(doc) for doc in batch.records] if record_scores
+        else list(batch.records),
+        influencers=[rescored_influencer(doc) for doc in batch.influencers]
+        if influencer_scores else list(batch.influencers),
+        replaces_interim=bool(getattr(batch, "replaces_interim", False)),
+    )
+
+
+def _record_score_columns(doc: Mapping[str, Any]) -> list:
+    """The values of ``_SCORE_COLUMNS["result_records"]`` that :func:`_record_row` stores."""
+    return [int(doc.get("detector_index", 0)), doc.get("partition_field_value"),
+            doc.get("by_field_value"), doc.get("over_field_value"),
+            float(doc.get("record_score", 0.0)), _float_or_none(doc.get("raw_score"))]
+
+
+def _influencer_score_columns(doc: Mapping[str, Any]) -> list:
+    """The values of ``_SCORE_COLUMNS["result_influencers"]`` that :func:`_influencer_row`
+    stores."""
+    return [str(doc["influencer_field_name"]), str(doc["influencer_field_value"]),
+            float(doc.get("influencer_score", 0.0)), _float_or_none(doc.get("raw_score"))]
 
 
 def iter_for_renormalisation(

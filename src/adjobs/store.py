@@ -30,6 +30,7 @@ from .results import (
     RESULTS_SCHEMA,
     delete_results,
     iter_for_renormalisation,
+    rescored_batch,
     update_scores,
     write_results,
 )
@@ -111,8 +112,11 @@ class AnalysisCommit:
 def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommit) -> None:
     if analysis.reset_range is not None:
         delete_results(db, job_id, *analysis.reset_range)
-    write_results(db, job_id, analysis.results)
+    batch = analysis.results
     if analysis.rescore is not None and analysis.rescore_since is not None:
+        # The stored results are rescored before the batch is written and the batch in
+        # memory: reading it back after writing it would parse what was just encoded. A
+        # stored result the batch replaces is rescored in vain, then replaced.
         # rescore only looks at buckets with bucket influencers, and at the scores and
         # identities of records and influencers.
         docs = list(iter_for_renormalisation(db, job_id, analysis.rescore_since,
@@ -120,6 +124,8 @@ def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommi
         changes = analysis.rescore(docs)
         if changes:
             update_scores(db, job_id, changes)
+        batch = rescored_batch(batch, analysis.rescore_since, analysis.rescore)
+    write_results(db, job_id, batch)
     db.execute(
         "INSERT OR REPLACE INTO analysis_state (job_id, state, stats) VALUES (?, ?, ?)",
         (job_id, analysis.state, json.dumps(analysis.stats)),
