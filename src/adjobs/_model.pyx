@@ -149,6 +149,23 @@ ctypedef struct Params:
     int64_t weekly_phases
 
 
+def _profile_phases(double span, int64_t period, int64_t min_phases, int64_t cap,
+                    int64_t min_width):
+    """(buckets per phase, phases) of a profile over ``period`` seconds, (0, 0) when the
+    span does not divide it into ``min_phases``: phases hold whole buckets, divide the period,
+    are at least ``min_width`` seconds wide and at most ``cap`` in number."""
+    cdef int64_t ispan = <int64_t>span, res
+    if not (ispan > 0 and ispan == span and period % ispan == 0
+            and period // ispan >= min_phases):
+        return 0, 0
+    res = 1
+    while (period // (ispan * res)) > cap or ispan * res < min_width:
+        res += 1
+        while period % (ispan * res) != 0:
+            res += 1
+    return res, period // (ispan * res)
+
+
 def layout(double span, int64_t daily_cap, int64_t weekly_cap):
     """Sizes of the state arrays for a bucket span: (scalars, ring, daily, weekly) widths.
 
@@ -156,23 +173,8 @@ def layout(double span, int64_t daily_cap, int64_t weekly_cap):
     at least 5 minutes wide and at most ``daily_cap`` (finer spans share a phase). The
     weekly profile is per hour of week (per bucket above an hour).
     """
-    cdef int64_t d_res, w_res, d_n, w_n, ispan
-    ispan = <int64_t>span
-    d_res = w_res = d_n = w_n = 0
-    if ispan > 0 and ispan == span and 86400 % ispan == 0 and 86400 // ispan >= 4:
-        d_res = 1
-        while (86400 // (ispan * d_res)) > daily_cap or ispan * d_res < 300:
-            d_res += 1
-            while 86400 % (ispan * d_res) != 0:
-                d_res += 1
-        d_n = 86400 // (ispan * d_res)
-    if ispan > 0 and ispan == span and 604800 % ispan == 0 and 604800 // ispan >= 7:
-        w_res = 1
-        while (604800 // (ispan * w_res)) > weekly_cap or ispan * w_res < 3600:
-            w_res += 1
-            while 604800 % (ispan * w_res) != 0:
-                w_res += 1
-        w_n = 604800 // (ispan * w_res)
+    d_res, d_n = _profile_phases(span, 86400, 4, daily_cap, 300)
+    w_res, w_n = _profile_phases(span, 604800, 7, weekly_cap, 3600)
     return {"scalars": NSCAL, "ring": 2 * MB, "daily": d_n, "weekly": w_n,
             "daily_res": d_res, "weekly_res": w_res, "params": NPARAM,
             "shapes": NC, "models": NM}

@@ -836,13 +836,17 @@ class Normaliser:
                     maxima[order],
                     ages[order],
                 )
+        self._forget_idle_scopes()
+        self.big_change = big
+        return big
+
+    def _forget_idle_scopes(self) -> None:
+        """Drop the scopes that have gone ``forget_after`` buckets without a score."""
         keep = self._scope_age < self.forget_after
         if not keep.all():
             self._scopes = self._scopes[keep]
             self._scope_max = self._scope_max[keep]
             self._scope_age = self._scope_age[keep]
-        self.big_change = big
-        return big
 
     def update_quiet(self, buckets: int, zeros: int = 0) -> None:
         """``buckets`` finalised buckets in a row whose scores are all 0, ``zeros`` of them
@@ -859,11 +863,7 @@ class Normaliser:
                 self._counts = np.concatenate([np.array([zeros], dtype=np.int64),
                                                self._counts])
         self._scope_age = self._scope_age + buckets
-        keep = self._scope_age < self.forget_after
-        if not keep.all():
-            self._scopes = self._scopes[keep]
-            self._scope_max = self._scope_max[keep]
-            self._scope_age = self._scope_age[keep]
+        self._forget_idle_scopes()
         self.big_change = False
 
     def walk(self, raw_scores: Any, scopes: Any, step_scores: Any, step_zeros: Any,
