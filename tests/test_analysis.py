@@ -412,6 +412,36 @@ def test_the_highest_value_influences_a_max_on_its_own():
         assert record_influencers(top) == {"host": ["h5"]}
 
 
+def thin_or_busy_bucket_350(records: int, shift: float) -> list[dict]:
+    """:func:`hosts_data` (20 records a bucket) with bucket 350 made of ``records`` records
+    (the first ones, repeated a second later as needed), each ``shift`` slower."""
+    docs = hosts_data(400)
+    planted = T0 // SPAN + 350
+    at = [d for d in docs if d["time"] // SPAN == planted]
+    made = [{**at[i % len(at)], "time": at[i % len(at)]["time"] + i // len(at),
+             "rt": round(at[i % len(at)]["rt"] + shift, 3)} for i in range(records)]
+    return sorted([d for d in docs if d["time"] // SPAN != planted] + made,
+                  key=lambda d: d["time"])
+
+
+def test_a_mean_of_few_records_is_less_unusual_than_the_same_mean_of_many():
+    # The mean of bucket 350 is 8 above usual (rt ~ N(100, 5)): with the usual 20 records
+    # that is 7 standard errors, with 2 records about 2 (ES scales the variance of a mean by
+    # usual / this bucket's records), with 60 records 12.
+    body = config({"function": "mean", "field_name": "rt"})
+    found = {}
+    for records in (2, 20, 60):
+        with adjobs.JobService() as service:
+            run_job(service, "thin", body, thin_or_busy_bucket_350(records, 8.0))
+            found[records] = [r for r in service.get_records("thin", size=1000)["records"]
+                              if r["timestamp"] == (T0 + 350 * SPAN) * 1000]
+    assert [len(found[r]) for r in (2, 20, 60)] == [1, 1, 1]
+    (few,), (usual,), (many,) = found[2], found[20], found[60]
+    assert few["record_score"] < 25 and few["probability"] > 0.005
+    assert usual["record_score"] > 50 and usual["probability"] < 1e-3
+    assert many["probability"] < usual["probability"] / 5
+
+
 def test_reset_and_reset_range_clear_results():
     docs = metric_data(buckets=320, spike=(300, "b", 5.0))
     body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"})

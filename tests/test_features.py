@@ -242,8 +242,8 @@ def test_influence_alternatives_take_each_value_out_or_alone():
     weights = np.array([1.0, 1.0, 1.0, 2.0, 1.0])
 
     def alt(statistic, complement, w=None):
-        codes, values = influence_alternatives(statistic, complement, columns, numeric, w,
-                                               members, hosts)
+        codes, values, _ = influence_alternatives(statistic, complement, columns, numeric, w,
+                                                  members, hosts)
         assert codes.tolist() == [7, 8, 9]
         return values.tolist()
 
@@ -256,10 +256,17 @@ def test_influence_alternatives_take_each_value_out_or_alone():
     # summary counts weigh records: host 9's record counts twice
     assert alt("count", True, weights) == [4.0, 5.0, 4.0]
     assert alt("mean", True, weights) == [28.0 / 4, 28.0 / 5, 11.0 / 4]
+    # and the records behind each alternative, for the count variance scale of a mean
+    _, _, behind = influence_alternatives("mean", True, columns, numeric, weights, members,
+                                          hosts)
+    assert behind.tolist() == [4.0, 5.0, 4.0]
+    _, _, alone = influence_alternatives("max", False, columns, numeric, weights, members,
+                                         hosts)
+    assert alone.tolist() == [2.0, 1.0, 2.0]
     # alone, for the extremes
     assert alt("max", False) == [2.0, 3.0, 10.0]
     assert alt("min", False) == [1.0, 3.0, 10.0]
     # a mean of no records is NaN (ES skips that value)
-    codes, values = influence_alternatives("mean", True, columns, numeric[:2], None,
-                                           np.array([0, 1]), np.array([7, 7]))
+    codes, values, _ = influence_alternatives("mean", True, columns, numeric[:2], None,
+                                              np.array([0, 1]), np.array([7, 7]))
     assert codes.tolist() == [7] and np.isnan(values[0])

@@ -219,12 +219,14 @@ def test_long_clean_history_makes_a_large_deviation_very_unlikely():
 
 def test_a_state_saved_by_the_first_release_keeps_its_behaviour():
     # The first release's state has neither the parameters added since (shape_evidence,
-    # phase_outlier_min) nor the daily outlier habits; it restores with the values that
-    # reproduce how its job was created and steps exactly like a model made with them.
+    # phase_outlier_min, count_variance) nor the daily outlier habits and the usual record
+    # count; it restores with the values that reproduce how its job was created and steps
+    # exactly like a model made with them, record counts or not.
     x = _series_block(2 * DAY_BUCKETS, 2)
+    counts = rng(3).integers(1, 40, size=x.shape).astype(float)
     buckets = START + np.arange(len(x))
     sides = [0, 1, 0, -1]
-    old_params = {"shape_evidence": 1.0, "phase_outlier_min": 2.0}
+    old_params = {"shape_evidence": 1.0, "phase_outlier_min": 2.0, "count_variance": 0.0}
     reference = SeriesModels(SPAN, 4, old_params)
     restored_from = SeriesModels(SPAN, 4, old_params)
     for models in (reference, restored_from):
@@ -234,14 +236,42 @@ def test_a_state_saved_by_the_first_release_keeps_its_behaviour():
     reference_out = reference.step(x, buckets)
     restored_from.step(x[:half], buckets[:half])
     state = restored_from.state()
-    state["params"] = state["params"][:-2]  # as the first release wrote it
+    state["params"] = state["params"][:-3]  # as the first release wrote it
+    state["scalars"] = state["scalars"][:, :-2]
     del state["daily_outliers"]
     restored = SeriesModels.from_state(state)
     assert restored.params == {**DEFAULT_PARAMS, **old_params}
-    tail = restored.step(x[half:], buckets[half:])
+    tail = restored.step(x[half:], buckets[half:], counts=counts[half:])
     assert same(tail, {k: v[half:] for k, v in reference_out.items()})
     with pytest.raises(ValueError, match="wrong number of parameters"):
-        SeriesModels.from_state({**state, "params": state["params"][:-3]})
+        SeriesModels.from_state({**state, "params": state["params"][:-1]})
+
+
+def test_a_mean_of_fewer_records_than_usual_is_judged_with_a_wider_distribution():
+    # Means of 20 records of N(100, 5) each: the mean varies by 5 / sqrt(20). At bucket
+    # 500 it is off by 4 of those: very unusual for 20 records, more so for 80, ordinary
+    # for 2 (ES's count variance scale, usual / this bucket's records). Without counts, or
+    # with count_variance off (jobs created before it), the count changes nothing.
+    n = 600
+    x = 100.0 + rng(11).normal(0.0, 5.0 / np.sqrt(20), n)
+    x[500] = 100.0 + 4 * 5.0 / np.sqrt(20)
+    buckets = START + np.arange(n)
+    usual = np.full(n, 20.0)
+
+    def p_at_500(records: float | None, switch: float) -> float:
+        models = SeriesModels(SPAN, 1, {"count_variance": switch})
+        models.add_series(0)
+        models.step(x[:500, None], buckets[:500], counts=usual[:500, None])
+        last = None if records is None else np.array([[records]])
+        return float(models.step(x[500:501, None], buckets[500:501],
+                                 counts=last)["p_single"][0, 0])
+
+    few, usual_p, many, unknown = (p_at_500(c, 1.0) for c in (2.0, 20.0, 80.0, None))
+    assert few > 0.05, few  # 4 / sqrt(10) = 1.3 sigma
+    assert usual_p < 1e-3 and usual_p == unknown
+    assert many < usual_p / 100, (many, usual_p)
+    off = {p_at_500(c, 0.0) for c in (2.0, 20.0, 80.0, None)}
+    assert off == {usual_p}
 
 
 def test_a_spike_at_the_same_time_every_day_becomes_habitual_but_not_elsewhere():

@@ -61,7 +61,9 @@ cdef enum:
     X_MSE = 7 + 2 * NM  # NM mean squared one-step errors (choose the model)
     X_SINGLE = 7 + 3 * NM
     X_MULTI = 7 + 3 * NM + RB
-    NSCAL = 7 + 3 * NM + 2 * RB
+    X_COUNT = 7 + 3 * NM + 2 * RB      # decayed mean records per bucket (ES sample count)
+    X_COUNT_N = 7 + 3 * NM + 2 * RB + 1  # buckets with a record count
+    NSCAL = 7 + 3 * NM + 2 * RB + 2
 
 # Parameter vector (adjobs/model.py DEFAULT_PARAMS names them, in this order).
 cdef enum:
@@ -92,7 +94,8 @@ cdef enum:
     P_MB_CLIP = 24
     P_SHAPE_EVIDENCE = 25
     P_PHASE_OUTLIER_MIN = 26
-    NPARAM = 27
+    P_COUNT_VARIANCE = 27
+    NPARAM = 28
 
 # Unit-scale constants of the five shapes, Cauchy, t2, t4, Laplace, Gaussian.
 # KAPPA: fixed point s = E[min(|Z|, 3 s)], the value the winsorised mean absolute
@@ -142,6 +145,7 @@ ctypedef struct Params:
     double mb_clip
     double shape_evidence
     double phase_outlier_min
+    int count_variance
     double span
     int64_t daily_res        # buckets per daily phase (0: no daily component)
     int64_t daily_phases
@@ -393,22 +397,47 @@ cdef inline double phase_habit(const double* doutliers, int64_t pd, int64_t phas
     return habit
 
 
-cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, double* ring,
-                  double* daily, double* dcount, double* doutliers, double* weekly,
-                  double* wcount, double* out, const double* probes, Py_ssize_t n_probes,
+cdef inline double count_scale(const double* sc, double count, const Params* P) noexcept nogil:
+    """sqrt(usual records per bucket / this bucket's records): the factor on the spread of a
+    mean of ``count`` records (1 without a count, or before one was learnt)."""
+    if not P.count_variance or not count > 0.0 or sc[X_COUNT_N] < 1.0:
+        return 1.0
+    return sqrt(sc[X_COUNT] / count)
+
+
+cdef inline void learn_count(double* sc, double count, const Params* P) noexcept nogil:
+    """The usual records per bucket: a running mean, then decayed as the slow baseline."""
+    cdef double g
+    if not count > 0.0:
+        return
+    g = 1.0 / (sc[X_COUNT_N] + 1.0)
+    if g < P.base_rate:
+        g = P.base_rate
+    sc[X_COUNT] += g * (count - sc[X_COUNT])
+    sc[X_COUNT_N] += 1.0
+
+
+cdef int step_one(const Params* P, double x, double count, int64_t b, int side, double* sc,
+                  double* ring, double* daily, double* dcount, double* doutliers,
+                  double* weekly, double* wcount, double* out, const double* probes,
+                  const double* probe_counts, Py_ssize_t n_probes,
                   double* probe_out) noexcept nogil:
     """Advance one series by one bucket. out = p_single, p_multi, typical, lower, upper.
 
+    ``count``: the records behind a mean, median or variance (NaN for other features, or
+    none known): with ``count_variance`` the residual is judged in units of a bucket of the
+    series' usual count.
     ``probes`` are other values this bucket could have had (the feature without one
-    influencer value's records): ``probe_out`` gets their single-bucket probability against
-    the same state, before the bucket is learnt (1 where there is nothing to compare with)."""
+    influencer value's records, ``probe_counts`` of them): ``probe_out`` gets their
+    single-bucket probability against the same state, before the bucket is learnt (1 where
+    there is nothing to compare with)."""
     cdef int64_t pd = 0, pw = 0, slot
     cdef int m, k, best_m, allowed, mb_count
     cdef double seas[3]
     cdef double e[6]
     cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw, hwm
     cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
-    cdef double run, t_rate, habit = 0.0, sign, outlier
+    cdef double run, t_rate, habit = 0.0, sign, outlier, root, rs
 
     if P.daily_res > 0:
         pd = (b // P.daily_res) % P.daily_phases
@@ -437,6 +466,9 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
         for m in range(RB):
             sc[X_SINGLE + m] = 0.0
             sc[X_MULTI + m] = 0.0
+        sc[X_COUNT] = 0.0
+        sc[X_COUNT_N] = 0.0
+        learn_count(sc, count, P)
         for m in range(MB):
             ring[m] = NAN
             ring[MB + m] = -1.0
@@ -482,6 +514,10 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
     r = x - yhat
     for m in range(NM):
         e[m] = x - sc[X_LEV + m] - seas[m // 2]
+    # The residual in units of a bucket with the series' usual number of records: a mean of
+    # fewer records varies more, of more records less (ES model_t::varianceScale)
+    root = count_scale(sc, count, P)
+    rs = r / root
 
     # Multi-bucket feature: mean residual of the last MB buckets (empty ones left out)
     slot = b % MB
@@ -489,7 +525,7 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
     sig = sc[X_SINGLE + RB_S] / KAPPA[4]
     if sig < floor_:
         sig = floor_
-    ring[slot] = clip(r, P.mb_clip * sig) if sc[X_SINGLE + RB_N] >= 4.0 else r
+    ring[slot] = clip(rs, P.mb_clip * sig) if sc[X_SINGLE + RB_N] >= 4.0 else rs
     ring[MB + slot] = <double>b
     mbv = 0.0
     mb_count = 0
@@ -505,7 +541,8 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
         habit = phase_habit(doutliers, pd, P.daily_phases, 1.0 if r > 0.0 else -1.0)
         if habit < P.phase_outlier_min:
             habit = 0.0
-    ps = block_probability(&sc[X_SINGLE], r, floor_, side, P, &hw, habit)
+    ps = block_probability(&sc[X_SINGLE], rs, floor_, side, P, &hw, habit)
+    hw *= root
     if mb_count >= MB // 2 and n >= MB:
         pm = block_probability(&sc[X_MULTI], mbv, floor_, side, P, &hwm)
     else:
@@ -524,14 +561,15 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
     for j in range(n_probes):
         if isnan(probes[j]):
             continue
-        pv = block_probability(&sc[X_SINGLE], probes[j] - yhat,
+        pv = block_probability(&sc[X_SINGLE],
+                               (probes[j] - yhat) / count_scale(sc, probe_counts[j], P),
                                prediction_floor(P, sc, yhat, probes[j]), side, P, &hwp)
         if (n < P.warm_buckets or hist < P.warm_seconds) and pv < 0.05:
             pv = 0.05
         probe_out[j] = pv
 
     # ---- learn
-    block_update(&sc[X_SINGLE], r, floor_, P)
+    block_update(&sc[X_SINGLE], rs, floor_, P)
     if mb_count >= MB // 2:
         block_update(&sc[X_MULTI], mbv, floor_, P)
 
@@ -553,7 +591,7 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
     if sig < floor_:
         sig = floor_
     run = sc[X_RUN]
-    if fabs(r) > P.run_sigma * sig:
+    if fabs(rs) > P.run_sigma * sig:
         if (r > 0.0) == (run > 0.0) and run != 0.0:
             sc[X_RUN] = run + (1.0 if r > 0.0 else -1.0)
             sc[X_RUNSUM] += r
@@ -589,7 +627,7 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
         # so the first bucket of an incident does not excuse the next one
         outlier = 0.0
         if (sc[X_SINGLE + RB_N] >= 4.0
-                and fabs(r) > P.out_sigma * shape_scale(&sc[X_SINGLE], 4, floor_, P)):
+                and fabs(rs) > P.out_sigma * shape_scale(&sc[X_SINGLE], 4, floor_, P)):
             outlier = 1.0 if r > 0.0 else -1.0
         doutliers[pd] += P.gamma_daily * (outlier - doutliers[pd])
         dcount[pd] += 1.0
@@ -600,17 +638,19 @@ cdef int step_one(const Params* P, double x, int64_t b, int side, double* sc, do
         weekly[pw] += g * (dc - sd - weekly[pw])
         wcount[pw] += 1.0
 
+    learn_count(sc, count, P)
     sc[X_N] = n + 1.0
     sc[X_LAST] = <double>b
     return 0
 
 
-cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[::1] buckets,
+cdef int step_block(const Params* P, const double[:, ::1] values,
+                    const double[:, ::1] counts, const int64_t[::1] buckets,
                     const int8_t[::1] side, double[:, ::1] scalars, double[:, ::1] ring,
                     double[:, ::1] daily, double[:, ::1] dcount, double[:, ::1] doutliers,
                     double[:, ::1] weekly, double[:, ::1] wcount, double[:, :, ::1] out,
                     const int64_t[::1] probe_cell, const double[::1] probe_values,
-                    double[::1] probe_out) noexcept nogil:
+                    const double[::1] probe_counts, double[::1] probe_out) noexcept nogil:
     # probe_cell[j] = row * series + column, ascending: the probes of one cell are adjacent
     cdef Py_ssize_t i, s, j = 0, j_end, n_probes = probe_cell.shape[0]
     cdef int64_t cell
@@ -621,6 +661,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[
     cdef double* wp
     cdef double* wn
     cdef int status
+    cdef bint with_counts = counts.shape[0] > 0
     o[0] = o[1] = o[2] = o[3] = o[4] = NAN  # step_one always writes all five
     for i in range(values.shape[0]):
         for s in range(values.shape[1]):
@@ -633,9 +674,11 @@ cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[
             j_end = j
             while j_end < n_probes and probe_cell[j_end] == cell:
                 j_end += 1
-            status = step_one(P, values[i, s], buckets[i], side[s], &scalars[s, 0],
+            status = step_one(P, values[i, s], counts[i, s] if with_counts else NAN,
+                              buckets[i], side[s], &scalars[s, 0],
                               &ring[s, 0], dp, dn, dout, wp, wn, o,
-                              &probe_values[j] if j_end > j else NULL, j_end - j,
+                              &probe_values[j] if j_end > j else NULL,
+                              &probe_counts[j] if j_end > j else NULL, j_end - j,
                               &probe_out[j] if j_end > j else NULL)
             j = j_end
             if status != 0:
@@ -649,11 +692,12 @@ cdef int step_block(const Params* P, const double[:, ::1] values, const int64_t[
 
 
 def step(double span, const double[::1] params, const double[:, ::1] values,
-         const int64_t[::1] buckets, const int8_t[::1] side, double[:, ::1] scalars,
+         const double[:, ::1] counts, const int64_t[::1] buckets, const int8_t[::1] side, double[:, ::1] scalars,
          double[:, ::1] ring, double[:, ::1] daily, double[:, ::1] dcount,
          double[:, ::1] doutliers,
          double[:, ::1] weekly, double[:, ::1] wcount, int64_t daily_res,
-         int64_t weekly_res, const int64_t[::1] probe_cell, const double[::1] probe_values):
+         int64_t weekly_res, const int64_t[::1] probe_cell, const double[::1] probe_values,
+         const double[::1] probe_counts):
     """Step S series over B buckets; returns a (5, B, S) array: p_single, p_multi,
     typical, lower, upper, and the single-bucket probability of each probe. The state arrays
     are updated in place.
@@ -670,6 +714,10 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
         raise ValueError(f"expected {NPARAM} parameters, got {params.shape[0]}")
     if buckets.shape[0] != nb or side.shape[0] != ns or scalars.shape[0] != ns:
         raise ValueError("values, buckets, side and state disagree in shape")
+    if counts.shape[0] != 0 and (counts.shape[0] != nb or counts.shape[1] != ns):
+        raise ValueError("counts must have the shape of values (or no rows)")
+    if probe_counts.shape[0] != probe_values.shape[0]:
+        raise ValueError("one count per probe value")
     if scalars.shape[1] != NSCAL or ring.shape[1] != 2 * MB or ring.shape[0] != ns:
         raise ValueError("state arrays have the wrong width")
     if (daily.shape[0] != ns or dcount.shape[0] != ns or dcount.shape[1] != daily.shape[1]
@@ -715,6 +763,7 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     P.mb_clip = params[P_MB_CLIP]
     P.shape_evidence = params[P_SHAPE_EVIDENCE]
     P.phase_outlier_min = params[P_PHASE_OUTLIER_MIN]
+    P.count_variance = params[P_COUNT_VARIANCE] != 0.0
     P.span = span
     P.daily_res = daily_res
     P.daily_phases = daily.shape[1]
@@ -725,8 +774,9 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     cdef double[:, :, ::1] out_v = out
     cdef double[::1] probe_v = probe_p
     with nogil:
-        status = step_block(&P, values, buckets, side, scalars, ring, daily, dcount, doutliers,
-                            weekly, wcount, out_v, probe_cell, probe_values, probe_v)
+        status = step_block(&P, values, counts, buckets, side, scalars, ring, daily, dcount,
+                            doutliers, weekly, wcount, out_v, probe_cell, probe_values,
+                            probe_counts, probe_v)
     if status != 0:
         raise RuntimeError(f"model kernel failed with status {status}")
     return out, probe_p

@@ -53,6 +53,7 @@ from . import scoring
 from .config import Detector, JobConfig
 from .features import (
     COUNT_FUNCTIONS,
+    COUNT_SCALED,
     DESCRIPTION,
     RETEST,
     RETEST_HIGH_ONLY,
@@ -149,8 +150,9 @@ class _ColumnModels:
         return first
 
     def step(self, values: np.ndarray, bucket_index: np.ndarray,
-             probes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict:
-        return self.models.step(values, bucket_index, probes)
+             probes: tuple[np.ndarray, ...] | None = None,
+             counts: np.ndarray | None = None) -> dict:
+        return self.models.step(values, bucket_index, probes, counts)
 
     def state(self) -> dict:
         return {**self.models.state(), "first_bucket": self.first_bucket}
@@ -274,10 +276,16 @@ class _DetectorAnalysis:
             values[buckets[:, None] >= self.models.first_bucket[None, :]] = 0.0
         for j in range(k):
             values[bucket_row[known], row_column[known] + j] = features.values[known, j]
+        counts = None
+        scaled = [j for j, statistic in enumerate(self.statistics) if statistic in COUNT_SCALED]
+        if scaled:
+            counts = np.full(values.shape, np.nan)
+            for j in scaled:
+                counts[bucket_row[known], row_column[known] + j] = features.count[known]
         if self.incomplete_bucket is not None and self.function in INTERIM_CORRECTED:
             self._correct_incomplete_bucket(values, buckets, span_ms)
         before = self.models.state() if self.retest is not None and codes is not None else None
-        out = self.models.step(values, buckets // span_ms)
+        out = self.models.step(values, buckets // span_ms, counts=counts)
         p_single, p_multi = out["p_single"], out["p_multi"]
         combined = scoring.combine_single_multi(p_single, p_multi)
         # A series is as unusual as its most unusual statistic, corrected for k looks.
@@ -327,12 +335,13 @@ class _DetectorAnalysis:
             features=features,
             evaluated=evaluated,
             influences=None if before is None else self._retest_influences(
-                before, values, buckets // span_ms, features, feature_row, hit_bucket,
+                before, values, counts, buckets // span_ms, features, feature_row, hit_bucket,
                 columns, p_single, out["typical"], numeric, codes, weights),
         )
 
     def _retest_influences(
-        self, before: dict, values: np.ndarray, bucket_index: np.ndarray, features: Any,
+        self, before: dict, values: np.ndarray, counts: np.ndarray | None,
+        bucket_index: np.ndarray, features: Any,
         feature_row: np.ndarray, hit_bucket: np.ndarray, columns: np.ndarray,
         p_single: np.ndarray, typical: np.ndarray, numeric: np.ndarray, codes: np.ndarray,
         weights: np.ndarray | None,
@@ -346,7 +355,7 @@ class _DetectorAnalysis:
         statistic = self.statistics[0]
         complement = self.retest == "complement"
         influences: dict[int, dict[int, list[tuple[int, float]]]] = {}
-        probe_rows, probe_series, probe_values, owners = [], [], [], []
+        probe_rows, probe_series, probe_values, probe_counts, owners = [], [], [], [], []
         for i, (row, column, frow) in enumerate(zip(hit_bucket.tolist(), columns.tolist(),
                                                     feature_row.tolist(), strict=True)):
             if frow < 0:
@@ -358,7 +367,7 @@ class _DetectorAnalysis:
             if statistic in RETEST_HIGH_ONLY and not values[row, column] > typical[row, column]:
                 continue  # a drop in a count or sum: ES names no influencer
             for c in self.retest_columns:
-                present, alternatives = influence_alternatives(
+                present, alternatives, alternative_counts = influence_alternatives(
                     statistic, complement, self.columns, numeric, weights, members,
                     codes[members, c])
                 if len(present) <= 1 or not p_record < 1.0:
@@ -368,11 +377,16 @@ class _DetectorAnalysis:
                 probe_rows.extend([row] * int(tested.sum()))
                 probe_series.extend([column] * int(tested.sum()))
                 probe_values.extend(alternatives[tested].tolist())
+                # only a mean or a variance is judged by its records (as the cell's own value)
+                probe_counts.extend(alternative_counts[tested].tolist()
+                                    if statistic in COUNT_SCALED
+                                    else [np.nan] * int(tested.sum()))
                 owners.extend((i, c, code) for code in present[tested].tolist())
         if owners:
             self.models = type(self.models).from_state(before)
             again = self.models.step(values, bucket_index, probes=(
-                np.array(probe_rows), np.array(probe_series), np.array(probe_values)))
+                np.array(probe_rows), np.array(probe_series), np.array(probe_values),
+                np.array(probe_counts, dtype=np.float64)), counts=counts)
             for (i, c, code), p_other in zip(owners, again["probe_p"].tolist(), strict=True):
                 log_p = np.log(max(p_single[hit_bucket[i], columns[i]], SMALLEST))
                 ratio = np.log(max(p_other, SMALLEST)) / log_p

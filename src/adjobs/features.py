@@ -379,27 +379,33 @@ RETEST = {"count": "complement", "sum": "complement", "mean": "complement",
           "varp": "complement", "min": "intersection", "max": "intersection"}
 RETEST_HIGH_ONLY = frozenset({"count", "sum"})
 
+#: Statistics whose spread depends on how many records are behind them: the models judge
+#: them against the series' usual count (ES ``model_t::varianceScale``: mean, median and
+#: variance features).
+COUNT_SCALED = frozenset({"mean", "median", "varp"})
+
 
 def influence_alternatives(statistic: str, complement: bool, columns: DetectorColumns,
                            numeric: np.ndarray, weights: np.ndarray | None,
                            members: np.ndarray, value_codes: np.ndarray
-                           ) -> tuple[np.ndarray, np.ndarray]:
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each distinct influencer value among a feature row's records (``members``, with
     their codes ``value_codes``, -1 for none): the row's ``statistic`` without that value's
     records (``complement``) or of them alone, computed as :func:`detector_features` does,
-    for all values at once. Returns (codes, alternatives); NaN where there is no record to
-    take a mean or an extreme of."""
+    for all values at once. Returns (codes, alternatives, counts): NaN alternatives where
+    there is no record to take a mean or an extreme of; counts are the (summary-count
+    weighted) records behind each alternative."""
     present = value_codes >= 0
     codes, inverse = np.unique(value_codes[present], return_inverse=True)
     k = len(codes)
     w = weights[members] if weights is not None else np.ones(len(members))
     v = numeric[members, columns.value] if columns.value >= 0 else np.zeros(len(members))
     wv, vv = w[present], v[present]
+    own_w = np.bincount(inverse, weights=wv, minlength=k)
     if statistic in ("min", "max"):  # of the value's records alone
         extreme = np.full(k, np.inf if statistic == "min" else -np.inf)
         (np.minimum if statistic == "min" else np.maximum).at(extreme, inverse, vv)
-        return codes, extreme
-    own_w = np.bincount(inverse, weights=wv, minlength=k)
+        return codes, extreme, own_w
     own_sum = np.bincount(inverse, weights=wv * vv, minlength=k)
     own_squares = np.bincount(inverse, weights=wv * vv * vv, minlength=k)
     if complement:
@@ -409,16 +415,16 @@ def influence_alternatives(statistic: str, complement: bool, columns: DetectorCo
     else:
         count, total, squares = own_w, own_sum, own_squares
     if statistic == "count":
-        return codes, count
+        return codes, count, count
     if statistic == "sum":
-        return codes, total
+        return codes, total, count
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / count, np.nan)
         if statistic == "mean":
-            return codes, mean
+            return codes, mean, count
         if statistic == "varp":
             return codes, np.where(count > 0, np.maximum(squares / count - mean * mean, 0.0),
-                                   np.nan)
+                                   np.nan), count
     raise ValueError(f"no influence test for {statistic!r}")
 
 

@@ -68,11 +68,18 @@ DEFAULT_PARAMS: dict[str, float] = {
     # the absence of a habitual jump, is still news. NAB: FP rows 97 -> 91 with the same 36
     # windows found (51.2 -> 51.8 standard, 41.7 -> 42.8 low FP).
     "phase_outlier_min": 0.2,
+    # 1: a mean, median or variance of fewer records than the series usually has is judged
+    # with a wider distribution, of more records with a narrower one (ES's count variance
+    # scale, usual / this bucket's records). Off for jobs created before it existed.
+    "count_variance": 1.0,
 }
 #: Parameters added after the first release, with the value that reproduces how a job
 #: created before them behaves: a stored model state without them gets these appended.
 #: (A phase_outlier_min above 1 is never reached: no habitual outliers.)
-_ADDED_PARAMS = {"shape_evidence": 1.0, "phase_outlier_min": 2.0}
+_ADDED_PARAMS = {"shape_evidence": 1.0, "phase_outlier_min": 2.0, "count_variance": 0.0}
+#: Scalars per series added after the first release (the usual record count, learnt from
+#: zero when an older state is restored).
+_ADDED_SCALARS = 2
 
 #: Output arrays of :meth:`SeriesModels.step`, each of shape ``(buckets, series)``.
 OUTPUTS = ("p_single", "p_multi", "typical", "lower", "upper")
@@ -100,22 +107,28 @@ def multi_bucket_impact(p_single: np.ndarray, p_multi: np.ndarray) -> np.ndarray
     return impact
 
 
-def _probe_cells(probes: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-                 shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Probes as the kernel takes them: cell numbers ascending, and the order that sorts
-    them (to put the probabilities back in the caller's order)."""
+def _probe_cells(probes: tuple[np.ndarray, ...] | None, shape: tuple[int, int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Probes as the kernel takes them: cell numbers ascending, the order that sorts them
+    (to put the probabilities back in the caller's order), their values and record counts
+    (NaN: none)."""
     if probes is None:
-        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0)
-    rows, series, values = (np.asarray(a) for a in probes)
-    if not rows.shape == series.shape == values.shape or rows.ndim != 1:
-        raise ValueError("probes need rows, series and values of one length")
+        return (np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0),
+                np.empty(0))
+    if len(probes) not in (3, 4):
+        raise ValueError("probes are (rows, series, values) or (rows, series, values, counts)")
+    rows, series, values = (np.asarray(a) for a in probes[:3])
+    counts = np.asarray(probes[3]) if len(probes) == 4 else np.full(values.shape, np.nan)
+    if not rows.shape == series.shape == values.shape == counts.shape or rows.ndim != 1:
+        raise ValueError("probes need rows, series, values (and counts) of one length")
     if len(rows) and (rows.min() < 0 or rows.max() >= shape[0] or series.min() < 0
                       or series.max() >= shape[1]):
         raise ValueError("probe cells must lie inside values")
     cells = rows.astype(np.int64) * shape[1] + series.astype(np.int64)
     order = np.argsort(cells, kind="stable")
     return (np.ascontiguousarray(cells[order]), order,
-            np.ascontiguousarray(values[order], dtype=np.float64))
+            np.ascontiguousarray(values[order], dtype=np.float64),
+            np.ascontiguousarray(counts[order], dtype=np.float64))
 
 
 class SeriesModels:
@@ -196,17 +209,23 @@ class SeriesModels:
     # -- stepping -----------------------------------------------------------------------
 
     def step(self, values: np.ndarray, bucket_index: np.ndarray,
-             probes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-             ) -> dict[str, np.ndarray]:
+             probes: tuple[np.ndarray, ...] | None = None,
+             counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Feed ``values[b, s]`` (NaN: no value) for buckets ``bucket_index[b]``.
 
         Bucket indices count bucket spans since the epoch; they must increase strictly and
         come after every bucket already stepped (gaps are fine). Returns :data:`OUTPUTS`, each
         ``(buckets, series)``; a NaN value gives NaN probabilities.
 
-        ``probes`` = (rows, series, values): other values the cells ``(rows[j], series[j])``
-        could have had; ``"probe_p"`` in the result is the single-bucket probability of each
-        against the state the cell's own value met (influence by remove and retest).
+        ``counts[b, s]``: the records behind a value that is a mean, median or variance
+        (NaN or absent: not such a value, or not known). Such a value is judged against a
+        distribution widened by ``sqrt(usual records per bucket / counts)`` (ES's count
+        variance scale), and the series learns its usual count.
+
+        ``probes`` = (rows, series, values[, counts]): other values the cells
+        ``(rows[j], series[j])`` could have had, of that many records; ``"probe_p"`` in the
+        result is the single-bucket probability of each against the state the cell's own
+        value met (influence by remove and retest).
         """
         values = np.ascontiguousarray(values, dtype=np.float64)
         if values.ndim == 1 and self._n == 1:
@@ -224,15 +243,20 @@ class SeriesModels:
                                  f"({self._last_bucket})")
         if np.any(np.isinf(values)):
             raise ValueError("values must be finite or NaN")
+        if counts is None:
+            counts = np.empty((0, values.shape[1]))
+        else:
+            counts = np.ascontiguousarray(counts, dtype=np.float64).reshape(values.shape)
         n = self._n
         lay = self._layout
-        cells, order, probe_values = _probe_cells(probes, values.shape)
+        cells, order, probe_values, probe_counts = _probe_cells(probes, values.shape)
         out, probe_p = _model.step(
-            float(self.bucket_span_s), self._params, values, buckets, self._side[:n],
+            float(self.bucket_span_s), self._params, values, counts, buckets,
+            self._side[:n],
             self._scalars[:n], self._ring[:n], self._daily[:n], self._daily_count[:n],
             self._daily_outliers[:n],
             self._weekly[:n], self._weekly_count[:n], lay["daily_res"], lay["weekly_res"],
-            cells, probe_values)
+            cells, probe_values, probe_counts)
         if len(buckets):
             self._last_bucket = int(buckets[-1])
         result = dict(zip(OUTPUTS, out, strict=True))
@@ -286,6 +310,9 @@ class SeriesModels:
             if key == "daily_outliers" and key not in state:
                 continue  # a state from before it existed: no outlier habits learnt yet
             arr = np.asarray(state[key], dtype=np.float64)
+            if key == "scalars" and arr.shape == (n, width - _ADDED_SCALARS):
+                # a state from before the usual record count existed: learnt from now on
+                arr = np.concatenate([arr, np.zeros((n, _ADDED_SCALARS))], axis=1)
             if arr.shape != (n, width):
                 raise ValueError(f"model state {key!r} has shape {arr.shape}, "
                                  f"expected {(n, width)}")
