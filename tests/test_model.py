@@ -11,8 +11,11 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import SHARED
 
+from adjobs import _model, nab
 from adjobs.model import DEFAULT_PARAMS, OUTPUTS, SeriesModels, combined_probability
+from bench.nab import model_outputs
 
 SEED = 20240611
 SPAN = 300  # 5-minute buckets
@@ -219,14 +222,16 @@ def test_long_clean_history_makes_a_large_deviation_very_unlikely():
 
 def test_a_state_saved_by_the_first_release_keeps_its_behaviour():
     # The first release's state has neither the parameters added since (shape_evidence,
-    # phase_outlier_min, count_variance) nor the daily outlier habits and the usual record
-    # count; it restores with the values that reproduce how its job was created and steps
-    # exactly like a model made with them, record counts or not.
+    # phase_outlier_min, count_variance, slow_multi_bucket) nor the daily outlier habits,
+    # the usual record count and the slow-level multi-bucket feature; it restores with the
+    # values that reproduce how its job was created and steps exactly like a model made
+    # with them, record counts or not.
     x = _series_block(2 * DAY_BUCKETS, 2)
     counts = rng(3).integers(1, 40, size=x.shape).astype(float)
     buckets = START + np.arange(len(x))
     sides = [0, 1, 0, -1]
-    old_params = {"shape_evidence": 1.0, "phase_outlier_min": 2.0, "count_variance": 0.0}
+    old_params = {"shape_evidence": 1.0, "phase_outlier_min": 2.0, "count_variance": 0.0,
+                  "slow_multi_bucket": 0.0}
     reference = SeriesModels(SPAN, 4, old_params)
     restored_from = SeriesModels(SPAN, 4, old_params)
     for models in (reference, restored_from):
@@ -236,8 +241,10 @@ def test_a_state_saved_by_the_first_release_keeps_its_behaviour():
     reference_out = reference.step(x, buckets)
     restored_from.step(x[:half], buckets[:half])
     state = restored_from.state()
-    state["params"] = state["params"][:-3]  # as the first release wrote it
-    state["scalars"] = state["scalars"][:, :-2]
+    state["params"] = state["params"][:-4]  # as the first release wrote it
+    first = _model.layout(float(SPAN), 288, 168)
+    state["scalars"] = state["scalars"][:, :first["scalars_first_release"]]
+    state["ring"] = state["ring"][:, :first["ring_first_release"]]
     del state["daily_outliers"]
     restored = SeriesModels.from_state(state)
     assert restored.params == {**DEFAULT_PARAMS, **old_params}
@@ -429,3 +436,21 @@ def test_probabilities_are_bit_for_bit_those_of_the_kernel_before_the_shape_weig
         out = models.step(x.reshape(-1, 1), START + np.arange(600))
         assert out["p_single"][[20, 300, 550, 599], 0].tolist() == p_expected
         assert out["upper"][599, 0] == upper_expected
+
+
+def test_the_slow_level_multi_bucket_feature_finds_spikes_coming_closer_together():
+    # NAB's art_load_balancer_spikes: isolated spikes, then a stretch where they come much
+    # closer together. The fast one-step level follows each spike, so the 12-bucket mean of
+    # one-step residuals stays ordinary (p ~ 0.02 in the window); against the slow level the
+    # recent buckets sit far above it (p ~ 1e-5), well below anything before the window.
+    corpus = nab.load_corpus(SHARED / "nab")
+    f = corpus["artificialWithAnomaly/art_load_balancer_spikes.csv"]
+    (left, right), = f.windows
+    lowest = {}
+    for switch in (1.0, 0.0):
+        p_multi = model_outputs(f, 1000, {"slow_multi_bucket": switch})["p_multi"]
+        lowest[switch] = (np.nanmin(p_multi[left:right + 1]),
+                          np.nanmin(p_multi[f.probation:left]))
+    (window_on, before_on), (window_off, before_off) = lowest[1.0], lowest[0.0]
+    assert window_on < before_on / 10 and window_on < 1e-4, lowest
+    assert window_off > before_off and window_off > 1e-2, lowest

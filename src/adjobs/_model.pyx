@@ -27,7 +27,7 @@
 # one `with nogil:` block runs `noexcept nogil` kernels. State lives in float64 arrays
 # owned by the Python wrapper (adjobs/model.py), so a job can be saved and resumed exactly.
 
-from libc.math cimport INFINITY, NAN, atan, erfc, exp, fabs, isnan, log, log1p, sqrt
+from libc.math cimport INFINITY, NAN, atan, erfc, exp, expm1, fabs, isnan, log, log1p, sqrt
 from libc.stdint cimport int8_t, int64_t
 
 import numpy as np
@@ -61,9 +61,15 @@ cdef enum:
     X_MSE = 7 + 2 * NM  # NM mean squared one-step errors (choose the model)
     X_SINGLE = 7 + 3 * NM
     X_MULTI = 7 + 3 * NM + RB
+    # added after the first release (a restored older state gets them zeroed, at the end)
     X_COUNT = 7 + 3 * NM + 2 * RB      # decayed mean records per bucket (ES sample count)
     X_COUNT_N = 7 + 3 * NM + 2 * RB + 1  # buckets with a record count
-    NSCAL = 7 + 3 * NM + 2 * RB + 2
+    X_MULTI_SLOW = 7 + 3 * NM + 2 * RB + 2  # the multi-bucket feature against the slow level
+    NSCAL = 7 + 3 * NM + 3 * RB + 2
+    # ring of the last MB buckets: one-step residuals, bucket numbers, slow-level residuals
+    RING_TIME = MB
+    RING_SLOW = 2 * MB
+    NRING = 3 * MB
 
 # Parameter vector (adjobs/model.py DEFAULT_PARAMS names them, in this order).
 cdef enum:
@@ -95,7 +101,8 @@ cdef enum:
     P_SHAPE_EVIDENCE = 25
     P_PHASE_OUTLIER_MIN = 26
     P_COUNT_VARIANCE = 27
-    NPARAM = 28
+    P_SLOW_MULTI_BUCKET = 28
+    NPARAM = 29
 
 # Unit-scale constants of the five shapes, Cauchy, t2, t4, Laplace, Gaussian.
 # KAPPA: fixed point s = E[min(|Z|, 3 s)], the value the winsorised mean absolute
@@ -146,6 +153,7 @@ ctypedef struct Params:
     double shape_evidence
     double phase_outlier_min
     int count_variance
+    int slow_multi_bucket
     double span
     int64_t daily_res        # buckets per daily phase (0: no daily component)
     int64_t daily_phases
@@ -179,7 +187,9 @@ def layout(double span, int64_t daily_cap, int64_t weekly_cap):
     """
     d_res, d_n = _profile_phases(span, 86400, 4, daily_cap, 300)
     w_res, w_n = _profile_phases(span, 604800, 7, weekly_cap, 3600)
-    return {"scalars": NSCAL, "ring": 2 * MB, "daily": d_n, "weekly": w_n,
+    return {"scalars": NSCAL, "ring": NRING, "daily": d_n, "weekly": w_n,
+            # the widths the first release stored (the rest is appended since)
+            "scalars_first_release": X_COUNT, "ring_first_release": RING_SLOW,
             "daily_res": d_res, "weekly_res": w_res, "params": NPARAM,
             "shapes": NC, "models": NM}
 
@@ -432,12 +442,12 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     single-bucket probability against the same state, before the bucket is learnt (1 where
     there is nothing to compare with)."""
     cdef int64_t pd = 0, pw = 0, slot
-    cdef int m, k, best_m, allowed, mb_count
+    cdef int m, k, best_m, allowed, mb_count, mb_slow_count
     cdef double seas[3]
     cdef double e[6]
     cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw, hwm
     cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
-    cdef double run, t_rate, habit = 0.0, sign, outlier, root, rs
+    cdef double run, t_rate, habit = 0.0, sign, outlier, root, rs, r_slow, mbv_slow, pm_slow
 
     if P.daily_res > 0:
         pd = (b // P.daily_res) % P.daily_phases
@@ -466,12 +476,14 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         for m in range(RB):
             sc[X_SINGLE + m] = 0.0
             sc[X_MULTI + m] = 0.0
+            sc[X_MULTI_SLOW + m] = 0.0
         sc[X_COUNT] = 0.0
         sc[X_COUNT_N] = 0.0
         learn_count(sc, count, P)
         for m in range(MB):
             ring[m] = NAN
-            ring[MB + m] = -1.0
+            ring[RING_TIME + m] = -1.0
+            ring[RING_SLOW + m] = NAN
         out[0] = out[1] = 1.0
         out[2] = x
         out[3] = out[4] = NAN
@@ -519,21 +531,38 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     root = count_scale(sc, count, P)
     rs = r / root
 
-    # Multi-bucket feature: mean residual of the last MB buckets (empty ones left out)
+    # Multi-bucket features (empty buckets left out): the mean residual of the last MB
+    # buckets against the one-step prediction, and the mean residual of the MB - 1 before
+    # this one against the slow level of the same season. The first sees a jump the
+    # one-step level has not followed yet; the second a change the fast level follows
+    # bucket by bucket (a day at a lower level, bursts coming closer together), as ES's
+    # residual against its slowly adapting trend does. It leaves the bucket itself to the
+    # other two features: with it, every spike would count in all three.
     slot = b % MB
     # winsorised: one spike must not keep the 12-bucket mean unusual for 12 buckets
     sig = sc[X_SINGLE + RB_S] / KAPPA[4]
     if sig < floor_:
         sig = floor_
     ring[slot] = clip(rs, P.mb_clip * sig) if sc[X_SINGLE + RB_N] >= 4.0 else rs
-    ring[MB + slot] = <double>b
+    ring[RING_TIME + slot] = <double>b
+    r_slow = (x - sc[X_LEV + (best_m // 2) * 2] - seas[best_m // 2]) / root
+    ring[RING_SLOW + slot] = (clip(r_slow, P.mb_clip * sig) if sc[X_SINGLE + RB_N] >= 4.0
+                              else r_slow)
     mbv = 0.0
+    mbv_slow = 0.0
     mb_count = 0
+    mb_slow_count = 0
     for m in range(MB):
-        if ring[MB + m] > <double>(b - MB) and not isnan(ring[m]):
-            mbv += ring[m]
-            mb_count += 1
+        if ring[RING_TIME + m] > <double>(b - MB):
+            if not isnan(ring[m]):
+                mbv += ring[m]
+                mb_count += 1
+            if m != slot and not isnan(ring[RING_SLOW + m]):
+                mbv_slow += ring[RING_SLOW + m]
+                mb_slow_count += 1
     mbv /= mb_count
+    if mb_slow_count > 0:
+        mbv_slow /= mb_slow_count
 
     # Spikes at the same time of day: a phase (or its neighbour) that has had more than one
     # recent outlier of this sign makes outliers there part of the series, not news.
@@ -545,6 +574,12 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     hw *= root
     if mb_count >= MB // 2 and n >= MB:
         pm = block_probability(&sc[X_MULTI], mbv, floor_, side, P, &hwm)
+        if P.slow_multi_bucket and mb_slow_count >= MB // 2:
+            # the more unusual of the two, Sidak-corrected for looking at both
+            pm_slow = block_probability(&sc[X_MULTI_SLOW], mbv_slow, floor_, side, P, &hwm)
+            if pm_slow < pm:
+                pm = pm_slow
+            pm = -expm1(2.0 * log1p(-pm)) if pm < 1.0 else 1.0
     else:
         pm = 1.0
     # Warm-up: "at least 4 buckets and 2 h" of history before anything is unusual
@@ -572,6 +607,8 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     block_update(&sc[X_SINGLE], rs, floor_, P)
     if mb_count >= MB // 2:
         block_update(&sc[X_MULTI], mbv, floor_, P)
+    if mb_slow_count >= MB // 2:
+        block_update(&sc[X_MULTI_SLOW], mbv_slow, floor_, P)
 
     t_rate = P.test_rate
     for m in range(NM):
@@ -718,7 +755,7 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
         raise ValueError("counts must have the shape of values (or no rows)")
     if probe_counts.shape[0] != probe_values.shape[0]:
         raise ValueError("one count per probe value")
-    if scalars.shape[1] != NSCAL or ring.shape[1] != 2 * MB or ring.shape[0] != ns:
+    if scalars.shape[1] != NSCAL or ring.shape[1] != NRING or ring.shape[0] != ns:
         raise ValueError("state arrays have the wrong width")
     if (daily.shape[0] != ns or dcount.shape[0] != ns or dcount.shape[1] != daily.shape[1]
             or doutliers.shape[0] != ns or doutliers.shape[1] != daily.shape[1]):
@@ -764,6 +801,7 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     P.shape_evidence = params[P_SHAPE_EVIDENCE]
     P.phase_outlier_min = params[P_PHASE_OUTLIER_MIN]
     P.count_variance = params[P_COUNT_VARIANCE] != 0.0
+    P.slow_multi_bucket = params[P_SLOW_MULTI_BUCKET] != 0.0
     P.span = span
     P.daily_res = daily_res
     P.daily_phases = daily.shape[1]
