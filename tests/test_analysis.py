@@ -442,6 +442,38 @@ def test_a_mean_of_few_records_is_less_unusual_than_the_same_mean_of_many():
     assert many["probability"] < usual["probability"] / 5
 
 
+def test_another_values_bigger_anomaly_does_not_hold_down_its_scores():
+    # Host b's 5x spike comes first, host c's 1.25x one later. ES scopes a record's maximum
+    # score by its partition and its person (the by value), an influencer's by field and
+    # value: c's record and influencer score in their own right, not in the shadow of b's,
+    # and alike whether host is the partition or the by field.
+    docs = metric_data(buckets=432, spike=(300, "b", 5.0))
+    for doc in docs:
+        if doc["time"] // SPAN == T0 // SPAN + 380 and doc["host"] == "c":
+            doc["rt"] = round(doc["rt"] * 1.25, 3)
+    scores = {}
+    for split in ("partition_field_name", "by_field_name"):
+        body = config({"function": "mean", "field_name": "rt", split: "host"},
+                      influencers=("host",))
+        with adjobs.JobService() as service:
+            run_job(service, split, body, docs)
+            records = service.get_records(split, size=2)["records"]
+            influencers = {(i["timestamp"], i["influencer_field_value"]): i
+                           for i in service.get_influencers(split, size=1000)["influencers"]}
+        assert [(r["timestamp"], r["host"]) for r in records] == [
+            ((T0 + 300 * SPAN) * 1000, "b"), ((T0 + 380 * SPAN) * 1000, "c")]
+        for record in records:
+            influencer = influencers[(record["timestamp"], record["host"])]
+            scores[split, record["host"]] = (
+                record["initial_record_score"], record["record_score"],
+                influencer["initial_influencer_score"], influencer["influencer_score"])
+    for host in ("b", "c"):
+        initial, now, initial_influence, influence = scores["partition_field_name", host]
+        assert initial == initial_influence and now == influence
+        assert scores["by_field_name", host] == scores["partition_field_name", host]
+    assert scores["partition_field_name", "c"][0] > 75
+
+
 def test_reset_and_reset_range_clear_results():
     docs = metric_data(buckets=320, spike=(300, "b", 5.0))
     body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"})
@@ -732,7 +764,7 @@ def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
     from adjobs.analysis import _raw_scores, _ScoredBucket
 
     def bucket(records, influencers, buckets):
-        return _ScoredBucket([], np.array(records), [], 0, [], [], np.array(influencers),
+        return _ScoredBucket([], np.array(records), [], 0, [], [], [], np.array(influencers),
                              [], [], bucket_p=np.array(buckets))
 
     run = [bucket([1e-5, 0.003], [1e-5], [0.02, 2e-5]),
@@ -781,7 +813,7 @@ def test_bucket_probabilities_of_a_run_are_each_fields_own_least_extreme_probabi
     from adjobs.analysis import _bucket_probabilities, _ScoredBucket
 
     def bucket(*fields):
-        return _ScoredBucket([], np.empty(0), [], 0, [], [], np.empty(0),
+        return _ScoredBucket([], np.empty(0), [], 0, [], [], [], np.empty(0),
                              ["bucket_time", "airline"][:len(fields)],
                              [np.array(ps) for ps in fields])
 
@@ -841,7 +873,7 @@ def test_a_buckets_records_are_kept_most_unlikely_first_ties_in_row_order(monkey
     rows.partition = np.array([0, 1, 2, 3, 4])
     rows.by = rows.over = np.full(5, -1)
     rows.feature_row = np.full(5, -1)
-    listed = [(rows.probability.tolist(), rows.partition.tolist())]
+    listed = [(rows.probability.tolist(), rows.partition.tolist(), rows.by.tolist())]
     monkeypatch.setattr(module, "MAX_RECORDS_PER_BUCKET", 4)
     inputs = analysis._score_inputs([(0, r) for r in range(5)], [rows], listed,
                                     np.empty((0, 1), np.int32), 19)
@@ -850,5 +882,6 @@ def test_a_buckets_records_are_kept_most_unlikely_first_ties_in_row_order(monkey
     assert inputs.scopes == ["d", "b", "e", "a"]
     # The partition is the influencer: each record's own value, as unlikely as it.
     assert inputs.influencer_keys == [("p", 3), ("p", 1), ("p", 4), ("p", 0)]
+    assert inputs.influencer_scopes == ["p\x1fd", "p\x1fb", "p\x1fe", "p\x1fa"]
     assert inputs.influencer_probabilities.tolist() == [0.0005, 0.001, 0.001, 0.02]
     assert inputs.bucket_fields == ["bucket_time", "p"]

@@ -219,6 +219,15 @@ class _DetectorAnalysis:
     def series_count(self) -> int:
         return len(self.series)
 
+    def person_codes(self, rows: _Rows) -> np.ndarray:
+        """The person of each row (ES): its ``over`` value in population analysis, else its
+        ``by`` value; -1 (no name) for a detector with neither."""
+        if self.detector.over_field_name:
+            return rows.over
+        if self.detector.by_field_name:
+            return rows.by
+        return np.full(len(rows.bucket), -1, dtype=np.int64)
+
     # -- analysis ------------------------------------------------------------------------
 
     def analyse(
@@ -466,6 +475,25 @@ def _unique_series(features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return unique, first_row, inverse
 
 
+def record_scope(partition_value: str, person_value: str) -> str:
+    """The scope of a record's maximum score (A.6 ceiling 3; ES ``CMaximumScoreScope``): its
+    partition value and its person, the ``over`` value of a population detector and the
+    ``by`` value otherwise. A record of neither split is scoped by its partition value alone
+    (as every record was before persons were in it, so those jobs keep their maxima)."""
+    return f"{partition_value}\x1f{person_value}" if person_value else partition_value
+
+
+def influencer_scope(field_name: str, field_value: str) -> str:
+    """The scope of an influencer's maximum score: the field and the value (ES scopes an
+    influencer result by both), so one value's big anomaly does not hold down another's."""
+    return f"{field_name}\x1f{field_value}"
+
+
+def _record_doc_scope(doc: dict) -> str:
+    person = doc.get("over_field_value", doc.get("by_field_value", ""))
+    return record_scope(doc.get("partition_field_value", ""), person)
+
+
 def _identity(doc: dict) -> dict:
     """The fields that name a stored record or influencer (adjobs.results.update_scores)."""
     keys = ("result_type", "timestamp", "detector_index", "partition_field_value",
@@ -543,10 +571,11 @@ class _ScoredBucket:
 
     entries: list[tuple[int, int]]  # (detector, row), most unlikely first
     probabilities: np.ndarray
-    scopes: list[str]  # the records' partition values
+    scopes: list[str]  # the records' maximum-score scopes (record_scope)
     evaluated: int
     influencers: list[list[tuple[str, int]]]  # per record: (field, value code)
     influencer_keys: list[tuple[str, int]]
+    influencer_scopes: list[str]  # influencer_scope of each key
     influencer_probabilities: np.ndarray
     bucket_fields: list[str]
     #: Per bucket field: the probabilities whose least extreme one is the field's.
@@ -567,7 +596,7 @@ class _ScoredBucket:
         if self.influencer_keys:
             # As for records: the values that influenced nothing count as zeros.
             self.influencer_at = steps["influencer"].bucket(
-                self.influencer_raw, [name for name, _ in self.influencer_keys],
+                self.influencer_raw, self.influencer_scopes,
                 max(0, self.evaluated - len(self.influencer_raw)))
         else:
             steps["influencer"].quiet(1, self.evaluated)
@@ -831,7 +860,9 @@ class JobAnalysis:
         # bucket against the state right after it; then the documents.
         steps = {level: _Steps() for level in LEVELS}
         bucket_list = buckets.tolist()
-        listed = [(rows.probability.tolist(), rows.partition.tolist()) for rows in found]
+        listed = [(rows.probability.tolist(), rows.partition.tolist(),
+                   self.detectors[d].person_codes(rows).tolist())
+                  for d, rows in enumerate(found)]
         scored = {
             bucket: self._score_inputs(per_bucket[bucket], found, listed, codes,
                                        int(evaluated[index]))
@@ -895,18 +926,20 @@ class JobAnalysis:
         self,
         entries: list[tuple[int, int]],
         found: list[_Rows],
-        listed: list[tuple[list[float], list[int]]],
+        listed: list[tuple[list[float], list[int], list[int]]],
         codes: np.ndarray,
         evaluated: int,
     ) -> _ScoredBucket:
         """One bucket's probabilities at every level (their raw scores come after).
-        ``listed`` holds each detector's row probabilities and partition codes as lists."""
+        ``listed`` holds each detector's row probabilities, partition and person codes as
+        lists."""
         unsorted = [listed[d][0][r] for d, r in entries]
         # A stable sort of the few records, as np.argsort(kind="stable") without the arrays.
         order = sorted(range(len(unsorted)), key=unsorted.__getitem__)[:MAX_RECORDS_PER_BUCKET]
         entries = [entries[i] for i in order]
         probabilities = np.array([unsorted[i] for i in order], dtype=float)
-        scopes = [self._name(listed[d][1][r]) for d, r in entries]
+        scopes = [record_scope(self._name(listed[d][1][r]), self._name(listed[d][2][r]))
+                  for d, r in entries]
         # Influencer values of each record: (field, value code).
         influence: dict[tuple[str, int], list[int]] = {}
         values_of = []
@@ -928,7 +961,9 @@ class JobAnalysis:
                     if field_name == name]
             if mine:
                 fields.append((name, np.array(mine)))
-        return _ScoredBucket(entries, probabilities, scopes, evaluated, values_of, keys, p_i,
+        influencer_scopes = [influencer_scope(name, self._name(code)) for name, code in keys]
+        return _ScoredBucket(entries, probabilities, scopes, evaluated, values_of, keys,
+                             influencer_scopes, p_i,
                              [name for name, _ in fields], [ps for _, ps in fields])
 
     def _bucket_results(
@@ -1110,7 +1145,7 @@ class JobAnalysis:
         if records:
             scores = self.normalisers["record"].normalise(
                 np.array([d["raw_score"] for d in records]),
-                [d.get("partition_field_value", "") for d in records])
+                [_record_doc_scope(d) for d in records])
             # As Python floats (the same values): cheaper to compare one at a time.
             for doc, score in zip(records, scores.tolist(), strict=True):
                 if float(score) != doc["record_score"]:
@@ -1119,7 +1154,8 @@ class JobAnalysis:
         if influencers:
             scores = self.normalisers["influencer"].normalise(
                 np.array([d["raw_score"] for d in influencers]),
-                [d["influencer_field_name"] for d in influencers])
+                [influencer_scope(d["influencer_field_name"], d["influencer_field_value"])
+                 for d in influencers])
             for doc, score in zip(influencers, scores.tolist(), strict=True):
                 if float(score) != doc["influencer_score"]:
                     changes.append({**_identity(doc), "influencer_score": float(score)})
