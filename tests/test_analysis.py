@@ -474,6 +474,25 @@ def test_another_values_bigger_anomaly_does_not_hold_down_its_scores():
     assert scores["partition_field_name", "c"][0] > 75
 
 
+def test_scope_keys_are_fixed_width_and_never_shared_by_different_names():
+    from adjobs.analysis import influencer_scope, record_scope
+
+    records = [("p", "a\x1fb", "", ""), ("p", "a", "by", "b"), ("host", "x", "", ""),
+               ("user", "x", "", ""), ("p", "x\x00", "", ""), ("p", "x", "", ""),
+               ("p", "", "u", ""), ("p", "", "", ""), ("", "", "u", "x"), ("", "", "v", "x"),
+               ("p", "\udcff", "", ""), ("p", "é", "", "")]
+    keys = [record_scope(*parts) for parts in records]
+    assert len(set(keys)) == len(records)
+    assert record_scope("", "", "", "") == ""  # a detector without splits: one scope
+    influencers = [influencer_scope(*parts) for parts in
+                   [("a", "b\x1fc"), ("a\x1fb", "c"), ("a", "b"), ("a", "b\x00")]]
+    assert len(set(influencers + keys)) == len(influencers) + len(keys)
+    # however long the value, the normaliser's scope table holds 32 characters a scope
+    assert {len(k) for k in [*keys, *influencers,
+                             record_scope("p", "x" * 100_000, "", ""),
+                             influencer_scope("ip", "1" * 100_000)] if k} == {32}
+
+
 def test_reset_and_reset_range_clear_results():
     docs = metric_data(buckets=320, spike=(300, "b", 5.0))
     body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"})
@@ -858,7 +877,7 @@ def test_records_before_a_boundary_are_taken_whatever_their_order(times):
 
 def test_a_buckets_records_are_kept_most_unlikely_first_ties_in_row_order(monkeypatch):
     from adjobs import analysis as module
-    from adjobs.analysis import JobAnalysis, _empty_rows
+    from adjobs.analysis import JobAnalysis, _empty_rows, influencer_scope, record_scope
     from adjobs.config import parse_job_config
 
     config = parse_job_config("j", {
@@ -879,9 +898,9 @@ def test_a_buckets_records_are_kept_most_unlikely_first_ties_in_row_order(monkey
                                     np.empty((0, 1), np.int32), 19)
     assert inputs.entries == [(0, 3), (0, 1), (0, 4), (0, 0)]  # (0, 2) is the fifth
     assert inputs.probabilities.tolist() == [0.0005, 0.001, 0.001, 0.02]
-    assert inputs.scopes == ["d", "b", "e", "a"]
     # The partition is the influencer: each record's own value, as unlikely as it.
     assert inputs.influencer_keys == [("p", 3), ("p", 1), ("p", 4), ("p", 0)]
-    assert inputs.influencer_scopes == ["p\x1fd", "p\x1fb", "p\x1fe", "p\x1fa"]
+    assert inputs.influencer_scopes == [influencer_scope("p", v) for v in "dbea"]
+    assert inputs.scopes == [record_scope("p", v, "", "") for v in "dbea"]
     assert inputs.influencer_probabilities.tolist() == [0.0005, 0.001, 0.001, 0.02]
     assert inputs.bucket_fields == ["bucket_time", "p"]

@@ -398,7 +398,7 @@ def test_arguments_are_checked():
     with pytest.raises(ValueError, match="unknown model parameter"):
         SeriesModels(SPAN, params={"nope": 1.0})
     state = models.state()
-    state["scalars"] = state["scalars"][:, :-1]
+    state["scalars"] = state["scalars"][:, :5]  # narrower than any state ever written
     with pytest.raises(ValueError, match="scalars"):
         SeriesModels.from_state(state)
 
@@ -454,3 +454,42 @@ def test_the_slow_level_multi_bucket_feature_finds_spikes_coming_closer_together
     (window_on, before_on), (window_off, before_off) = lowest[1.0], lowest[0.0]
     assert window_on < before_on / 10 and window_on < 1e-4, lowest
     assert window_off > before_off and window_off > 1e-2, lowest
+
+
+def test_extreme_record_counts_neither_stall_a_series_nor_hide_its_spike():
+    # Summary counts at the ends of the double range (1e-200 usually, then 1e200 or an
+    # infinite sum) once made the count scale 0 or NaN: the step stopped half-way, silently,
+    # and the series never moved again. The scale is now bounded, and a 60-sigma spike in a
+    # second series stepped alongside is found whatever the first one's counts.
+    n = 400
+    x = 100.0 + rng(17).normal(0.0, 1.0, (n, 2))
+    x[390, 1] = 160.0
+    counts = np.full((n, 2), 1e-200)
+    counts[::7, 0] = 1e200
+    counts[::11, 0] = np.inf
+    counts[:, 1] = 1.0
+    models = SeriesModels(SPAN, 2)
+    models.add_series(0)
+    models.add_series(0)
+    out = models.step(x, START + np.arange(n), counts=counts)
+    assert all(np.isfinite(out[k][4:]).all() for k in OUTPUTS)
+    assert models.state()["scalars"][:, 0].tolist() == [float(n), float(n)]  # X_N: all steps
+    assert out["p_single"][390, 1] < 1e-9
+    assert out["p_single"][380:390, 1].min() > 1e-5
+
+
+def test_a_state_of_any_earlier_width_restores_and_a_wrong_one_is_refused():
+    # States grow at the end: one that stopped between the first release and now (the
+    # record count but not the slow-level feature) restores padded; one narrower than the
+    # first release, or wider than now, is not a state this code wrote.
+    models = SeriesModels(SPAN, 1)
+    models.add_series(0)
+    models.step(_series_block(300, 4)[:, :1], START + np.arange(300))
+    state = models.state()
+    first = _model.layout(float(SPAN), 288, 168)["scalars_first_release"]
+    for width in (first, first + 2):
+        SeriesModels.from_state({**state, "scalars": state["scalars"][:, :width]}).step(
+            np.ones((1, 1)), np.array([START + 300]))
+    for bad in (state["scalars"][:, :first - 1], np.hstack([state["scalars"], state["scalars"]])):
+        with pytest.raises(ValueError, match="'scalars' has shape"):
+            SeriesModels.from_state({**state, "scalars": bad})

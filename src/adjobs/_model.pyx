@@ -28,6 +28,7 @@
 # owned by the Python wrapper (adjobs/model.py), so a job can be saved and resumed exactly.
 
 from libc.math cimport INFINITY, NAN, atan, erfc, exp, expm1, fabs, isnan, log, log1p, sqrt
+from libc.float cimport DBL_MAX
 from libc.stdint cimport int8_t, int64_t
 
 import numpy as np
@@ -124,6 +125,8 @@ cdef double INV_PI = 0.3183098861837907
 cdef double DAY = 86400.0
 cdef double WEEK = 604800.0
 cdef double TINY = 1e-300       # scale floor of a series that is exactly zero
+cdef double COUNT_RATIO_MIN = 1e-6  # bounds of usual / this bucket's records (count_scale)
+cdef double COUNT_RATIO_MAX = 1e6
 
 
 ctypedef struct Params:
@@ -409,22 +412,32 @@ cdef inline double phase_habit(const double* doutliers, int64_t pd, int64_t phas
 
 cdef inline double count_scale(const double* sc, double count, const Params* P) noexcept nogil:
     """sqrt(usual records per bucket / this bucket's records): the factor on the spread of a
-    mean of ``count`` records (1 without a count, or before one was learnt)."""
+    mean of ``count`` records (1 without a count, or before one was learnt). The ratio is
+    held within [1e-6, 1e6]: summary counts at the ends of the double range (1e-200 against
+    1e200, an infinite sum) must not make the spread 0 or infinite."""
+    cdef double ratio
     if not P.count_variance or not count > 0.0 or sc[X_COUNT_N] < 1.0:
         return 1.0
-    return sqrt(sc[X_COUNT] / count)
+    ratio = sc[X_COUNT] / count
+    if not ratio >= COUNT_RATIO_MIN:  # also NaN
+        ratio = COUNT_RATIO_MIN if ratio < COUNT_RATIO_MIN else 1.0
+    elif ratio > COUNT_RATIO_MAX:
+        ratio = COUNT_RATIO_MAX
+    return sqrt(ratio)
 
 
 cdef inline void learn_count(double* sc, double count, const Params* P) noexcept nogil:
     """The usual records per bucket: a running mean, then decayed as the slow baseline."""
-    cdef double g
-    if not count > 0.0:
+    cdef double g, learnt
+    if not (count > 0.0 and count <= DBL_MAX):
         return
     g = 1.0 / (sc[X_COUNT_N] + 1.0)
     if g < P.base_rate:
         g = P.base_rate
-    sc[X_COUNT] += g * (count - sc[X_COUNT])
-    sc[X_COUNT_N] += 1.0
+    learnt = sc[X_COUNT] + g * (count - sc[X_COUNT])
+    if learnt > 0.0 and learnt <= DBL_MAX:
+        sc[X_COUNT] = learnt
+        sc[X_COUNT_N] += 1.0
 
 
 cdef int step_one(const Params* P, double x, double count, int64_t b, int side, double* sc,
@@ -560,7 +573,8 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             if m != slot and not isnan(ring[RING_SLOW + m]):
                 mbv_slow += ring[RING_SLOW + m]
                 mb_slow_count += 1
-    mbv /= mb_count
+    if mb_count > 0:  # (a division by zero here would end the step silently)
+        mbv /= mb_count
     if mb_slow_count > 0:
         mbv_slow /= mb_slow_count
 

@@ -40,6 +40,7 @@ stepped over (the models see the jump) instead of being processed bucket by buck
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -219,9 +220,13 @@ class _DetectorAnalysis:
     def series_count(self) -> int:
         return len(self.series)
 
+    @property
+    def person_field(self) -> str:
+        """The person field (ES): ``over`` in population analysis, else ``by`` ("": none)."""
+        return self.detector.over_field_name or self.detector.by_field_name or ""
+
     def person_codes(self, rows: _Rows) -> np.ndarray:
-        """The person of each row (ES): its ``over`` value in population analysis, else its
-        ``by`` value; -1 (no name) for a detector with neither."""
+        """Each row's value of :attr:`person_field` (-1, no name, for a detector without)."""
         if self.detector.over_field_name:
             return rows.over
         if self.detector.by_field_name:
@@ -475,23 +480,39 @@ def _unique_series(features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return unique, first_row, inverse
 
 
-def record_scope(partition_value: str, person_value: str) -> str:
-    """The scope of a record's maximum score (A.6 ceiling 3; ES ``CMaximumScoreScope``): its
-    partition value and its person, the ``over`` value of a population detector and the
-    ``by`` value otherwise. A record of neither split is scoped by its partition value alone
-    (as every record was before persons were in it, so those jobs keep their maxima)."""
-    return f"{partition_value}\x1f{person_value}" if person_value else partition_value
+def _scope_key(*parts: str) -> str:
+    """A fixed-width key for a tuple of names: the parts are length-prefixed, so no two
+    tuples share a key whatever characters the values hold, and the normaliser's scope table
+    stays 32 characters a scope however long the values are."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "little"))
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def record_scope(partition_field: str, partition_value: str, person_field: str,
+                 person_value: str) -> str:
+    """The scope of a record's maximum score (A.6 ceiling 3), as ES's ``CMaximumScoreScope``:
+    its partition field and value and its person field and value (the ``over`` field of a
+    population detector, else the ``by`` field). A detector with neither split has the one
+    scope ""."""
+    if not partition_field and not person_field:
+        return ""
+    return _scope_key(partition_field, partition_value, person_field, person_value)
 
 
 def influencer_scope(field_name: str, field_value: str) -> str:
-    """The scope of an influencer's maximum score: the field and the value (ES scopes an
+    """The scope of an influencer's maximum score: its field and value (ES scopes an
     influencer result by both), so one value's big anomaly does not hold down another's."""
-    return f"{field_name}\x1f{field_value}"
+    return _scope_key(field_name, field_value)
 
 
 def _record_doc_scope(doc: dict) -> str:
-    person = doc.get("over_field_value", doc.get("by_field_value", ""))
-    return record_scope(doc.get("partition_field_value", ""), person)
+    person = "over_field" if "over_field_name" in doc else "by_field"
+    return record_scope(doc.get("partition_field_name", ""), doc.get("partition_field_value", ""),
+                        doc.get(f"{person}_name", ""), doc.get(f"{person}_value", ""))
 
 
 def _identity(doc: dict) -> dict:
@@ -938,7 +959,9 @@ class JobAnalysis:
         order = sorted(range(len(unsorted)), key=unsorted.__getitem__)[:MAX_RECORDS_PER_BUCKET]
         entries = [entries[i] for i in order]
         probabilities = np.array([unsorted[i] for i in order], dtype=float)
-        scopes = [record_scope(self._name(listed[d][1][r]), self._name(listed[d][2][r]))
+        scopes = [record_scope(self.detectors[d].detector.partition_field_name or "",
+                               self._name(listed[d][1][r]), self.detectors[d].person_field,
+                               self._name(listed[d][2][r]))
                   for d, r in entries]
         # Influencer values of each record: (field, value code).
         influence: dict[tuple[str, int], list[int]] = {}

@@ -316,11 +316,12 @@ class SeriesModels:
                 continue  # a state from before it existed: no outlier habits learnt yet
             arr = np.asarray(state[key], dtype=np.float64)
             first = lay.get(f"{key}_first_release")
-            if first is not None and arr.shape == (n, first) and first < width:
-                # a state of the first release: what was added since starts empty (zero
-                # scalars; no slow-level residuals in the ring yet)
+            if (first is not None and arr.ndim == 2 and arr.shape[0] == n
+                    and first <= arr.shape[1] < width):
+                # an older state: what was added since (always at the end) starts empty,
+                # zero scalars and no slow-level residuals in the ring yet
                 fill = 0.0 if key == "scalars" else np.nan
-                arr = np.concatenate([arr, np.full((n, width - first), fill)], axis=1)
+                arr = np.concatenate([arr, np.full((n, width - arr.shape[1]), fill)], axis=1)
             if arr.shape != (n, width):
                 raise ValueError(f"model state {key!r} has shape {arr.shape}, "
                                  f"expected {(n, width)}")
