@@ -7,6 +7,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from adjobs import results
@@ -1091,3 +1092,15 @@ def test_a_batch_rescored_in_memory_is_stored_as_if_written_then_rescored(replac
     assert rescored.records[2] is given.records[2]  # unchanged: not copied
     assert [doc["influencer_score"] for doc in rescored.influencers] == [25.0, 2.5, 1.0]
     assert rescored.replaces_interim is replaces_interim
+
+
+def test_documents_are_encoded_as_json_dumps_would_and_reject_nan():
+    from adjobs.results import _dumps, record_ident
+
+    doc = {"job_id": "j\u00e9", "timestamp": 1, "score": 0.1 + 0.2, "flags": [True, None],
+           "nested": {"typical": [1e-300, 12.5]}, "value": np.float64(2.5)}
+    assert _dumps(doc) == json.dumps({**doc, "value": 2.5}, separators=(",", ":"))
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        _dumps({"x": float("nan")})
+    ident = {"detector_index": 2, "partition_field_value": "\u00e9", "by_field_value": None}
+    assert record_ident(ident) == json.dumps([2, "\u00e9", None, None], separators=(",", ":"))

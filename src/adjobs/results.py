@@ -204,12 +204,24 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def _encode_function(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode`` for dicts and lists, with the C encoder that ``encode`` builds on
+    every call built once: the same text. It keeps no markers to find cycles with, which
+    result documents never have."""
+    make = json.encoder.c_make_encoder
+    if make is None or encoder.indent is not None:
+        return encoder.encode
+    strings = (json.encoder.encode_basestring_ascii if encoder.ensure_ascii
+               else json.encoder.encode_basestring)
+    c_encoder = make(None, encoder.default, strings, None, encoder.key_separator,
+                     encoder.item_separator, encoder.sort_keys, encoder.skipkeys,
+                     encoder.allow_nan)
+    return lambda value: "".join(c_encoder(value, 0))
+
+
 #: One encoder for every document: json.dumps builds a new one per call for these options.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
-
-
-def _dumps(doc: Mapping[str, Any]) -> str:
-    return _ENCODER.encode(doc)
+_dumps = _encode_function(
+    json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default))
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -218,12 +230,12 @@ def _float_or_none(value: Any) -> float | None:
 
 #: json.dumps's defaults with compact separators, built once: json.dumps builds a new
 #: encoder per call when given separators.
-_IDENT_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_dumps_ident = _encode_function(json.JSONEncoder(separators=(",", ":")))
 
 
 def record_ident(doc: Mapping[str, Any]) -> str:
     """The identity of a record within its job and bucket, as stored in ``ident``."""
-    return _IDENT_ENCODER.encode(
+    return _dumps_ident(
         [
             int(doc.get("detector_index", 0)),
             doc.get("partition_field_value"),
