@@ -467,12 +467,14 @@ class JobService:
         """
         waiting: Batch | None = None  # taken from the upload, not analysed yet
         for chunk in chunks:
-            upload.feed_in_background(chunk)
-            try:
-                if waiting is not None:
+            if waiting is None:  # nothing to analyse meanwhile: no thread to start
+                upload.feed(chunk)
+            else:
+                upload.feed_in_background(chunk)
+                try:
                     job.analysis.add_records(*waiting)
-            finally:
-                upload.wait()
+                finally:
+                    upload.wait()
             waiting = self._take_batch(job, upload)
             if upload.failure:
                 break
