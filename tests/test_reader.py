@@ -414,6 +414,7 @@ def test_a_chunk_read_in_the_background_reads_as_fed_and_guards_the_upload():
     def read(background: bool):
         state = _core.JobIngestState(plan.bucket_span_ms, plan.latency_ms)
         upload = _core.Upload(plan, state)
+        assert not upload.reading
         batches = []
         for start in cuts:
             chunk = bytearray(body[start:start + 7_000])
@@ -425,6 +426,7 @@ def test_a_chunk_read_in_the_background_reads_as_fed_and_guards_the_upload():
                 with pytest.raises(RuntimeError, match="wait"):
                     upload.feed(b"{}")
                 upload.wait()
+                assert not upload.reading
                 upload.wait()  # no read running: returns at once
             else:
                 upload.feed(chunk)

@@ -1104,3 +1104,45 @@ def test_documents_are_encoded_as_json_dumps_would_and_reject_nan():
         _dumps({"x": float("nan")})
     ident = {"detector_index": 2, "partition_field_value": "\u00e9", "by_field_value": None}
     assert record_ident(ident) == json.dumps([2, "\u00e9", None, None], separators=(",", ":"))
+
+
+def test_rows_made_ahead_are_the_rows_written_and_a_changed_copy_is_encoded_anew():
+    def stored(connection):
+        return {table: connection.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()
+                for table in ("result_buckets", "result_records", "result_influencers")}
+
+    def written(batch):
+        connection = sqlite3.connect(":memory:", isolation_level=None)
+        results.create_results_tables(connection)
+        results.write_results(connection, J, batch)
+        return stored(connection)
+
+    def batch():
+        return ResultBatch(buckets=[bucket(T0, 10.0), bucket(T0 + H, 0.0, influencers=())],
+                           records=[record(T0, 10.0, by="AAL"), record(T0, 5.0, by="JZA")],
+                           influencers=[influencer(T0, 7.5)])
+
+    expected = written(batch())
+    ahead = batch()
+    calls = []
+    results.encode_rows(J, ahead, lambda: len(calls) < 3 and not calls.append(1))
+    assert len(ahead.rows) == 3  # stopped when told to
+    results.encode_rows(J, ahead, lambda: True)
+    assert len(ahead.rows) == 5
+    assert written(ahead) == expected
+    # A rescored document is a new copy: written as it is now, not as its row made ahead.
+    ahead.records[1] = {**ahead.records[1], "record_score": 50.0}
+    changed = batch()
+    changed.records[1]["record_score"] = 50.0
+    assert written(ahead) == written(changed) != expected
+    # Rows made for another job are not taken for this one.
+    other = batch()
+    results.encode_rows("other", other, lambda: True)
+    assert written(other) == expected
+    # A NaN has no row made ahead: writing raises, as without one.
+    broken = batch()
+    broken.records[0]["record_score"] = float("nan")
+    results.encode_rows(J, broken, lambda: True)
+    assert len(broken.rows) == 4
+    with pytest.raises(ValueError):
+        written(broken)

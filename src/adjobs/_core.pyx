@@ -18,6 +18,7 @@
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.pythread cimport (
     NOWAIT_LOCK,
+    PY_LOCK_ACQUIRED,
     WAIT_LOCK,
     PyThread_acquire_lock,
     PyThread_allocate_lock,
@@ -1046,6 +1047,16 @@ cdef class Upload:
         PyThread_release_lock(self.reading_done)
         self.reading_in_background = False
         self._sync_state()
+
+    @property
+    def reading(self):
+        """Whether the chunk :meth:`feed_in_background` started is still being read."""
+        if not self.reading_in_background:
+            return False
+        if PyThread_acquire_lock(self.reading_done, NOWAIT_LOCK) == PY_LOCK_ACQUIRED:
+            PyThread_release_lock(self.reading_done)  # for wait() to take
+            return False
+        return True
 
     cdef _check_idle(self):
         if self.reading_in_background:

@@ -473,6 +473,9 @@ class JobService:
                 upload.feed_in_background(chunk)
                 try:
                     job.analysis.add_records(*waiting)
+                    # Time the commit would spend, spent while waiting for the reading.
+                    results.encode_rows(job.config.job_id, job.analysis.pending,
+                                        lambda: upload.reading)
                 finally:
                     upload.wait()
             waiting = self._take_batch(job, upload)
