@@ -439,15 +439,3 @@ def test_a_chunk_read_in_the_background_reads_as_fed_and_guards_the_upload():
 
     assert read(True) == read(False)
     assert read(True)[2] == 5000
-
-
-def test_ramp_up_cuts_the_first_chunk_in_growing_pieces_and_keeps_the_bytes():
-    from adjobs.ingest import ramp_up
-
-    chunks = [bytes(range(256)) * 4096, b"second", b"third"]  # 1 MiB, then two small ones
-    pieces = [bytes(piece) for piece in ramp_up(iter(chunks), first=1 << 16, growth=4)]
-    assert [len(piece) for piece in pieces] == [1 << 16, 1 << 18, (1 << 20) - (5 << 16),
-                                                6, 5]
-    assert b"".join(pieces) == b"".join(chunks)
-    assert [bytes(piece) for piece in ramp_up(iter([b"tiny"]))] == [b"tiny"]
-    assert list(ramp_up(iter([]))) == []

@@ -20,8 +20,6 @@ from .plan import KIND_CATEGORICAL, KIND_NUMERIC, KIND_TEXT, IngestPlan
 from .timeformat import compile_time_format
 
 CHUNK_BYTES = 1 << 20
-#: The first piece of an upload that :func:`ramp_up` cuts.
-FIRST_PIECE_BYTES = 1 << 16
 
 
 def plan_for(config: JobConfig) -> IngestPlan:
@@ -84,23 +82,6 @@ def iter_chunks(data: Any, *, delimited: bool = False) -> Iterator[bytes | memor
         f"cannot post data of type [{type(data).__name__}]; expected bytes, str, a path, "
         "a binary file, a list of objects or an iterable of byte chunks",
     )
-
-
-def ramp_up(chunks: Iterator[bytes | memoryview], first: int = FIRST_PIECE_BYTES,
-            growth: int = 4) -> Iterator[bytes | memoryview]:
-    """``chunks`` with the first one cut in pieces of ``first``, ``growth`` times that, and
-    so on, then the rest as they come: whoever works through the records of each piece
-    while the next is read starts sooner, and keeps up with the reading."""
-    for chunk in chunks:
-        view = memoryview(chunk).cast("B")
-        size = first
-        while len(view) > size:
-            yield view[:size]
-            view = view[size:]
-            size *= growth
-        yield view
-        break
-    yield from chunks
 
 
 def _file_chunks(path: os.PathLike) -> Iterator[bytes]:

@@ -36,7 +36,7 @@ from .analysis import JobAnalysis
 from .config import JobConfig, apply_update, parse_job_config
 from .counts import DataCounts
 from .errors import ApiError, job_not_found, job_not_open, malformed_json
-from .ingest import iter_chunks, plan_for, ramp_up
+from .ingest import iter_chunks, plan_for
 from .ownership import Claim, JobOwnership, owned_elsewhere
 from .plan import IngestPlan
 from .store import AnalysisCommit, Store, StoredJob
@@ -391,7 +391,7 @@ class JobService:
         delimited = job.plan.format == "csv"
         chunks = iter_chunks(data, delimited=delimited)
         if self.analyse:
-            self._read_alongside_analysis(job, upload, ramp_up(chunks))
+            self._read_alongside_analysis(job, upload, chunks)
         else:
             self._read(job, upload, chunks)
         self._account(upload, incremental, job.totals)
@@ -459,11 +459,9 @@ class JobService:
         """Read each chunk on a native thread while the analysis works through the records
         of the chunk before, as ES parses in one process and analyses in another.
 
-        The results do not depend on how the records are split into batches, so handing
-        them over chunk by chunk gives the same results as :meth:`_read`. (The first chunk
-        comes in growing pieces, :func:`~adjobs.ingest.ramp_up`, so that the analysis does
-        not wait for a whole chunk to start.) The string table
-        and the upload are only touched while no chunk is being read.
+        The results do not depend on how the records are split into batches: chunk by
+        chunk gives the results of the whole upload at once. The string table and the
+        upload are only touched while no chunk is being read.
         """
         waiting: Batch | None = None  # taken from the upload, not analysed yet
         for chunk in chunks:
