@@ -132,46 +132,142 @@ def test_results_are_the_same_whether_posted_at_once_or_across_a_restart(tmp_pat
     assert [key(r) for r in split["records"]] == [key(r) for r in whole["records"]]
 
 
-def test_an_upload_reaches_the_analysis_in_batches_of_at_least_delivery_records(
-    monkeypatch,
-):
-    docs = metric_data(buckets=300, spike=(250, "a", 4.0))  # 2700 records
-    # CSV, which the reader hands over chunk by chunk (~200 records per 4 KB chunk).
+def _chunked_csv_job() -> tuple[bytes, dict]:
+    """2700 records as CSV (~200 records per 4 KB chunk) and a job that analyses them."""
+    docs = metric_data(buckets=300, spike=(250, "a", 4.0))
     csv = ("time,rt,host\n" + "".join(f"{d['time']},{d['rt']},{d['host']}\n"
                                       for d in docs)).encode()
     body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"},
                   influencers=("host",))
     body["data_description"] = {"format": "delimited", "field_delimiter": ",",
                                 "time_field": "time", "time_format": "epoch"}
+    return csv, body
 
-    def analysed(delivery_records: int, chunk_bytes: int) -> tuple[list[int], dict]:
-        monkeypatch.setattr("adjobs.service.DELIVERY_RECORDS", delivery_records)
+
+def _everything(service, job_id: str) -> dict:
+    return {
+        "buckets": service.get_buckets(job_id, size=500, expand=True)["buckets"],
+        "records": service.get_records(job_id, size=500)["records"],
+        "influencers": service.get_influencers(job_id, size=500)["influencers"],
+        "counts": {key: value for key, value in
+                   service.get_job_stats(job_id)["jobs"][0]["data_counts"].items()
+                   if key not in ("last_data_time", "log_time")},
+    }
+
+
+def test_the_analysis_gets_each_chunk_as_read_with_the_results_of_the_whole_upload(
+    monkeypatch,
+):
+    csv, body = _chunked_csv_job()
+
+    def analysed(chunk_bytes: int, analyse: bool = True) -> tuple[list[int], dict]:
         monkeypatch.setattr("adjobs.ingest.CHUNK_BYTES", chunk_bytes)
-        with adjobs.JobService() as service:
+        with adjobs.JobService(analyse=analyse) as service:
             service.put_job("job", body)
             service.open_job("job")
             sizes: list[int] = []
             service.add_record_listener("job", lambda times, *_: sizes.append(len(times)))
             service.post_data("job", csv)
             service.flush_job("job")
-            return sizes, {
-                "buckets": service.get_buckets("job", size=500, expand=True)["buckets"],
-                "records": service.get_records("job", size=500)["records"],
-                "influencers": service.get_influencers("job", size=500)["influencers"],
-            }
+            return sizes, _everything(service, "job")
 
-    # The chunks' records gather to 1000 or more per hand-over, the rest at the end.
-    held_sizes, held = analysed(1000, 4096)
-    assert sum(held_sizes) == len(docs)
+    # The analysis works through each chunk while the next one is read.
+    chunk_sizes, per_chunk = analysed(4096)
+    assert sum(chunk_sizes) == 2700
+    assert len(chunk_sizes) == 14
+    whole_sizes, whole = analysed(1 << 20)
+    assert whole_sizes == [2700]
+    assert len(whole["records"]) >= 1
+    assert per_chunk == whole
+    # Without analysis, records gather to DELIVERY_RECORDS per hand-over to the listeners.
+    monkeypatch.setattr("adjobs.service.DELIVERY_RECORDS", 1000)
+    held_sizes, _ = analysed(4096, analyse=False)
+    assert sum(held_sizes) == 2700
     assert len(held_sizes) == 3
     assert all(1000 <= size < 1210 for size in held_sizes[:2])
-    # Every chunk handed over as read, and the whole upload at once: the same results.
-    chunk_sizes, per_chunk = analysed(1, 4096)
-    assert len(chunk_sizes) == 14
-    whole_sizes, whole = analysed(1 << 20, 1 << 20)
-    assert whole_sizes == [len(docs)]
-    assert len(whole["records"]) >= 1
-    assert held == per_chunk == whole
+
+
+def _read_then_analyse(service, job, upload, chunks):
+    """Each chunk read, then analysed, one after the other: what reading on a thread
+    alongside the analysis must agree with."""
+    for chunk in chunks:
+        upload.feed(chunk)
+        batch = service._take_batch(job, upload)
+        if batch is not None:
+            job.analysis.add_records(*batch)
+        if upload.failure:
+            break
+    upload.finish()
+    batch = service._take_batch(job, upload)
+    if batch is not None:
+        job.analysis.add_records(*batch)
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["whole", "malformed-mid-file"])
+def test_reading_alongside_the_analysis_gives_the_results_of_reading_first(
+    monkeypatch, tmp_path, failing,
+):
+    docs = metric_data(buckets=300, spike=(250, "a", 4.0))
+    lines = [json.dumps(doc) for doc in docs]
+    if failing:  # more malformed documents than ES tolerates, two thirds through
+        lines[1800:1800] = ["{not json"] * 150
+    ndjson = ("\n".join(lines) + "\n").encode()
+    body = config({"function": "mean", "field_name": "rt"}, influencers=("host",))
+    monkeypatch.setattr("adjobs.ingest.CHUNK_BYTES", 8192)
+
+    def analysed(store) -> dict:
+        with adjobs.JobService(store) as service:
+            service.put_job("job", body)
+            service.open_job("job")
+            try:
+                service.post_data("job", ndjson)
+                error = None
+            except ApiError as raised:
+                error = (raised.status, raised.reason)
+            service.flush_job("job")
+            return {"error": error, **_everything(service, "job")}
+
+    alongside = analysed(tmp_path / "alongside")
+    monkeypatch.setattr(adjobs.JobService, "_read_alongside_analysis", _read_then_analyse)
+    sequential = analysed(tmp_path / "sequential")
+    assert alongside == sequential
+    assert len(alongside["records"]) >= 1
+    if failing:
+        assert alongside["error"][0] == 400
+        assert 0 < alongside["counts"]["processed_record_count"] < len(docs)
+    else:
+        assert alongside["error"] is None
+        assert alongside["counts"]["processed_record_count"] == len(docs)
+
+
+def test_a_failing_analysis_waits_for_the_chunk_being_read(monkeypatch):
+    """An exception in the analysis propagates only once the chunk read meanwhile is
+    done, and the upload then counts nothing."""
+    csv, body = _chunked_csv_job()
+    monkeypatch.setattr("adjobs.ingest.CHUNK_BYTES", 4096)
+    with adjobs.JobService() as service:
+        service.put_job("job", body)
+        service.open_job("job")
+        before = service.get_job_stats("job")["jobs"][0]["data_counts"]
+        calls = []
+
+        def failing(*_):
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("analysis failed")
+            return original(*_)
+
+        original = service._open["job"].analysis.add_records
+        service._open["job"].analysis.add_records = failing
+        with pytest.raises(RuntimeError, match="analysis failed"):
+            service.post_data("job", csv)
+        assert service.get_job_stats("job")["jobs"][0]["data_counts"] == before
+        assert service.string_values("job") == []
+        # The analysis was rolled back with the upload: the same data again is whole.
+        service.post_data("job", csv)
+        service.flush_job("job")
+        assert service.get_job_stats("job")["jobs"][0]["data_counts"][
+            "processed_record_count"] == 2700
 
 
 def test_a_killed_process_continues_from_its_last_acknowledged_upload(tmp_path):

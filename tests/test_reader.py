@@ -397,3 +397,45 @@ def test_small_windows_give_the_same_counts():
     assert whole["processed_record_count"] == 8
     assert whole["invalid_date_count"] == 2
     assert whole["out_of_order_timestamp_count"] == 1
+
+
+# --------------------------------------------------------------------------- background reads
+
+
+def test_a_chunk_read_in_the_background_reads_as_fed_and_guards_the_upload():
+    from adjobs.config import parse_job_config
+    from adjobs.ingest import plan_for
+
+    config = parse_job_config("bg", value_job())
+    plan = plan_for(config)
+    body = b"".join(b'{"time":%d,"value":%d}\n' % (1_600_000_000 + i, i) for i in range(5000))
+    cuts = range(0, len(body), 7_000)
+
+    def read(background: bool):
+        state = _core.JobIngestState(plan.bucket_span_ms, plan.latency_ms)
+        upload = _core.Upload(plan, state)
+        assert not upload.reading
+        batches = []
+        for start in cuts:
+            chunk = bytearray(body[start:start + 7_000])
+            if background:
+                upload.feed_in_background(chunk)
+                chunk[:] = b"x" * len(chunk)  # the chunk was copied: reusing it is fine
+                with pytest.raises(RuntimeError, match="wait"):
+                    upload.take_batch()
+                with pytest.raises(RuntimeError, match="wait"):
+                    upload.feed(b"{}")
+                upload.wait()
+                assert not upload.reading
+                upload.wait()  # no read running: returns at once
+            else:
+                upload.feed(chunk)
+            batches.append(upload.take_batch())
+        upload.finish()
+        batches.append(upload.take_batch())
+        times, numeric, _ = (np.concatenate(parts) for parts in zip(*batches))
+        return (times.tolist(), numeric[:, 0].tolist(), upload.processed_record_count,
+                state.latest_ms)
+
+    assert read(True) == read(False)
+    assert read(True)[2] == 5000

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 
+import numpy as np
 import pytest
 
 from adjobs import results
@@ -1091,3 +1092,57 @@ def test_a_batch_rescored_in_memory_is_stored_as_if_written_then_rescored(replac
     assert rescored.records[2] is given.records[2]  # unchanged: not copied
     assert [doc["influencer_score"] for doc in rescored.influencers] == [25.0, 2.5, 1.0]
     assert rescored.replaces_interim is replaces_interim
+
+
+def test_documents_are_encoded_as_json_dumps_would_and_reject_nan():
+    from adjobs.results import _dumps, record_ident
+
+    doc = {"job_id": "j\u00e9", "timestamp": 1, "score": 0.1 + 0.2, "flags": [True, None],
+           "nested": {"typical": [1e-300, 12.5]}, "value": np.float64(2.5)}
+    assert _dumps(doc) == json.dumps({**doc, "value": 2.5}, separators=(",", ":"))
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        _dumps({"x": float("nan")})
+    ident = {"detector_index": 2, "partition_field_value": "\u00e9", "by_field_value": None}
+    assert record_ident(ident) == json.dumps([2, "\u00e9", None, None], separators=(",", ":"))
+
+
+def test_rows_made_ahead_are_the_rows_written_and_a_changed_copy_is_encoded_anew():
+    def stored(connection):
+        return {table: connection.execute(f"SELECT * FROM {table} ORDER BY rowid").fetchall()
+                for table in ("result_buckets", "result_records", "result_influencers")}
+
+    def written(batch):
+        connection = sqlite3.connect(":memory:", isolation_level=None)
+        results.create_results_tables(connection)
+        results.write_results(connection, J, batch)
+        return stored(connection)
+
+    def batch():
+        return ResultBatch(buckets=[bucket(T0, 10.0), bucket(T0 + H, 0.0, influencers=())],
+                           records=[record(T0, 10.0, by="AAL"), record(T0, 5.0, by="JZA")],
+                           influencers=[influencer(T0, 7.5)])
+
+    expected = written(batch())
+    ahead = batch()
+    calls = []
+    results.encode_rows(J, ahead, lambda: len(calls) < 3 and not calls.append(1))
+    assert len(ahead.rows) == 3  # stopped when told to
+    results.encode_rows(J, ahead, lambda: True)
+    assert len(ahead.rows) == 5
+    assert written(ahead) == expected
+    # A rescored document is a new copy: written as it is now, not as its row made ahead.
+    ahead.records[1] = {**ahead.records[1], "record_score": 50.0}
+    changed = batch()
+    changed.records[1]["record_score"] = 50.0
+    assert written(ahead) == written(changed) != expected
+    # Rows made for another job are not taken for this one.
+    other = batch()
+    results.encode_rows("other", other, lambda: True)
+    assert written(other) == expected
+    # A NaN has no row made ahead: writing raises, as without one.
+    broken = batch()
+    broken.records[0]["record_score"] = float("nan")
+    results.encode_rows(J, broken, lambda: True)
+    assert len(broken.rows) == 4
+    with pytest.raises(ValueError):
+        written(broken)

@@ -16,6 +16,17 @@
 # control at the next document that stage 1 indexed consistently.
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.pythread cimport (
+    NOWAIT_LOCK,
+    PY_LOCK_ACQUIRED,
+    WAIT_LOCK,
+    PyThread_acquire_lock,
+    PyThread_allocate_lock,
+    PyThread_free_lock,
+    PyThread_release_lock,
+    PyThread_start_new_thread,
+    PyThread_type_lock,
+)
 from libc.math cimport NAN, log
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc, strtod
@@ -24,6 +35,11 @@ from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 cimport adjobs._simdjson as sj
 
 import numpy as np
+
+ctypedef void (*thread_function)(void *) noexcept nogil
+
+cdef extern from "pythread.h":
+    unsigned long PYTHREAD_INVALID_THREAD_ID
 
 cdef extern from "adjobs_time.h" nogil:
     int adjobs_time_parse(const int32_t *prog, size_t prog_len, const char *text,
@@ -891,14 +907,26 @@ cdef class Upload:
     cdef public int64_t problem_line, problem_offset
     cdef public int64_t consumed_at_failure
 
+    # a chunk read on a native thread (feed_in_background): the lock is held until it ends
+    cdef PyThread_type_lock reading_done
+    cdef bint reading_in_background
+
     def __cinit__(self):
         self.indexer = sj.adjobs_indexer_new()
         if self.indexer == NULL:
+            raise MemoryError()
+        self.reading_done = PyThread_allocate_lock()
+        if self.reading_done == NULL:
             raise MemoryError()
         self.index_base = -1
         self.out_times.item_size = sizeof(int64_t)
 
     def __dealloc__(self):
+        if self.reading_done != NULL:
+            if self.reading_in_background:  # the thread still uses the buffers freed below
+                with nogil:
+                    PyThread_acquire_lock(self.reading_done, WAIT_LOCK)
+            PyThread_free_lock(self.reading_done)
         sj.adjobs_indexer_free(self.indexer)
         free(self.buf.data)
         free(self.scratch.data)
@@ -967,25 +995,76 @@ cdef class Upload:
 
     def feed(self, data):
         """Read the next chunk of the upload (bytes-like)."""
+        if self._take_chunk(data):
+            with nogil:
+                self._process(False)
+            self._sync_state()
+
+    def feed_in_background(self, data):
+        """Start reading the next chunk (bytes-like) on a native thread and return at once;
+        :meth:`wait` ends the read. The chunk is copied first, so the caller may reuse it.
+
+        The thread never needs the GIL, so the caller's Python code runs meanwhile (the
+        service analyses the records of the previous chunk). Until :meth:`wait` returns,
+        nothing may touch this upload or the string table and diagnostics of its job's
+        state: the thread writes them.
+        """
+        cdef unsigned long thread
+        if not self._take_chunk(data):
+            return
+        PyThread_acquire_lock(self.reading_done, NOWAIT_LOCK)
+        self.reading_in_background = True
+        thread = PyThread_start_new_thread(<thread_function>_read_in_background, <void *>self)
+        if thread == PYTHREAD_INVALID_THREAD_ID:
+            # No thread to be had: read here instead.
+            with nogil:
+                _read_in_background(self)
+
+    cdef bint _take_chunk(self, data) except -1:
+        """Copy a chunk into the buffer if this upload reads on; whether it does."""
         cdef const uint8_t[::1] view
         cdef int status
+        self._check_idle()
         if self.finished:
             raise RuntimeError("upload already finished")
         if self.failure != FAIL_NONE:
-            return
+            return False
         view = memoryview(data).cast("B")
         if view.shape[0] == 0:
-            return
+            return False
         with nogil:
             status = self._append(&view[0], view.shape[0])
-            if status == 0:
-                self._process(False)
         if status != 0:
             raise MemoryError()
+        return True
+
+    def wait(self):
+        """End the read :meth:`feed_in_background` started (at once if none runs)."""
+        if not self.reading_in_background:
+            return
+        with nogil:
+            PyThread_acquire_lock(self.reading_done, WAIT_LOCK)
+        PyThread_release_lock(self.reading_done)
+        self.reading_in_background = False
         self._sync_state()
+
+    @property
+    def reading(self):
+        """Whether the chunk :meth:`feed_in_background` started is still being read."""
+        if not self.reading_in_background:
+            return False
+        if PyThread_acquire_lock(self.reading_done, NOWAIT_LOCK) == PY_LOCK_ACQUIRED:
+            PyThread_release_lock(self.reading_done)  # for wait() to take
+            return False
+        return True
+
+    cdef _check_idle(self):
+        if self.reading_in_background:
+            raise RuntimeError("a chunk is still being read: wait() first")
 
     def finish(self):
         """The body has ended: read what is left and apply the end-of-body rules."""
+        self._check_idle()
         if self.finished:
             return
         self.finished = True
@@ -1027,6 +1106,7 @@ cdef class Upload:
         n_categorical])`` in processing order.
         """
         cdef int64_t n = self.out_times.count
+        self._check_idle()
         times = np.empty(n, dtype=np.int64)
         numeric = np.empty((n, self.n_numeric), dtype=np.float64)
         codes = np.empty((n, self.n_categorical), dtype=np.int32)
@@ -2401,6 +2481,13 @@ def parse_time(program: bytes, text: bytes, int default_year):
 def parse_number(text: bytes) -> float:
     """A numeric field's text as the core reads it (NaN when not a number)."""
     return parse_decimal(<const uint8_t *>PyBytes_AS_STRING(text), len(text))
+
+
+cdef void _read_in_background(Upload upload) noexcept nogil:
+    # The thread of Upload.feed_in_background: plain C on the upload's buffers. Started
+    # through a cast to the thread API's void * signature, so it takes no reference.
+    upload._process(False)
+    PyThread_release_lock(upload.reading_done)
 
 
 FAILURE_NONE = FAIL_NONE

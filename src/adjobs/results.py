@@ -71,6 +71,7 @@ __all__ = [
     "create_results_tables",
     "delete_interim",
     "delete_results",
+    "encode_rows",
     "format_bucket_span",
     "get_buckets",
     "get_influencers",
@@ -178,12 +179,18 @@ class ResultBatch:
     influencers: list[dict] = field(default_factory=list)
     #: Drop every interim result of the job before writing these.
     replaces_interim: bool = False
+    #: Rows :func:`encode_rows` made ahead of :func:`write_results`: ``id(doc) -> (job_id,
+    #: doc, row)``. A document is never changed once in a batch (a rescored one is a new
+    #: copy, with no row yet), so its row stays right.
+    rows: dict[int, tuple[str, Mapping[str, Any], tuple]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def extend(self, other: ResultBatch) -> None:
         self.buckets.extend(other.buckets)
         self.records.extend(other.records)
         self.influencers.extend(other.influencers)
         self.replaces_interim = self.replaces_interim or other.replaces_interim
+        self.rows.update(getattr(other, "rows", {}))
 
 
 def create_results_tables(db: sqlite3.Connection) -> None:
@@ -204,12 +211,24 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
+def _encode_function(encoder: json.JSONEncoder) -> Callable[[Any], str]:
+    """``encoder.encode`` for dicts and lists, with the C encoder that ``encode`` builds on
+    every call built once: the same text. It keeps no markers to find cycles with, which
+    result documents never have."""
+    make = json.encoder.c_make_encoder
+    if make is None or encoder.indent is not None:
+        return encoder.encode
+    strings = (json.encoder.encode_basestring_ascii if encoder.ensure_ascii
+               else json.encoder.encode_basestring)
+    c_encoder = make(None, encoder.default, strings, None, encoder.key_separator,
+                     encoder.item_separator, encoder.sort_keys, encoder.skipkeys,
+                     encoder.allow_nan)
+    return lambda value: "".join(c_encoder(value, 0))
+
+
 #: One encoder for every document: json.dumps builds a new one per call for these options.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)
-
-
-def _dumps(doc: Mapping[str, Any]) -> str:
-    return _ENCODER.encode(doc)
+_dumps = _encode_function(
+    json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default))
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -218,12 +237,12 @@ def _float_or_none(value: Any) -> float | None:
 
 #: json.dumps's defaults with compact separators, built once: json.dumps builds a new
 #: encoder per call when given separators.
-_IDENT_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_dumps_ident = _encode_function(json.JSONEncoder(separators=(",", ":")))
 
 
 def record_ident(doc: Mapping[str, Any]) -> str:
     """The identity of a record within its job and bucket, as stored in ``ident``."""
-    return _IDENT_ENCODER.encode(
+    return _dumps_ident(
         [
             int(doc.get("detector_index", 0)),
             doc.get("partition_field_value"),
@@ -280,6 +299,39 @@ def _influencer_row(job_id: str, doc: Mapping[str, Any]) -> tuple:
     )
 
 
+#: Each kind of document with the function that makes its row.
+_ROW_OF = (("buckets", _bucket_row), ("records", _record_row),
+           ("influencers", _influencer_row))
+
+
+def encode_rows(job_id: str, batch: ResultBatch, go_on: Callable[[], bool]) -> None:
+    """Make rows for the documents of ``batch`` that have none yet, while ``go_on()``, so
+    that :func:`write_results` only inserts them: the service makes them while it would
+    otherwise wait for the next chunk to be read, rather than in the commit."""
+    for kind, row_of in _ROW_OF:
+        for doc in getattr(batch, kind):
+            if not go_on():
+                return
+            if id(doc) not in batch.rows:
+                try:
+                    batch.rows[id(doc)] = (job_id, doc, row_of(job_id, doc))
+                except ValueError:
+                    pass  # a NaN: write_results raises it, in the commit, as ever
+
+
+def _rows(job_id: str, docs: list, made: Mapping[int, tuple],
+          row_of: Callable[[str, Any], tuple]) -> list[tuple]:
+    """The rows of ``docs``: those :func:`encode_rows` made, and the others."""
+    rows = []
+    for doc in docs:
+        ready = made.get(id(doc))
+        if ready is not None and ready[1] is doc and ready[0] == job_id:
+            rows.append(ready[2])
+        else:
+            rows.append(row_of(job_id, doc))
+    return rows
+
+
 def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
     """Store a batch of result documents (inside the caller's transaction).
 
@@ -291,6 +343,7 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
     buckets = list(batch.buckets)
     records = list(batch.records)
     influencers = list(batch.influencers)
+    made = getattr(batch, "rows", None) or {}
     if getattr(batch, "replaces_interim", False):
         delete_interim(db, job_id)
     stamps = {int(doc["timestamp"]) for doc in itertools.chain(buckets, records, influencers)}
@@ -314,7 +367,7 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
         db.executemany(
             "INSERT OR REPLACE INTO result_buckets (job_id, timestamp, anomaly_score,"
             " initial_anomaly_score, event_count, is_interim, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [_bucket_row(job_id, doc) for doc in buckets],
+            _rows(job_id, buckets, made, _bucket_row),
         )
     if records:
         db.executemany(
@@ -322,7 +375,7 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
             " record_score, initial_record_score, probability, raw_score, is_interim,"
             " partition_field_value, by_field_value, over_field_value, field_name, function,"
             " doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_record_row(job_id, doc) for doc in records],
+            _rows(job_id, records, made, _record_row),
         )
     if influencers:
         db.executemany(
@@ -330,7 +383,7 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
             " influencer_field_name, influencer_field_value, influencer_score,"
             " initial_influencer_score, probability, raw_score, is_interim, doc)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_influencer_row(job_id, doc) for doc in influencers],
+            _rows(job_id, influencers, made, _influencer_row),
         )
 
 
@@ -577,6 +630,7 @@ def rescored_batch(batch: Any, since_ms: int, rescore: Callable[[list[dict]], li
         influencers=[rescored_influencer(doc) for doc in batch.influencers]
         if influencer_scores else list(batch.influencers),
         replaces_interim=bool(getattr(batch, "replaces_interim", False)),
+        rows=getattr(batch, "rows", None) or {},
     )
 
 

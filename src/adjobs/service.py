@@ -24,7 +24,7 @@ import fnmatch
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
@@ -42,12 +42,22 @@ from .plan import IngestPlan
 from .store import AnalysisCommit, Store, StoredJob
 from .timeparams import parse_time_param
 
-#: Records an upload gathers before they are handed to the analysis (8 bytes each, plus 8
-#: per numeric and 4 per categorical field): fewer hand-overs than one per chunk read,
-#: memory still bounded.
+#: Records an upload that is not analysed gathers before they are handed to the listeners
+#: (8 bytes each, plus 8 per numeric and 4 per categorical field): fewer hand-overs than one
+#: per chunk read, memory still bounded. An analysed upload hands each chunk's records to
+#: the analysis as read, to analyse them while the next chunk is read.
 DELIVERY_RECORDS = 1 << 18
 
 RecordListener = Callable[[Any, Any, Any], None]
+#: The records of some of an upload, as the ingest core gives them: (times, numeric, codes).
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _joined(batches: list[Batch]) -> Batch:
+    if len(batches) == 1:
+        return batches[0]
+    times, numeric, codes = (np.concatenate(parts) for parts in zip(*batches, strict=True))
+    return times, numeric, codes
 
 
 def _now_ms() -> int:
@@ -379,14 +389,11 @@ class JobService:
         self._move_diagnostics(state, incremental, job.totals)
         upload = _core.Upload(job.plan, state)
         delimited = job.plan.format == "csv"
-        held: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        for chunk in iter_chunks(data, delimited=delimited):
-            upload.feed(chunk)
-            self._deliver(job, upload, held)
-            if upload.failure:
-                break
-        upload.finish()
-        self._deliver(job, upload, held, last=True)
+        chunks = iter_chunks(data, delimited=delimited)
+        if self.analyse:
+            self._read_alongside_analysis(job, upload, chunks)
+        else:
+            self._read(job, upload, chunks)
         self._account(upload, incremental, job.totals)
         if upload.failure:
             # Counted records stay counted (D6); the window is not flushed, as in ES.
@@ -436,29 +443,71 @@ class JobService:
                 "latest_sparse_bucket_timestamp", diagnostics.latest_sparse_bucket_ms
             )
 
+    def _read(self, job: _OpenJob, upload: _core.Upload, chunks: Iterator[Any]) -> None:
+        """Read the chunks one after the other, for the listeners only (no analysis)."""
+        held: list[Batch] = []
+        for chunk in chunks:
+            upload.feed(chunk)
+            self._deliver(job, upload, held)
+            if upload.failure:
+                break
+        upload.finish()
+        self._deliver(job, upload, held, last=True)
+
+    def _read_alongside_analysis(self, job: _OpenJob, upload: _core.Upload,
+                                 chunks: Iterator[Any]) -> None:
+        """Read each chunk on a native thread while the analysis works through the records
+        of the chunk before, as ES parses in one process and analyses in another.
+
+        The results do not depend on how the records are split into batches: chunk by
+        chunk gives the results of the whole upload at once. The string table and the
+        upload are only touched while no chunk is being read.
+        """
+        waiting: Batch | None = None  # taken from the upload, not analysed yet
+        for chunk in chunks:
+            if waiting is None:  # nothing to analyse meanwhile: no thread to start
+                upload.feed(chunk)
+            else:
+                upload.feed_in_background(chunk)
+                try:
+                    job.analysis.add_records(*waiting)
+                    # Time the commit would spend, spent while waiting for the reading.
+                    results.encode_rows(job.config.job_id, job.analysis.pending,
+                                        lambda: upload.reading)
+                finally:
+                    upload.wait()
+            waiting = self._take_batch(job, upload)
+            if upload.failure:
+                break
+        upload.finish()
+        rest = [batch for batch in (waiting, self._take_batch(job, upload)) if batch is not None]
+        if rest:
+            job.analysis.add_records(*_joined(rest))
+
+    def _take_batch(self, job: _OpenJob, upload: _core.Upload) -> Batch | None:
+        """The records read since the last call, given to the listeners, with the names
+        of their codes known to the analysis; None if there are none."""
+        batch = upload.take_batch()
+        if not len(batch[0]):
+            return None
+        for listener in self._listeners.get(job.config.job_id, ()):
+            listener(*batch)
+        job.analysis.sync_names(job.ingest.strings)
+        return batch
+
     def _deliver(self, job: _OpenJob, upload: _core.Upload,
-                 held: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                 last: bool = False) -> None:
-        """Hand the records read so far to the listeners and the analysis once
-        :data:`DELIVERY_RECORDS` have gathered in ``held`` (and at the ``last`` call): each
-        hand-over has a fixed cost in the analysis, and the results do not depend on how
-        the records are split."""
+                 held: list[Batch], last: bool = False) -> None:
+        """Hand the records read so far to the listeners once :data:`DELIVERY_RECORDS`
+        have gathered in ``held`` (and at the ``last`` call)."""
         batch = upload.take_batch()
         if len(batch[0]):
             held.append(batch)
         if not held or (not last and sum(len(b[0]) for b in held) < DELIVERY_RECORDS):
             return
-        if len(held) == 1:
-            times, numeric, codes = held[0]
-        else:
-            times, numeric, codes = (np.concatenate(parts) for parts in zip(*held, strict=True))
+        times, numeric, codes = _joined(held)
         held.clear()
-        if len(times):
-            for listener in self._listeners.get(job.config.job_id, ()):
-                listener(times, numeric, codes)
-            if self.analyse:
-                job.analysis.sync_names(job.ingest.strings)
-                job.analysis.add_records(times, numeric, codes)
+        for listener in self._listeners.get(job.config.job_id, ()):
+            listener(times, numeric, codes)
 
     @staticmethod
     def _failure_error(upload: _core.Upload) -> ApiError:
