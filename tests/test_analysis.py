@@ -570,6 +570,40 @@ def test_another_values_bigger_anomaly_does_not_hold_down_its_scores():
     assert scores["partition_field_name", "c"][0] > 75
 
 
+def test_a_persons_mean_of_few_records_is_judged_as_such_in_a_population():
+    # Ten persons, 20 records each per bucket, rt ~ N(100, 20). In bucket 300 p0's mean is
+    # 115 either way: of 20 records (a standard error of 4.5: unusual among the others) or
+    # of 1 record (ordinary). A state saved before the count scale judges both alike.
+    from adjobs.population import PopulationModels
+
+    def docs(records_at_300: int) -> list[dict]:
+        rng = np.random.default_rng(4)
+        out = []
+        for b in range(400):
+            for p in range(10):
+                n = records_at_300 if (b, p) == (300, 0) else 20
+                values = 100 + rng.normal(0, 20, n)
+                if (b, p) == (300, 0):
+                    values = values - values.mean() + 115
+                out.extend({"time": T0 + b * SPAN + 10 + k, "person": f"p{p}", "rt": float(v)}
+                           for k, v in enumerate(values))
+        return sorted(out, key=lambda d: d["time"])
+
+    body = config({"function": "mean", "field_name": "rt", "over_field_name": "person"})
+    found = {}
+    for n in (1, 20):
+        with adjobs.JobService() as service:
+            run_job(service, f"pop{n}", body, docs(n))
+            found[n] = [r["probability"] for r in service.get_records(f"pop{n}", size=1000)[
+                "records"] if r["timestamp"] == (T0 + 300 * SPAN) * 1000
+                and r["over_field_value"] == "p0"]
+    assert found[1] == [] and len(found[20]) == 1 and found[20][0] < 0.05
+    models = PopulationModels(SPAN, 0, 1, (0,))
+    old = {k: v for k, v in models.state().items() if k != "count_scaled"}
+    assert PopulationModels.from_state(old).count_scaled == ()
+    assert PopulationModels.from_state(models.state()).count_scaled == (0,)
+
+
 def test_scope_keys_are_fixed_width_and_never_shared_by_different_names():
     from adjobs.analysis import influencer_scope, record_scope
 

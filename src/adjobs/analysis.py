@@ -181,7 +181,9 @@ class _DetectorAnalysis:
         if self.function == "rare":
             self.models: Any = RareModels()
         elif self.population:
-            self.models = PopulationModels(span_s, self.side, len(self.statistics))
+            self.models = PopulationModels(
+                span_s, self.side, len(self.statistics),
+                tuple(j for j, name in enumerate(self.statistics) if name in COUNT_SCALED))
         else:
             self.models = _ColumnModels(span_s)
         #: (partition, by, over) code triple -> first model column of the series.

@@ -39,6 +39,9 @@ MIN_CV = 1e-4
 RARE_MIN_BUCKETS = 20
 #: A median absolute deviation times this estimates a normal standard deviation.
 MAD_TO_SIGMA = 1.4826
+#: Bounds of (the attribute's median records per person / this person's records), the
+#: count variance scale of a mean, median or varp (as the series models bound theirs).
+COUNT_RATIO_BOUNDS = (1e-6, 1e6)
 
 
 def student_t_sf(t: np.ndarray, dof: float = STUDENT_DOF) -> np.ndarray:
@@ -65,12 +68,20 @@ def tail_probability(z: np.ndarray, side: int) -> np.ndarray:
 
 
 class PopulationModels:
-    """Per attribute: a decaying robust location and scale of the persons' features."""
+    """Per attribute: a decaying robust location and scale of the persons' features.
 
-    def __init__(self, bucket_span_s: int, side: int, statistics: int) -> None:
+    ``count_scaled``: the statistic columns (means, medians, variances) whose spread depends
+    on the records behind them: a person's is scaled by sqrt(the attribute's median records
+    per person in the bucket / the person's own), as ES's count variance scale does. A
+    state saved before this existed restores with none.
+    """
+
+    def __init__(self, bucket_span_s: int, side: int, statistics: int,
+                 count_scaled: tuple[int, ...] = ()) -> None:
         self.bucket_span_s = bucket_span_s
         self.side = side
         self.statistics = statistics
+        self.count_scaled = tuple(int(j) for j in count_scaled)
         #: (partition, by) -> row of the arrays below.
         self.attributes: dict[tuple[int, int], int] = {}
         self.location = np.zeros((0, statistics))
@@ -124,7 +135,17 @@ class PopulationModels:
         spread = (w * self.scale[unique] + sizes[:, None] * mad) / (w + sizes[:, None])
         floor = np.maximum(MIN_CV * np.abs(location), 1e-12)
         spread = np.maximum(spread, floor)
+        widen = np.ones(len(values))
+        if self.count_scaled:
+            counts = f.count[start:end]
+            usual = _group_median(counts, group, len(unique))[group]
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                ratio = usual / counts
+            widen = np.sqrt(np.clip(np.where(np.isfinite(ratio), ratio, 1.0),
+                                    *COUNT_RATIO_BOUNDS))
         z = (values - location[group]) / spread[group]
+        for j in self.count_scaled:
+            z[:, j] /= widen
         p = tail_probability(z, self.side)
         worst = np.argmin(p, axis=1)
         p_row = p[np.arange(len(p)), worst]
@@ -150,12 +171,18 @@ class PopulationModels:
             "scale": self.scale.copy(),
             "weight": self.weight.copy(),
             "meta": np.array([self.bucket_span_s, self.side, self.statistics], dtype=np.int64),
+            "count_scaled": np.array(self.count_scaled, dtype=np.int64),
         }
 
     @classmethod
     def from_state(cls, state: dict) -> PopulationModels:
         span, side, statistics = (int(x) for x in state["meta"])
-        models = cls(span, side, statistics)
+        # a state from before the count variance scale: the job keeps judging without it
+        scaled = tuple(int(j) for j in state.get("count_scaled", ()))
+        if any(not 0 <= j < statistics for j in scaled):
+            raise ValueError(f"population state names statistic columns {scaled} of "
+                             f"{statistics}")
+        models = cls(span, side, statistics, scaled)
         models.attributes = {(int(a), int(b)): i for i, (a, b) in enumerate(state["keys"])}
         models.location = np.array(state["location"], dtype=float).reshape(-1, statistics)
         models.scale = np.array(state["scale"], dtype=float).reshape(-1, statistics)
