@@ -18,6 +18,14 @@ SPEC_EXAMPLES = SHARED / "spec" / "examples.json"
 FAREQUOTE = SHARED / "data" / "farequote-2021.csv"
 
 
+def pytest_configure(config):
+    # Say where the shared data was looked for, rather than fail at collection on a path.
+    if not SPEC_EXAMPLES.is_file():
+        raise pytest.UsageError(
+            f"the tests read the shared data in place and found none at {SHARED}: put this "
+            "checkout beside the shared directory, or set ADJOBS_SHARED_DIR to it")
+
+
 def strip_clock(counts: dict) -> dict:
     """Data counts without the wall-clock fields."""
     return {k: v for k, v in counts.items() if k not in ("last_data_time", "log_time")}

@@ -283,6 +283,11 @@ def test_api_key_is_enforced(tmp_path):
             assert denied.json()["status"] == 401
             assert denied.json()["error"]["root_cause"][0]["type"] == "security_exception"
             assert "ApiKey" in denied.headers["www-authenticate"]
+            # ES's wordings: nothing sent, or credentials that did not authenticate
+            assert denied.json()["error"]["reason"] == (
+                "unable to authenticate with provided credentials and anonymous access is not "
+                "allowed for this request" if headers
+                else "missing authentication credentials for REST request [/]")
         assert request(port, "HEAD", "/").status == 401
         assert request(port, "GET", "/_ml/anomaly_detectors").status == 401
         assert request(port, "PUT", "/_ml/anomaly_detectors/sneaky", json.dumps(JOB_CONFIG),

@@ -374,12 +374,16 @@ class RestApp:
     def _authorize(self, headers: dict[str, str], path: str) -> None:
         if self.api_key is None:
             return
-        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        sent = headers.get("authorization", "")
+        scheme, _, credentials = sent.partition(" ")
         if scheme.lower() == "apikey" and hmac.compare_digest(
                 credentials.strip().encode(), self.api_key.encode()):
             return
-        raise ApiError(401, "security_exception",
-                       f"missing authentication credentials for REST request [{path}]",
+        # ES's two wordings: nothing was sent, or what was sent did not authenticate
+        reason = ("unable to authenticate with provided credentials and anonymous access is "
+                  "not allowed for this request" if sent.strip()
+                  else f"missing authentication credentials for REST request [{path}]")
+        raise ApiError(401, "security_exception", reason,
                        header={"WWW-Authenticate": ["ApiKey"]})
 
     async def _dispatch(self, route: rest.Route, path_params: dict[str, str], path: str,
