@@ -40,6 +40,7 @@ stepped over (the models see the jump) instead of being processed bucket by buck
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -485,13 +486,27 @@ def _unique_series(features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _scope_key(*parts: str) -> str:
     """A fixed-width key for a tuple of names: the parts are length-prefixed, so no two
     tuples share a key whatever characters the values hold, and the normaliser's scope table
-    stays 32 characters a scope however long the values are."""
+    stays 32 characters a scope however long the values are. Short names (the usual case,
+    the same few per bucket) come from a bounded cache."""
+    if sum(map(len, parts)) <= _CACHED_SCOPE_CHARS:
+        return _cached_digest(parts)
+    return _digest(parts)
+
+
+#: Scope names up to this many characters in all are digested once and cached.
+_CACHED_SCOPE_CHARS = 256
+
+
+def _digest(parts: tuple[str, ...]) -> str:
     digest = hashlib.blake2b(digest_size=16)
     for part in parts:
         data = part.encode("utf-8", "surrogatepass")
         digest.update(len(data).to_bytes(8, "little"))
         digest.update(data)
     return digest.hexdigest()
+
+
+_cached_digest = functools.lru_cache(maxsize=1 << 14)(_digest)
 
 
 def record_scope(partition_field: str, partition_value: str, person_field: str,
