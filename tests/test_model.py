@@ -231,7 +231,7 @@ def test_a_state_saved_by_the_first_release_keeps_its_behaviour():
     buckets = START + np.arange(len(x))
     sides = [0, 1, 0, -1]
     old_params = {"shape_evidence": 1.0, "phase_outlier_min": 2.0, "count_variance": 0.0,
-                  "slow_multi_bucket": 0.0}
+                  "slow_multi_bucket": 0.0, "spike_habit_window": 0.0, "spike_habit_min": 1.0}
     reference = SeriesModels(SPAN, 4, old_params)
     restored_from = SeriesModels(SPAN, 4, old_params)
     for models in (reference, restored_from):
@@ -241,11 +241,11 @@ def test_a_state_saved_by_the_first_release_keeps_its_behaviour():
     reference_out = reference.step(x, buckets)
     restored_from.step(x[:half], buckets[:half])
     state = restored_from.state()
-    state["params"] = state["params"][:-4]  # as the first release wrote it
+    state["params"] = state["params"][:-6]  # as the first release wrote it
     first = _model.layout(float(SPAN), 288, 168)
     state["scalars"] = state["scalars"][:, :first["scalars_first_release"]]
     state["ring"] = state["ring"][:, :first["ring_first_release"]]
-    del state["daily_outliers"]
+    del state["daily_outliers"], state["daily_spikes"]
     restored = SeriesModels.from_state(state)
     assert restored.params == {**DEFAULT_PARAMS, **old_params}
     tail = restored.step(x[half:], buckets[half:], counts=counts[half:])
@@ -284,7 +284,8 @@ def test_a_mean_of_fewer_records_than_usual_is_judged_with_a_wider_distribution(
 def test_a_spike_at_the_same_time_every_day_becomes_habitual_but_not_elsewhere():
     # 12 days of noise with a spike at 03:00 every day from day 3: after a few nights the
     # 03:00 spike is no news, while the same spike at 15:00 still is. Without the habit
-    # (phase_outlier_min above 1) the nightly spike stays as unusual as a new one.
+    # (phase_outlier_min above 1, no spike habit) the nightly spike stays as unusual as a
+    # new one.
     n = 12 * DAY_BUCKETS
     x = 10.0 + rng(11).standard_normal(n)
     night = np.arange(3 * DAY_BUCKETS, n, DAY_BUCKETS) + 3 * 12
@@ -292,11 +293,39 @@ def test_a_spike_at_the_same_time_every_day_becomes_habitual_but_not_elsewhere()
     odd = 11 * DAY_BUCKETS + 15 * 12
     x[odd] += 12.0
     p_habit = run(x)["p_single"]
-    models = SeriesModels(SPAN, 1, {"phase_outlier_min": 2.0})
+    models = SeriesModels(SPAN, 1, {"phase_outlier_min": 2.0, "spike_habit_window": 0.0})
     models.add_series(0)
     p_plain = models.step(x.reshape(-1, 1), START + np.arange(n))["p_single"][:, 0]
     assert p_habit[night[-1]] > 0.05 > p_plain[night[-1]]
     assert p_habit[odd] < 1e-3 and p_plain[odd] < 1e-3
+
+
+def test_a_nightly_spike_that_wanders_by_40_minutes_becomes_habitual_but_bursts_do_not():
+    # A one-bucket spike every night at 03:00, give or take 40 minutes: too loose for the
+    # phase habit (its phase and the next), but isolated spikes within 45 minutes of recent
+    # ones make it part of the series. The same spike at 15:00 is still news, and so is a
+    # burst at 03:00 from its second bucket on (only a bucket after an ordinary one can be
+    # an isolated spike, and bursts never teach the habit).
+    n = 12 * DAY_BUCKETS
+    x = 10.0 + rng(13).standard_normal(n)
+    wander = rng(14).integers(-8, 9, size=9)
+    nights = np.arange(3, 12) * DAY_BUCKETS + 3 * 12 + wander
+    x[nights[:-2]] += 12.0
+    burst = nights[-2]
+    x[burst:burst + 3] += 12.0
+    x[nights[-1]] += 12.0
+    odd = 11 * DAY_BUCKETS + 15 * 12
+    x[odd] += 12.0
+
+    def p_single(params: dict) -> np.ndarray:  # the phase habit off: this habit alone
+        models = SeriesModels(SPAN, 1, {"phase_outlier_min": 2.0, **params})
+        models.add_series(0)
+        return models.step(x.reshape(-1, 1), START + np.arange(n))["p_single"][:, 0]
+
+    p, p_plain = p_single({}), p_single({"spike_habit_window": 0.0})
+    assert p[nights[-1]] > 0.05 and p_plain[nights[-1]] < 1e-3, (p[nights[-1]], p_plain[nights[-1]])
+    assert p[odd] < 1e-3 and p_plain[odd] < 1e-3
+    assert p[burst] > 0.05 and p[burst + 1:burst + 3].max() < 5e-3  # found from its second
 
 
 def test_an_incident_lasting_several_buckets_is_not_excused_by_its_own_first_bucket():

@@ -16,6 +16,7 @@ def step(
     daily: NDArray[np.float64],
     dcount: NDArray[np.float64],
     doutliers: NDArray[np.float64],
+    dspikes: NDArray[np.float64],
     weekly: NDArray[np.float64],
     wcount: NDArray[np.float64],
     daily_res: int,

@@ -66,7 +66,9 @@ cdef enum:
     X_COUNT = 7 + 3 * NM + 2 * RB      # decayed mean records per bucket (ES sample count)
     X_COUNT_N = 7 + 3 * NM + 2 * RB + 1  # buckets with a record count
     X_MULTI_SLOW = 7 + 3 * NM + 2 * RB + 2  # the multi-bucket feature against the slow level
-    NSCAL = 7 + 3 * NM + 3 * RB + 2
+    X_LAST_OUT = 7 + 3 * NM + 3 * RB + 2    # outlier sign of the last bucket (0: none)...
+    X_OUT_BEFORE = 7 + 3 * NM + 3 * RB + 3  # ...and of the bucket before it
+    NSCAL = 7 + 3 * NM + 3 * RB + 4
     # ring of the last MB buckets: one-step residuals, bucket numbers, slow-level residuals
     RING_TIME = MB
     RING_SLOW = 2 * MB
@@ -103,7 +105,9 @@ cdef enum:
     P_PHASE_OUTLIER_MIN = 26
     P_COUNT_VARIANCE = 27
     P_SLOW_MULTI_BUCKET = 28
-    NPARAM = 29
+    P_SPIKE_HABIT_WINDOW = 29
+    P_SPIKE_HABIT_MIN = 30
+    NPARAM = 31
 
 # Unit-scale constants of the five shapes, Cauchy, t2, t4, Laplace, Gaussian.
 # KAPPA: fixed point s = E[min(|Z|, 3 s)], the value the winsorised mean absolute
@@ -157,6 +161,8 @@ ctypedef struct Params:
     double phase_outlier_min
     int count_variance
     int slow_multi_bucket
+    double spike_habit_window
+    double spike_habit_min
     double span
     int64_t daily_res        # buckets per daily phase (0: no daily component)
     int64_t daily_phases
@@ -410,6 +416,20 @@ cdef inline double phase_habit(const double* doutliers, int64_t pd, int64_t phas
     return habit
 
 
+cdef inline double window_habit(const double* spikes, int64_t pd, int64_t phases,
+                                double sign, int64_t k) noexcept nogil:
+    """How often isolated spikes of ``sign`` came within ``k`` phases of ``pd``."""
+    cdef double total = 0.0, x
+    cdef int64_t d
+    if 2 * k + 1 > phases:
+        k = (phases - 1) // 2
+    for d in range(-k, k + 1):
+        x = sign * spikes[(pd + d + phases) % phases]
+        if x > 0.0:
+            total += x
+    return total
+
+
 cdef inline double count_scale(const double* sc, double count, const Params* P) noexcept nogil:
     """sqrt(usual records per bucket / this bucket's records): the factor on the spread of a
     mean of ``count`` records (1 without a count, or before one was learnt). The ratio is
@@ -442,7 +462,7 @@ cdef inline void learn_count(double* sc, double count, const Params* P) noexcept
 
 cdef int step_one(const Params* P, double x, double count, int64_t b, int side, double* sc,
                   double* ring, double* daily, double* dcount, double* doutliers,
-                  double* weekly, double* wcount, double* out, const double* probes,
+                  double* dspikes, double* weekly, double* wcount, double* out, const double* probes,
                   const double* probe_counts, Py_ssize_t n_probes,
                   double* probe_out) noexcept nogil:
     """Advance one series by one bucket. out = p_single, p_multi, typical, lower, upper.
@@ -461,6 +481,8 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw, hwm
     cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
     cdef double run, t_rate, habit = 0.0, sign, outlier, root, rs, r_slow, mbv_slow, pm_slow
+    cdef double spike_habit, spike
+    cdef int64_t last_phase
 
     if P.daily_res > 0:
         pd = (b // P.daily_res) % P.daily_phases
@@ -584,6 +606,17 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         habit = phase_habit(doutliers, pd, P.daily_phases, 1.0 if r > 0.0 else -1.0)
         if habit < P.phase_outlier_min:
             habit = 0.0
+    # An isolated spike (one outlier bucket between ordinary ones) near the time of day of
+    # recent isolated spikes: the nightly job at 03:00, give or take 40 minutes, is part of
+    # the series. Only a bucket after an ordinary one can be such a spike, so a burst (an
+    # outlier right after an outlier) is never excused, and bursts never teach the habit.
+    if (P.spike_habit_window > 0.0 and P.daily_res > 0 and sc[X_LAST_OUT] == 0.0
+            and sc[X_LAST] == <double>(b - 1)):
+        spike_habit = window_habit(
+            dspikes, pd, P.daily_phases, 1.0 if r > 0.0 else -1.0,
+            <int64_t>(P.spike_habit_window / (P.daily_res * P.span) + 0.5))
+        if spike_habit >= P.spike_habit_min and spike_habit > habit:
+            habit = spike_habit if spike_habit < 1.0 else 1.0
     ps = block_probability(&sc[X_SINGLE], rs, floor_, side, P, &hw, habit)
     hw *= root
     if mb_count >= MB // 2 and n >= MB:
@@ -682,6 +715,17 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             outlier = 1.0 if r > 0.0 else -1.0
         doutliers[pd] += P.gamma_daily * (outlier - doutliers[pd])
         dcount[pd] += 1.0
+        # Now the last bucket is known to have been an isolated spike or not: its phase
+        # learns which, at the profile's gain (so one spike, 0.15, is not a habit).
+        if sc[X_LAST] == <double>(b - 1):
+            last_phase = (<int64_t>sc[X_LAST] // P.daily_res) % P.daily_phases
+            spike = (sc[X_LAST_OUT] if sc[X_LAST_OUT] != 0.0 and outlier == 0.0
+                     and sc[X_OUT_BEFORE] == 0.0 else 0.0)
+            dspikes[last_phase] += P.gamma_daily * (spike - dspikes[last_phase])
+            sc[X_OUT_BEFORE] = sc[X_LAST_OUT]
+        else:
+            sc[X_OUT_BEFORE] = 0.0
+        sc[X_LAST_OUT] = outlier
     if P.weekly_res > 0:
         g = P.gamma_weekly
         if g < 1.0 / (wcount[pw] + 1.0):
@@ -699,7 +743,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
                     const double[:, ::1] counts, const int64_t[::1] buckets,
                     const int8_t[::1] side, double[:, ::1] scalars, double[:, ::1] ring,
                     double[:, ::1] daily, double[:, ::1] dcount, double[:, ::1] doutliers,
-                    double[:, ::1] weekly, double[:, ::1] wcount, double[:, :, ::1] out,
+                    double[:, ::1] dspikes, double[:, ::1] weekly, double[:, ::1] wcount, double[:, :, ::1] out,
                     const int64_t[::1] probe_cell, const double[::1] probe_values,
                     const double[::1] probe_counts, double[::1] probe_out) noexcept nogil:
     # probe_cell[j] = row * series + column, ascending: the probes of one cell are adjacent
@@ -709,6 +753,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
     cdef double* dp
     cdef double* dn
     cdef double* dout
+    cdef double* dspk
     cdef double* wp
     cdef double* wn
     cdef int status
@@ -719,6 +764,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
             dp = &daily[s, 0] if daily.shape[1] > 0 else NULL
             dn = &dcount[s, 0] if daily.shape[1] > 0 else NULL
             dout = &doutliers[s, 0] if daily.shape[1] > 0 else NULL
+            dspk = &dspikes[s, 0] if daily.shape[1] > 0 else NULL
             wp = &weekly[s, 0] if weekly.shape[1] > 0 else NULL
             wn = &wcount[s, 0] if weekly.shape[1] > 0 else NULL
             cell = i * values.shape[1] + s
@@ -727,7 +773,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
                 j_end += 1
             status = step_one(P, values[i, s], counts[i, s] if with_counts else NAN,
                               buckets[i], side[s], &scalars[s, 0],
-                              &ring[s, 0], dp, dn, dout, wp, wn, o,
+                              &ring[s, 0], dp, dn, dout, dspk, wp, wn, o,
                               &probe_values[j] if j_end > j else NULL,
                               &probe_counts[j] if j_end > j else NULL, j_end - j,
                               &probe_out[j] if j_end > j else NULL)
@@ -745,7 +791,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
 def step(double span, const double[::1] params, const double[:, ::1] values,
          const double[:, ::1] counts, const int64_t[::1] buckets, const int8_t[::1] side, double[:, ::1] scalars,
          double[:, ::1] ring, double[:, ::1] daily, double[:, ::1] dcount,
-         double[:, ::1] doutliers,
+         double[:, ::1] doutliers, double[:, ::1] dspikes,
          double[:, ::1] weekly, double[:, ::1] wcount, int64_t daily_res,
          int64_t weekly_res, const int64_t[::1] probe_cell, const double[::1] probe_values,
          const double[::1] probe_counts):
@@ -772,7 +818,8 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     if scalars.shape[1] != NSCAL or ring.shape[1] != NRING or ring.shape[0] != ns:
         raise ValueError("state arrays have the wrong width")
     if (daily.shape[0] != ns or dcount.shape[0] != ns or dcount.shape[1] != daily.shape[1]
-            or doutliers.shape[0] != ns or doutliers.shape[1] != daily.shape[1]):
+            or doutliers.shape[0] != ns or doutliers.shape[1] != daily.shape[1]
+            or dspikes.shape[0] != ns or dspikes.shape[1] != daily.shape[1]):
         raise ValueError("daily state has the wrong shape")
     if weekly.shape[0] != ns or wcount.shape[0] != ns or wcount.shape[1] != weekly.shape[1]:
         raise ValueError("weekly state has the wrong shape")
@@ -816,6 +863,8 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     P.phase_outlier_min = params[P_PHASE_OUTLIER_MIN]
     P.count_variance = params[P_COUNT_VARIANCE] != 0.0
     P.slow_multi_bucket = params[P_SLOW_MULTI_BUCKET] != 0.0
+    P.spike_habit_window = params[P_SPIKE_HABIT_WINDOW]
+    P.spike_habit_min = params[P_SPIKE_HABIT_MIN]
     P.span = span
     P.daily_res = daily_res
     P.daily_phases = daily.shape[1]
@@ -827,7 +876,7 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     cdef double[::1] probe_v = probe_p
     with nogil:
         status = step_block(&P, values, counts, buckets, side, scalars, ring, daily, dcount,
-                            doutliers, weekly, wcount, out_v, probe_cell, probe_values,
+                            doutliers, dspikes, weekly, wcount, out_v, probe_cell, probe_values,
                             probe_counts, probe_v)
     if status != 0:
         raise RuntimeError(f"model kernel failed with status {status}")
