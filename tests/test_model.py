@@ -328,6 +328,32 @@ def test_a_nightly_spike_that_wanders_by_40_minutes_becomes_habitual_but_bursts_
     assert p[burst] > 0.05 and p[burst + 1:burst + 3].max() < 5e-3  # found from its second
 
 
+@pytest.mark.parametrize("span", [60, 300, 3600])
+def test_the_spike_habit_holds_at_any_span_and_never_hides_a_much_larger_spike(span):
+    # A +12 spike at 03:00 every night for ten nights: at 60 s a phase holds 5 buckets, and
+    # forgetting once a bucket instead of once a day kept the habit from forming. Then, on
+    # day 12, +30 at 03:45 (several phases away, where only this habit reaches): it is news
+    # as much as without the habit (+20, under twice the usual size, may be excused).
+    day = 86400 // span
+    n = 12 * day
+    found = {}
+    for size in (12.0, 20.0, 30.0):
+        x = 10.0 + rng(15).standard_normal(n)
+        nights = np.arange(1, 11) * day + 3 * 3600 // span
+        x[nights] += 12.0
+        late = 11 * day + (3 * 3600 + 45 * 60) // span
+        x[late] += size
+        for window in (2700.0, 0.0):
+            models = SeriesModels(span, 1, {"phase_outlier_min": 2.0,
+                                            "spike_habit_window": window})
+            models.add_series(0)
+            p = models.step(x.reshape(-1, 1), START * SPAN // span + np.arange(n))
+            found[size, window] = p["p_single"][late, 0]
+    assert found[12.0, 2700.0] > 0.05 and found[12.0, 2700.0] > 10 * found[12.0, 0.0]
+    assert found[20.0, 2700.0] >= found[20.0, 0.0]
+    assert found[30.0, 2700.0] == found[30.0, 0.0] < 1e-3
+
+
 def test_an_incident_lasting_several_buckets_is_not_excused_by_its_own_first_bucket():
     # A shift of 8 sigma for 6 buckets on day 5: each bucket sits at the phase after the one
     # before, whose single outlier must not count as a habit (two are needed), so the

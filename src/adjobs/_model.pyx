@@ -430,6 +430,18 @@ cdef inline double window_habit(const double* spikes, int64_t pd, int64_t phases
     return total
 
 
+cdef inline bint outlier_of_usual_size(const double* blk, double r, double floor,
+                                       const Params* P) noexcept nogil:
+    """Whether |r| is no larger than the outliers of this block usually are: its log size
+    against the scale at most 1.5 standard deviations above their mean (as block_probability
+    measures them; with the least spread, 0.5, that is about twice their usual size)."""
+    cdef double sd
+    if blk[RB_OM] <= 0.0:
+        return False
+    sd = sqrt(blk[RB_VAR]) if blk[RB_VAR] > 0.25 else 0.5
+    return log(fabs(r) / shape_scale(blk, 4, floor, P) + 1e-300) <= blk[RB_MU] + 1.5 * sd
+
+
 cdef inline double count_scale(const double* sc, double count, const Params* P) noexcept nogil:
     """sqrt(usual records per bucket / this bucket's records): the factor on the spread of a
     mean of ``count`` records (1 without a count, or before one was learnt). The ratio is
@@ -609,9 +621,12 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     # An isolated spike (one outlier bucket between ordinary ones) near the time of day of
     # recent isolated spikes: the nightly job at 03:00, give or take 40 minutes, is part of
     # the series. Only a bucket after an ordinary one can be such a spike, so a burst (an
-    # outlier right after an outlier) is never excused, and bursts never teach the habit.
+    # outlier right after an outlier) is never excused, and bursts never teach the habit;
+    # nor is a spike larger than the series' outliers usually are (a 30-sigma one where the
+    # nightly job makes 12).
     if (P.spike_habit_window > 0.0 and P.daily_res > 0 and sc[X_LAST_OUT] == 0.0
-            and sc[X_LAST] == <double>(b - 1)):
+            and sc[X_LAST] == <double>(b - 1) and outlier_of_usual_size(&sc[X_SINGLE], rs,
+                                                                        floor_, P)):
         spike_habit = window_habit(
             dspikes, pd, P.daily_phases, 1.0 if r > 0.0 else -1.0,
             <int64_t>(P.spike_habit_window / (P.daily_res * P.span) + 0.5))
@@ -716,12 +731,14 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         doutliers[pd] += P.gamma_daily * (outlier - doutliers[pd])
         dcount[pd] += 1.0
         # Now the last bucket is known to have been an isolated spike or not: its phase
-        # learns which, at the profile's gain (so one spike, 0.15, is not a habit).
+        # learns which, at the profile's gain a day (so one spike, 0.15, is not a habit):
+        # a phase of several buckets forgets by 1 / (buckets per phase) of that a bucket.
         if sc[X_LAST] == <double>(b - 1):
             last_phase = (<int64_t>sc[X_LAST] // P.daily_res) % P.daily_phases
             spike = (sc[X_LAST_OUT] if sc[X_LAST_OUT] != 0.0 and outlier == 0.0
                      and sc[X_OUT_BEFORE] == 0.0 else 0.0)
-            dspikes[last_phase] += P.gamma_daily * (spike - dspikes[last_phase])
+            g = P.gamma_daily if spike != 0.0 else P.gamma_daily / P.daily_res
+            dspikes[last_phase] += g * (spike - dspikes[last_phase])
             sc[X_OUT_BEFORE] = sc[X_LAST_OUT]
         else:
             sc[X_OUT_BEFORE] = 0.0
