@@ -68,7 +68,11 @@ cdef enum:
     X_MULTI_SLOW = 7 + 3 * NM + 2 * RB + 2  # the multi-bucket feature against the slow level
     X_LAST_OUT = 7 + 3 * NM + 3 * RB + 2    # outlier sign of the last bucket (0: none)...
     X_OUT_BEFORE = 7 + 3 * NM + 3 * RB + 3  # ...and of the bucket before it
-    NSCAL = 7 + 3 * NM + 3 * RB + 4
+    X_LAST_SIZE = 7 + 3 * NM + 3 * RB + 4   # log(|residual| / scale) of the last bucket
+    X_SPIKES = 7 + 3 * NM + 3 * RB + 5      # isolated spikes seen (decayed), and the mean
+    X_SPIKE_MU = 7 + 3 * NM + 3 * RB + 6    # and variance of their log sizes
+    X_SPIKE_VAR = 7 + 3 * NM + 3 * RB + 7
+    NSCAL = 7 + 3 * NM + 3 * RB + 8
     # ring of the last MB buckets: one-step residuals, bucket numbers, slow-level residuals
     RING_TIME = MB
     RING_SLOW = 2 * MB
@@ -430,16 +434,21 @@ cdef inline double window_habit(const double* spikes, int64_t pd, int64_t phases
     return total
 
 
-cdef inline bint outlier_of_usual_size(const double* blk, double r, double floor,
-                                       const Params* P) noexcept nogil:
-    """Whether |r| is no larger than the outliers of this block usually are: its log size
-    against the scale at most 1.5 standard deviations above their mean (as block_probability
-    measures them; with the least spread, 0.5, that is about twice their usual size)."""
+cdef inline double log_size(const double* sc, double r, double floor,
+                            const Params* P) noexcept nogil:
+    """log(|r| / scale), the size of a residual as the outlier process measures it."""
+    return log(fabs(r) / shape_scale(&sc[X_SINGLE], 4, floor, P) + 1e-300)
+
+
+cdef inline bint spike_of_usual_size(const double* sc, double r, double floor,
+                                     const Params* P) noexcept nogil:
+    """Whether |r| is no larger than the isolated spikes seen so far: its log size at most
+    1.5 standard deviations above theirs (0.5 at the least: about twice their usual size)."""
     cdef double sd
-    if blk[RB_OM] <= 0.0:
+    if sc[X_SPIKES] <= 0.0:
         return False
-    sd = sqrt(blk[RB_VAR]) if blk[RB_VAR] > 0.25 else 0.5
-    return log(fabs(r) / shape_scale(blk, 4, floor, P) + 1e-300) <= blk[RB_MU] + 1.5 * sd
+    sd = sqrt(sc[X_SPIKE_VAR]) if sc[X_SPIKE_VAR] > 0.25 else 0.5
+    return log_size(sc, r, floor, P) <= sc[X_SPIKE_MU] + 1.5 * sd
 
 
 cdef inline double count_scale(const double* sc, double count, const Params* P) noexcept nogil:
@@ -493,7 +502,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw, hwm
     cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
     cdef double run, t_rate, habit = 0.0, sign, outlier, root, rs, r_slow, mbv_slow, pm_slow
-    cdef double spike_habit, spike
+    cdef double spike_habit, spike, size_dev
     cdef int64_t last_phase
 
     if P.daily_res > 0:
@@ -622,11 +631,10 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     # recent isolated spikes: the nightly job at 03:00, give or take 40 minutes, is part of
     # the series. Only a bucket after an ordinary one can be such a spike, so a burst (an
     # outlier right after an outlier) is never excused, and bursts never teach the habit;
-    # nor is a spike larger than the series' outliers usually are (a 30-sigma one where the
-    # nightly job makes 12).
+    # nor is a spike much larger than the isolated spikes seen so far (a 30-sigma one where
+    # the nightly job makes 12).
     if (P.spike_habit_window > 0.0 and P.daily_res > 0 and sc[X_LAST_OUT] == 0.0
-            and sc[X_LAST] == <double>(b - 1) and outlier_of_usual_size(&sc[X_SINGLE], rs,
-                                                                        floor_, P)):
+            and sc[X_LAST] == <double>(b - 1) and spike_of_usual_size(sc, rs, floor_, P)):
         spike_habit = window_habit(
             dspikes, pd, P.daily_phases, 1.0 if r > 0.0 else -1.0,
             <int64_t>(P.spike_habit_window / (P.daily_res * P.span) + 0.5))
@@ -739,10 +747,19 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
                      and sc[X_OUT_BEFORE] == 0.0 else 0.0)
             g = P.gamma_daily if spike != 0.0 else P.gamma_daily / P.daily_res
             dspikes[last_phase] += g * (spike - dspikes[last_phase])
+            if spike != 0.0:  # the sizes of isolated spikes, a running then decayed mean
+                g = 1.0 / (sc[X_SPIKES] + 1.0)
+                if g < P.gamma_daily:
+                    g = P.gamma_daily
+                size_dev = sc[X_LAST_SIZE] - sc[X_SPIKE_MU]
+                sc[X_SPIKE_MU] += g * size_dev
+                sc[X_SPIKE_VAR] += g * (size_dev * size_dev * (1.0 - g) - sc[X_SPIKE_VAR])
+                sc[X_SPIKES] += 1.0
             sc[X_OUT_BEFORE] = sc[X_LAST_OUT]
         else:
             sc[X_OUT_BEFORE] = 0.0
         sc[X_LAST_OUT] = outlier
+        sc[X_LAST_SIZE] = log_size(sc, rs, floor_, P)
     if P.weekly_res > 0:
         g = P.gamma_weekly
         if g < 1.0 / (wcount[pw] + 1.0):
