@@ -3,6 +3,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+COUNT_RATIO_BOUNDS: tuple[float, float]
+
 def layout(span: float, daily_cap: int, weekly_cap: int) -> dict[str, Any]: ...
 def step(
     span: float,

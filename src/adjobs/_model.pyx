@@ -135,6 +135,8 @@ cdef double WEEK = 604800.0
 cdef double TINY = 1e-300       # scale floor of a series that is exactly zero
 cdef double COUNT_RATIO_MIN = 1e-6  # bounds of usual / this bucket's records (count_scale)
 cdef double COUNT_RATIO_MAX = 1e6
+#: The same bounds for Python (the population models scale their persons within them).
+COUNT_RATIO_BOUNDS = (COUNT_RATIO_MIN, COUNT_RATIO_MAX)
 
 
 ctypedef struct Params:
@@ -759,7 +761,8 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         else:
             sc[X_OUT_BEFORE] = 0.0
         sc[X_LAST_OUT] = outlier
-        sc[X_LAST_SIZE] = log_size(sc, rs, floor_, P)
+        # its size matters only if it turns out to be an isolated spike
+        sc[X_LAST_SIZE] = log_size(sc, rs, floor_, P) if outlier != 0.0 else 0.0
     if P.weekly_res > 0:
         g = P.gamma_weekly
         if g < 1.0 / (wcount[pw] + 1.0):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._model import COUNT_RATIO_BOUNDS
 from .features import Features
 
 #: Student-t degrees of freedom of the population model.
@@ -39,9 +40,6 @@ MIN_CV = 1e-4
 RARE_MIN_BUCKETS = 20
 #: A median absolute deviation times this estimates a normal standard deviation.
 MAD_TO_SIGMA = 1.4826
-#: Bounds of (the attribute's median records per person / this person's records), the
-#: count variance scale of a mean, median or varp (as the series models bound theirs).
-COUNT_RATIO_BOUNDS = (1e-6, 1e6)
 
 
 def student_t_sf(t: np.ndarray, dof: float = STUDENT_DOF) -> np.ndarray:
@@ -135,17 +133,16 @@ class PopulationModels:
         spread = (w * self.scale[unique] + sizes[:, None] * mad) / (w + sizes[:, None])
         floor = np.maximum(MIN_CV * np.abs(location), 1e-12)
         spread = np.maximum(spread, floor)
-        widen = np.ones(len(values))
+        z = (values - location[group]) / spread[group]
         if self.count_scaled:
+            # usual / own records, bounded as the series models bound theirs
             counts = f.count[start:end]
             usual = _group_median(counts, group, len(unique))[group]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 ratio = usual / counts
             widen = np.sqrt(np.clip(np.where(np.isfinite(ratio), ratio, 1.0),
                                     *COUNT_RATIO_BOUNDS))
-        z = (values - location[group]) / spread[group]
-        for j in self.count_scaled:
-            z[:, j] /= widen
+            z[:, list(self.count_scaled)] /= widen[:, None]
         p = tail_probability(z, self.side)
         worst = np.argmin(p, axis=1)
         p_row = p[np.arange(len(p)), worst]
