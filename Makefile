@@ -26,7 +26,7 @@ bench-http:
 
 lint:
 	$(PYTHON) -m ruff check src tests bench
-	$(PYTHON) -m cython_lint src/adjobs/_core.pyx src/adjobs/_simdjson.pxd src/adjobs/_normaliser.pyx
+	cython-lint src/adjobs/*.pyx src/adjobs/*.pxd
 
 annotate:
 	$(PYTHON) -m cython -a -3 --cplus -I ext src/adjobs/_core.pyx -o build/_core_annotated.cpp

@@ -794,3 +794,99 @@ def test_walk_scores_each_bucket_against_the_state_right_after_it():
     assert walked.count == stepwise.count == 7
     with pytest.raises(ValueError, match="at least one bucket"):
         walked.walk(np.zeros(0), [], [0], [0], [0])
+
+
+# -- the compiled normalised score against numpy ------------------------------------------------
+
+
+def _numpy_normalised(norm: Normaliser, raw: np.ndarray,
+                      scopes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The normalisation rules of :class:`Normaliser`'s docstring, written with numpy
+    from its state: the reference the C kernel (``_normaliser.normalised_score``) must
+    reproduce. Also which ceiling bound each score (0 noise, 1 percentile, 2 max, 3 cap)."""
+    keys, counts = norm._keys, norm._counts
+    n = int(counts.sum())
+    d = np.floor(raw * scoring.DISCRETISATION_FACTOR + 0.5).astype(np.int64)
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    q = norm.noise_percentile / 100.0
+    noise_key = keys[min(int(np.searchsorted(cum[1:], q * n, side="left")), keys.size - 1)]
+    zeros = int(counts[0]) if keys[0] == 0 else 0
+    below = cum[np.searchsorted(keys, d, side="left")]
+    held = dict(zip(norm._scopes.tolist(), norm._scope_max.tolist(), strict=True))
+    scope_max = np.array([held.get(s, 0.0) for s in scopes])
+    kx, ky = np.array(norm.knots).T
+    # 1. noise ceiling
+    relax = 100.0 * np.maximum(2.0 * np.minimum((zeros / n) / q, 1.0) - 1.0, 0.0)
+    strength = 10.0 * norm.noise_multiplier * (d - noise_key) / scoring.DISCRETISATION_FACTOR
+    noise = float(np.interp(norm.noise_percentile, kx, ky)) * np.maximum(1.0 + strength, 0.0)
+    noise = noise + relax
+    # 2. percentile ceiling, with the exponential tail over the top k scores
+    frac = below / n
+    k, u, excess = norm._tail(n, zeros)
+    if k >= scoring.TAIL_MIN_SCORES and excess > 0:
+        tail = (k / n) * np.exp(-np.maximum(d - u, 0) / (excess / k))
+        frac = np.where(d > u, np.maximum(frac, 1.0 - tail), frac)
+    z = NormalDist().inv_cdf(0.5 + scoring.PERCENTILE_CONFIDENCE / 2.0)
+    z2n = z**2 / n
+    centre = (frac + 0.5 * z2n) / (1.0 + z2n)
+    half = (z / (1.0 + z2n)) * np.sqrt(frac * (1.0 - frac) / n + 0.25 * z2n / n)
+    lo, hi = np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    power = 1.0 / norm.bucket_factor
+    pct = 0.5 * (np.interp(100.0 * lo**power, kx, ky) + np.interp(100.0 * hi**power, kx, ky))
+    # 3. max-score ceiling; 4. probability cap
+    ratio = np.minimum(raw / np.where(scope_max > 0.0, scope_max, 1.0), 1.0)
+    max_ceiling = np.where(scope_max > 0.0, 100.0 * np.minimum(1.5 * ratio, 0.5 + 0.5 * ratio),
+                           100.0)
+    cap = scoring.probability_cap(scoring.inverse_raw_score(raw))
+    ceilings = np.array([noise, pct, max_ceiling, cap])
+    score = np.clip(ceilings.min(axis=0), 0.0, 100.0)
+    return np.where(raw > 0.0, np.round(score, 4), 0.0) + 0.0, ceilings.argmin(axis=0)
+
+
+def _probed_normaliser(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A normaliser fed a random history, then probed: its scores, the numpy reference's
+    scores and which ceiling bound each (see :func:`_numpy_normalised`)."""
+    rng = np.random.default_rng(seed)
+    span = [1800, 60, 3600, 300, 86400, 900][seed % 6]
+    norm = Normaliser(span, noise_multiplier=[1.0, 0.0, 2.5][seed % 3])
+    scopes = [f"s{i}" for i in range(5)]
+    # Short histories, where the percentile and the cap bind, and long ones, where the
+    # noise and the scopes' maxima do; every fourth of tiny scores only, where the cap binds.
+    for _ in range(2 + 20 * (seed // 2) if seed % 2 else 3000):
+        size = int(rng.integers(0, 8))
+        # mostly small raw scores, some zeros, a few large ones
+        raw = np.where(rng.random(size) < 0.3, 0.0, rng.exponential(2.0, size))
+        raw[rng.random(size) < 0.05] = rng.uniform(20, 100)
+        if seed % 4 == 3:
+            raw *= 0.001
+        chosen = [scopes[i] for i in rng.integers(0, 5, size)]
+        norm.update(raw, chosen)
+    probe = np.concatenate([[0.0, 1e-9, 0.5, 1.0, 100.0], rng.exponential(5.0, 200),
+                            rng.uniform(0, 100, 50), rng.uniform(0, 0.02, 20)])
+    probe_scopes = [scopes[i] if i < 5 else "unseen" for i in rng.integers(0, 6, probe.size)]
+    compiled = norm.normalise(probe, probe_scopes)
+    expected, bound = _numpy_normalised(norm, np.clip(probe, 0.0, 100.0), probe_scopes)
+    return compiled, expected, bound
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_compiled_normalised_score_is_the_numpy_rules(seed):
+    compiled, expected, _ = _probed_normaliser(seed)
+    # numpy's SIMD exp, log1p and pow may differ from libm's in the last bit, which can
+    # move a score across a rounding boundary of its 4 decimals: at most 1e-4, and rarely.
+    np.testing.assert_allclose(compiled, expected, rtol=0, atol=1.0001e-4)
+    assert np.mean(compiled == expected) >= 0.98
+    assert compiled[0] == 0.0 and compiled.max() > 0.0
+
+
+def test_the_probed_normalisers_exercise_every_ceiling():
+    # The parity above checks each rule only where it is the binding one.
+    bound = {}
+    for seed in range(12):
+        compiled, _, binding = _probed_normaliser(seed)
+        for ceiling in set(binding[compiled > 0].tolist()):
+            bound.setdefault(ceiling, []).append(seed)
+    assert sorted(bound) == [0, 1, 2, 3]
+    # the percentile everywhere, the max ceiling in every long history
+    assert bound[1] == list(range(12))
+    assert set(range(0, 12, 2)) <= set(bound[2])

@@ -202,7 +202,7 @@ cdef double parse_decimal(const uint8_t *p, int64_t n) noexcept nogil:
     rounded); anything else goes to strtod, which is correctly rounded too, so the result
     always equals Python's float() of the same text.
     """
-    cdef int64_t i = 0, j, end = n
+    cdef int64_t i = 0, end = n
     cdef bint negative = False, any_digit = False
     cdef uint64_t mantissa = 0
     cdef int digits = 0, exponent = 0, exp_sign = 1, exp_value = 0
@@ -371,8 +371,10 @@ cdef int64_t unescape_into(const uint8_t *p, int64_t n, uint8_t *out,
             if i + 4 > n:
                 bad_at[0] = start
                 return -1
-            h0 = hex_value(p[i]); h1 = hex_value(p[i + 1])
-            h2 = hex_value(p[i + 2]); h3 = hex_value(p[i + 3])
+            h0 = hex_value(p[i])
+            h1 = hex_value(p[i + 1])
+            h2 = hex_value(p[i + 2])
+            h3 = hex_value(p[i + 3])
             if h0 < 0 or h1 < 0 or h2 < 0 or h3 < 0:
                 bad_at[0] = start
                 return -1
@@ -414,17 +416,21 @@ cdef inline int64_t utf8_sequence_length(const uint8_t *p, int64_t n) noexcept n
     if c >= 0xC2 and c <= 0xDF:
         need = 2
     elif c == 0xE0:
-        need = 3; lo = 0xA0
+        need = 3
+        lo = 0xA0
     elif c == 0xED:
-        need = 3; hi = 0x9F  # no encoded surrogates
+        need = 3  # no encoded surrogates
+        hi = 0x9F
     elif c >= 0xE1 and c <= 0xEF:
         need = 3
     elif c == 0xF0:
-        need = 4; lo = 0x90
+        need = 4
+        lo = 0x90
     elif c >= 0xF1 and c <= 0xF3:
         need = 4
     elif c == 0xF4:
-        need = 4; hi = 0x8F
+        need = 4
+        hi = 0x8F
     else:
         return 0
     if n < 2:
@@ -1217,13 +1223,14 @@ cdef class Upload:
                     self.pending_numeric[column] = NAN
             elif self.field_kind[i] == KIND_CATEGORICAL:
                 if present & (<uint64_t>1 << i):
-                    self.pending_codes[column] = self.strings.intern(self._value_ptr(i), self.acc.value_length[i])
+                    self.pending_codes[column] = self.strings.intern(
+                        self._value_ptr(i), self.acc.value_length[i])
                 else:
                     self.pending_codes[column] = -1
 
     cdef int _commit_pending(self, bint malformed, int64_t end) noexcept nogil:
         """Count the pending record; returns R_FAILED when it was the last allowed one."""
-        cdef int64_t f, t, n
+        cdef int64_t f, t
         self.pending = False
         f = self.pending_fields - 1 if self.pending_fields > 0 else 0
         if self.pending_missing > 0:
@@ -1233,7 +1240,8 @@ cdef class Upload:
             self.input_field_count += f
         else:
             t = self.pending_time
-            if trunc_div(t, 1000) < trunc_div(floor_div(self.latest_total, self.span) * self.span, 1000) - self.latency_s:
+            if trunc_div(t, 1000) < (trunc_div(floor_div(self.latest_total, self.span) * self.span, 1000)
+                                     - self.latency_s):
                 self.out_of_order_timestamp_count += 1
                 self.input_field_count += f
                 # Only the incremental copy sees out-of-order times (§1.2 step 3).
@@ -1318,7 +1326,8 @@ cdef class Upload:
                 return i
         return -1
 
-    cdef inline void _set_value(self, int field, int64_t start, int64_t length, bint in_scratch) noexcept nogil:
+    cdef inline void _set_value(self, int field, int64_t start, int64_t length,
+                                bint in_scratch) noexcept nogil:
         self.acc.present |= <uint64_t>1 << field
         self.acc.value_start[field] = start
         self.acc.value_length[field] = length
@@ -1333,7 +1342,6 @@ cdef class Upload:
     cdef void _json_process(self, bint final) noexcept nogil:
         cdef int result
         cdef int64_t cut, resume_at
-        cdef size_t resume_index
         while self.failure == FAIL_NONE:
             if self.top_state != TOP:
                 result = self._tol_streaming(final)
@@ -1402,7 +1410,7 @@ cdef class Upload:
         # stage 1 may read up to the padding past `end`; the bytes there belong to the
         # buffer (or its zeroed padding), so no copy is needed.
         status = sj.adjobs_indexer_run(self.indexer, self.buf.data + start, <size_t>(end - start),
-                                        &self.index, &self.index_count)
+                                       &self.index, &self.index_count)
         if status == sj.ADJOBS_INDEX_OK:
             self.index_base = start
             self.index_end = end
@@ -1431,7 +1439,8 @@ cdef class Upload:
     # ----------------------------------------------------------------------------------
     # JSON: the fast gear over simdjson's structural index
 
-    cdef inline int64_t _string_end(self, const uint8_t *base, int64_t open_at, int64_t next_at) noexcept nogil:
+    cdef inline int64_t _string_end(self, const uint8_t *base, int64_t open_at,
+                                    int64_t next_at) noexcept nogil:
         """Closing quote of the string opened at open_at, given the next structural."""
         cdef int64_t q = next_at - 1
         while q > open_at and is_ws(base[q]):
@@ -1591,7 +1600,8 @@ cdef class Upload:
                                 self.scratch.length += out_length
                                 capture_any = True
                             else:
-                                out_length = unescape_into(base + o + 1, length, self.scratch.data + self.scratch.length, &bad)
+                                out_length = unescape_into(base + o + 1, length,
+                                                           self.scratch.data + self.scratch.length, &bad)
                                 if out_length < 0:
                                     return R_FALLBACK
                         elif capture >= 0:
@@ -1652,7 +1662,8 @@ cdef class Upload:
                     if o + 1 - start > max_document_bytes:
                         return R_FALLBACK
                     cursor[0] = i
-                    if self._finish_record(self.index_base + start, self.index_base + o + 1, False) == R_FAILED:
+                    if self._finish_record(self.index_base + start, self.index_base + o + 1,
+                                           False) == R_FAILED:
                         return R_FAILED
                     return R_OK
                 if array_depth == 0:
@@ -1829,7 +1840,7 @@ cdef class Upload:
     cdef int _tol_top_scalar(self, int64_t p, bint final) noexcept nogil:
         """A scalar between documents is skipped when valid, junk otherwise [R2]."""
         cdef Cursor cur
-        cdef int64_t content_start, content_end, q
+        cdef int64_t content_start, content_end
         cdef bint escaped
         cdef int result
         cur.pos = p

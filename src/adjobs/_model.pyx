@@ -503,7 +503,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     cdef double e[6]
     cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw, hwm
     cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
-    cdef double run, t_rate, habit = 0.0, sign, outlier, root, rs, r_slow, mbv_slow, pm_slow
+    cdef double run, t_rate, habit = 0.0, outlier, root, rs, r_slow, mbv_slow, pm_slow
     cdef double spike_habit, spike, size_dev
     cdef int64_t last_phase
 
@@ -780,7 +780,8 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
                     const double[:, ::1] counts, const int64_t[::1] buckets,
                     const int8_t[::1] side, double[:, ::1] scalars, double[:, ::1] ring,
                     double[:, ::1] daily, double[:, ::1] dcount, double[:, ::1] doutliers,
-                    double[:, ::1] dspikes, double[:, ::1] weekly, double[:, ::1] wcount, double[:, :, ::1] out,
+                    double[:, ::1] dspikes, double[:, ::1] weekly, double[:, ::1] wcount,
+                    double[:, :, ::1] out,
                     const int64_t[::1] probe_cell, const double[::1] probe_values,
                     const double[::1] probe_counts, double[::1] probe_out) noexcept nogil:
     # probe_cell[j] = row * series + column, ascending: the probes of one cell are adjacent
@@ -826,7 +827,8 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
 
 
 def step(double span, const double[::1] params, const double[:, ::1] values,
-         const double[:, ::1] counts, const int64_t[::1] buckets, const int8_t[::1] side, double[:, ::1] scalars,
+         const double[:, ::1] counts, const int64_t[::1] buckets, const int8_t[::1] side,
+         double[:, ::1] scalars,
          double[:, ::1] ring, double[:, ::1] daily, double[:, ::1] dcount,
          double[:, ::1] doutliers, double[:, ::1] dspikes,
          double[:, ::1] weekly, double[:, ::1] wcount, int64_t daily_res,

@@ -1,7 +1,26 @@
 import numpy as np
 from numpy.typing import NDArray
 
+class Rules:
+    def __init__(
+        self,
+        knot_x: NDArray[np.float64],
+        knot_y: NDArray[np.float64],
+        noise_percentile: float,
+        noise_multiplier: float,
+        percentile_power: float,
+        z: float,
+        z2: float,
+        cap_slope: float,
+        max_score: float,
+        discretisation: float,
+        tail_min: int,
+    ) -> None: ...
+    @property
+    def noise_knot(self) -> float: ...
+
 def walk(
+    rules: Rules,
     counts: NDArray[np.int64],
     keys: NDArray[np.int64],
     entry_key: NDArray[np.int64],
@@ -14,7 +33,19 @@ def walk(
     scope_max: NDArray[np.float64],
     scope_age: NDArray[np.int64],
     forget_after: int,
-    noise_fraction: float,
-    tail_min: int,
     tail_fraction: float,
-) -> tuple[dict[str, NDArray[np.int64]], NDArray[np.int64], NDArray[np.float64]]: ...
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]: ...
+def scores(
+    rules: Rules,
+    raw: NDArray[np.float64],
+    discretised: NDArray[np.int64],
+    cap: NDArray[np.float64] | None,
+    n: int,
+    zeros: int,
+    noise_key: int,
+    below: NDArray[np.int64],
+    scope_max: NDArray[np.float64],
+    tail_k: int,
+    tail_u: int,
+    tail_excess: int,
+) -> NDArray[np.float64]: ...

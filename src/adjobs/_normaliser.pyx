@@ -1,17 +1,19 @@
-# The state walk of a Normaliser (adjobs.scoring) over many finalised buckets in one call.
+# The state walk of a Normaliser (adjobs.scoring) over many finalised buckets in one call,
+# and the normalised score itself.
 #
 # Normalising bucket by bucket costs a few dozen numpy calls per bucket and level, which is
 # most of an upload's analysis time. Here the histogram of discretised raw scores and the
-# scope table are stepped bucket by bucket in C, and for every bucket that has scores the
-# integer facts its normalisation needs are written out: the number of scores, the zeros,
-# the noise-percentile key, the tail fit and, per score, how many scores lie below it and
-# its scope's max. adjobs.scoring turns those into normalised scores with the same numpy
-# code as Normaliser.normalise, so batched and bucket-by-bucket scores are bit-identical.
+# scope table are stepped bucket by bucket in C, and every score of a bucket is normalised
+# against the state right after it: the number of scores, the zeros, the noise-percentile
+# key, the tail fit and, per score, how many scores lie below it and its scope's max.
+# Normaliser.normalise scores against the current state with the same C function
+# (normalised_score), so batched and bucket-by-bucket scores are bit-identical.
 #
 # Shape (as _core and _model): `walk` checks arguments, then one `with nogil:` block runs
 # `noexcept nogil` kernels that report failure by status code.
 
-from libc.math cimport ceil
+cimport cython
+from libc.math cimport ceil, exp, fmax, fmin, isnan, log1p, pow, rint, sqrt
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport calloc, free
 
@@ -20,6 +22,112 @@ import numpy as np
 cdef enum:
     OK = 0
     NO_MEMORY = 1
+
+
+cdef struct ScoreRules:
+    # The normaliser's constants (adjobs.scoring.Normaliser); see score_rules.
+    const double* knot_x  # percentiles, ascending, from 0 to 100
+    const double* knot_y  # their scores, non-decreasing
+    int64_t knots
+    double noise_fraction  # noise percentile / 100
+    double noise_knot  # the knot score at the noise percentile
+    double noise_multiplier10  # 10 * the noise multiplier
+    double discretisation
+    double percentile_power  # 1 / bucket factor
+    double z  # the Wilson interval's z, and its square
+    double z2
+    double cap_slope
+    double max_score
+    int64_t tail_min
+
+
+cdef inline double knot_score(const ScoreRules* rules, double x) noexcept nogil:
+    """np.interp(x, knot_x, knot_y), to the bit: the same search and the same arithmetic."""
+    cdef const double* xp = rules.knot_x
+    cdef const double* fp = rules.knot_y
+    cdef int64_t last = rules.knots - 1, lo = 0, hi = last, mid
+    cdef double slope, out
+    if isnan(x):
+        return x
+    if x < xp[0]:
+        return fp[0]
+    if x > xp[last]:
+        return fp[last]
+    # the largest j with xp[j] <= x
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if xp[mid] <= x:
+            lo = mid
+        else:
+            hi = mid
+    if xp[hi] <= x:
+        lo = hi
+    if lo == last or xp[lo] == x:
+        return fp[lo]
+    slope = (fp[lo + 1] - fp[lo]) / (xp[lo + 1] - xp[lo])
+    out = slope * (x - xp[lo]) + fp[lo]
+    if isnan(out):
+        out = slope * (x - xp[lo + 1]) + fp[lo + 1]
+        if isnan(out) and fp[lo] == fp[lo + 1]:
+            out = fp[lo]
+    return out
+
+
+cdef inline double clip(double x, double lo, double hi) noexcept nogil:
+    # np.clip's order: a NaN stays NaN
+    return hi if x > hi else (lo if x < lo else x)
+
+
+@cython.cdivision(True)
+cdef inline double cap_from_raw(const ScoreRules* rules, double raw) noexcept nogil:
+    """The probability cap of a raw score (adjobs.scoring._probability_cap_from_raw)."""
+    return clip(100.0 * (0.05 - 0.95 * rules.cap_slope * log1p(499.0 * fmin(raw, 1.0))),
+                0.0, rules.max_score)
+
+
+@cython.cdivision(True)
+cdef double normalised_score(
+    const ScoreRules* rules, double raw, int64_t d, double cap, int64_t n, int64_t zeros,
+    int64_t noise_key, int64_t below, double scope_max, int64_t tail_k, int64_t tail_u,
+    int64_t tail_excess,
+) noexcept nogil:
+    """One raw score (``d`` discretised) normalised against a state of ``n`` scores, of
+    which ``zeros`` are 0 and ``below`` are below ``d``: the minimum of the noise, percentile
+    and max-score ceilings and the probability ``cap``, in [0, 100], to 4 decimals (the
+    rules are documented on adjobs.scoring.Normaliser)."""
+    cdef double fn = <double>n, relax, noise, frac, tail, beta, z2n, centre, half, lo, hi
+    cdef double pct, ratio, max_ceiling, score
+    if not raw > 0.0:
+        return 0.0
+    # 1. noise ceiling, lifted out of the way when most scores are 0
+    relax = rules.max_score * fmax(
+        2.0 * fmin((<double>zeros / fn) / rules.noise_fraction, 1.0) - 1.0, 0.0)
+    noise = rules.noise_knot * fmax(
+        1.0 + rules.noise_multiplier10 * <double>(d - noise_key) / rules.discretisation,
+        0.0) + relax
+    # 2. percentile ceiling: the fraction below, raised by the tail fit, in a Wilson interval
+    frac = <double>below / fn
+    if tail_k >= rules.tail_min and tail_excess > 0 and d > tail_u:
+        beta = <double>tail_excess / <double>tail_k
+        tail = (<double>tail_k / fn) * exp(-<double>(d - tail_u) / beta)
+        frac = fmax(frac, 1.0 - tail)
+    z2n = rules.z2 / fn
+    centre = (frac + 0.5 * z2n) / (1.0 + z2n)
+    half = (rules.z / (1.0 + z2n)) * sqrt(frac * (1.0 - frac) / fn + 0.25 * z2n / fn)
+    lo = clip(centre - half, 0.0, 1.0)
+    hi = clip(centre + half, 0.0, 1.0)
+    pct = 0.5 * (knot_score(rules, 100.0 * pow(lo, rules.percentile_power))
+                 + knot_score(rules, 100.0 * pow(hi, rules.percentile_power)))
+    # 3. max-score ceiling
+    if scope_max > 0.0:
+        ratio = fmin(raw / scope_max, 1.0)
+        max_ceiling = rules.max_score * fmin(1.5 * ratio, 0.5 + 0.5 * ratio)
+    else:
+        max_ceiling = rules.max_score
+    # 4. the probability cap, given
+    score = fmin(fmin(noise, pct), fmin(max_ceiling, cap))
+    score = clip(score, 0.0, rules.max_score)
+    return rint(score * 10000.0) / 10000.0 + 0.0
 
 
 cdef inline void fenwick_add(int64_t* tree, int64_t size, int64_t i,
@@ -53,15 +161,19 @@ cdef inline int64_t fenwick_lower_bound(const int64_t* tree, int64_t size,
     return position
 
 
+cdef inline void free_all(int64_t* a, int64_t* b, int64_t* c, double* d) noexcept nogil:
+    free(a)
+    free(b)
+    free(c)
+    free(d)
+
+
 cdef int walk_steps(
-    int64_t[::1] counts, const int64_t[::1] keys,
+    const ScoreRules* rules, int64_t[::1] counts, const int64_t[::1] keys,
     const int64_t[::1] entry_key, const double[::1] entry_raw, const int64_t[::1] entry_scope,
     const int64_t[::1] step_entries, const int64_t[::1] step_zeros, const int64_t[::1] step_age,
     uint8_t[::1] present, double[::1] scope_max, int64_t[::1] scope_age,
-    int64_t forget_after, double noise_fraction, int64_t tail_min, double tail_fraction,
-    int64_t[::1] out_n, int64_t[::1] out_zeros, int64_t[::1] out_noise_key,
-    int64_t[::1] out_tail_k, int64_t[::1] out_tail_u, int64_t[::1] out_tail_excess,
-    int64_t[::1] out_below, double[::1] out_scope_max, uint8_t[::1] out_big,
+    int64_t forget_after, double tail_fraction, double[::1] out_score, uint8_t[::1] out_big,
 ) noexcept nogil:
     cdef int64_t n_keys = keys.shape[0], n_scopes = present.shape[0]
     cdef int64_t n_steps = step_entries.shape[0]
@@ -69,11 +181,11 @@ cdef int walk_steps(
     cdef int64_t* sum_tree = <int64_t*>calloc(n_keys + 1, sizeof(int64_t))
     cdef int64_t* touched_at = <int64_t*>calloc(n_scopes + 1, sizeof(int64_t))
     cdef double* old_max = <double*>calloc(n_scopes + 1, sizeof(double))
-    cdef int64_t i, t, e, s, first = 0, last, n = 0, total_sum = 0, zeros, k, u_slot, u
-    cdef int64_t positive, above
+    cdef int64_t i, t, e, s, first = 0, last, n = 0, total_sum = 0, zeros, k, u_slot
+    cdef int64_t positive, above, noise_key, u, excess
     cdef uint8_t big
     if count_tree == NULL or sum_tree == NULL or touched_at == NULL or old_max == NULL:
-        free(count_tree); free(sum_tree); free(touched_at); free(old_max)
+        free_all(count_tree, sum_tree, touched_at, old_max)
         return NO_MEMORY
     for i in range(n_keys):
         if counts[i]:
@@ -122,43 +234,81 @@ cdef int walk_steps(
                 present[s] = 0
         if last > first:
             zeros = counts[0]
-            out_n[t] = n
-            out_zeros[t] = zeros
-            out_noise_key[t] = keys[fenwick_lower_bound(
-                count_tree, n_keys, <int64_t>ceil(noise_fraction * <double>n))]
-            # The tail fit (Normaliser._tail_fraction): u is the (k + 1)-th largest score,
-            # the excess the sum of the k largest minus k u.
+            noise_key = keys[fenwick_lower_bound(
+                count_tree, n_keys, <int64_t>ceil(rules.noise_fraction * <double>n))]
+            # The tail fit (Normaliser._tail): u is the (k + 1)-th largest score, the excess
+            # the sum of the k largest minus k u.
             positive = n - zeros
             k = <int64_t>(tail_fraction * <double>n)
-            if k < tail_min:
-                k = tail_min
+            if k < rules.tail_min:
+                k = rules.tail_min
             if k > positive - 1:
                 k = positive - 1
-            out_tail_k[t] = k
-            if k >= tail_min:
+            u = excess = 0
+            if k >= rules.tail_min:
                 u_slot = fenwick_lower_bound(count_tree, n_keys, n - k)
                 u = keys[u_slot]
                 above = n - fenwick_prefix(count_tree, u_slot + 1)
-                out_tail_u[t] = u
-                out_tail_excess[t] = (total_sum - fenwick_prefix(sum_tree, u_slot + 1)
-                                      - above * u)
+                excess = total_sum - fenwick_prefix(sum_tree, u_slot + 1) - above * u
             for e in range(first, last):
-                out_below[e] = fenwick_prefix(count_tree, entry_key[e])
-                out_scope_max[e] = scope_max[entry_scope[e]]
+                out_score[e] = normalised_score(
+                    rules, entry_raw[e], keys[entry_key[e]], cap_from_raw(rules, entry_raw[e]),
+                    n, zeros, noise_key, fenwick_prefix(count_tree, entry_key[e]),
+                    scope_max[entry_scope[e]], k, u, excess)
         first = last
-    free(count_tree); free(sum_tree); free(touched_at); free(old_max)
+    free_all(count_tree, sum_tree, touched_at, old_max)
     return OK
 
 
-def walk(counts, keys, entry_key, entry_raw, entry_scope, step_entries, step_zeros, step_age,
-         present, scope_max, scope_age, int64_t forget_after, double noise_fraction,
-         int64_t tail_min, double tail_fraction):
-    """Step a normaliser's state through buckets; see adjobs.scoring.Normaliser.walk.
+cdef class Rules:
+    """A normaliser's constants, held for the kernels (adjobs.scoring.Normaliser builds one).
+
+    ``knot_x``/``knot_y``: the knot points (percentiles from 0 to 100, ascending; scores
+    non-decreasing). ``noise_percentile`` in (0, 100], ``percentile_power`` = 1 / bucket
+    factor, ``z``/``z2``: the Wilson interval's z and z**2."""
+
+    cdef ScoreRules rules
+    cdef object knot_x, knot_y  # the arrays the struct points into
+
+    def __init__(self, knot_x, knot_y, double noise_percentile, double noise_multiplier,
+                 double percentile_power, double z, double z2, double cap_slope,
+                 double max_score, double discretisation, int64_t tail_min):
+        self.knot_x = np.ascontiguousarray(knot_x, dtype=np.float64).copy()
+        self.knot_y = np.ascontiguousarray(knot_y, dtype=np.float64).copy()
+        if self.knot_x.ndim != 1 or self.knot_x.shape != self.knot_y.shape or \
+                self.knot_x.size < 2:
+            raise ValueError("need at least two knots, one score each")
+        cdef const double[::1] kx = self.knot_x
+        cdef const double[::1] ky = self.knot_y
+        self.rules.knot_x = &kx[0]
+        self.rules.knot_y = &ky[0]
+        self.rules.knots = kx.shape[0]
+        self.rules.noise_fraction = noise_percentile / 100.0
+        self.rules.noise_knot = knot_score(&self.rules, noise_percentile)
+        self.rules.noise_multiplier10 = 10.0 * noise_multiplier
+        self.rules.discretisation = discretisation
+        self.rules.percentile_power = percentile_power
+        self.rules.z = z
+        self.rules.z2 = z2
+        self.rules.cap_slope = cap_slope
+        self.rules.max_score = max_score
+        self.rules.tail_min = tail_min
+
+    @property
+    def noise_knot(self) -> float:
+        """The knot score at the noise percentile (np.interp of the knots)."""
+        return self.rules.noise_knot
+
+
+def walk(Rules rules, counts, keys, entry_key, entry_raw, entry_scope, step_entries,
+         step_zeros, step_age, present, scope_max, scope_age, int64_t forget_after,
+         double tail_fraction):
+    """Step a normaliser's state through buckets and normalise every score against the
+    state right after its step; see adjobs.scoring.Normaliser.walk.
 
     ``counts`` (per key of the ascending ``keys``, ``keys[0] == 0``), ``present``,
-    ``scope_max`` and ``scope_age`` (per scope) are updated in place. Returns per step
-    ``(n, zeros, noise_key, tail_k, tail_u, tail_excess, big)`` and per entry
-    ``(below, scope_max)``; the per-step facts are only written for steps with entries.
+    ``scope_max`` and ``scope_age`` (per scope) are updated in place. Returns the scores
+    (per entry) and per step whether it was a big change.
     """
     cdef int64_t n_steps = len(step_entries), n_entries = len(entry_key)
     if len(keys) == 0 or keys[0] != 0 or len(counts) != len(keys):
@@ -173,26 +323,51 @@ def walk(counts, keys, entry_key, entry_raw, entry_scope, step_entries, step_zer
     if n_entries and (np.min(entry_key) < 0 or np.max(entry_key) >= len(keys)
                       or np.min(entry_scope) < 0 or np.max(entry_scope) >= len(present)):
         raise ValueError("entry key or scope out of range")
-    out = {name: np.zeros(n_steps, dtype=np.int64)
-           for name in ("n", "zeros", "noise_key", "tail_k", "tail_u", "tail_excess")}
-    below = np.zeros(n_entries, dtype=np.int64)
-    entry_scope_max = np.zeros(n_entries, dtype=np.float64)
+    scores = np.zeros(n_entries, dtype=np.float64)
     big = np.zeros(n_steps, dtype=np.uint8)
     cdef int status
-    cdef int64_t[::1] c = counts, o_n = out["n"], o_z = out["zeros"], o_nk = out["noise_key"]
-    cdef int64_t[::1] o_k = out["tail_k"], o_u = out["tail_u"], o_x = out["tail_excess"]
-    cdef int64_t[::1] o_below = below, age = scope_age
-    cdef double[::1] o_max = entry_scope_max, smax = scope_max
+    cdef int64_t[::1] c = counts, age = scope_age
+    cdef double[::1] o_score = scores, smax = scope_max
     cdef uint8_t[::1] o_big = big, pres = present
     cdef const int64_t[::1] k_ = keys, ek = entry_key, es = entry_scope
     cdef const int64_t[::1] se = step_entries, sz = step_zeros, sa = step_age
     cdef const double[::1] er = entry_raw
     with nogil:
-        status = walk_steps(c, k_, ek, er, es, se, sz, sa, pres, smax, age, forget_after,
-                            noise_fraction, tail_min, tail_fraction, o_n, o_z, o_nk, o_k, o_u,
-                            o_x, o_below, o_max, o_big)
+        status = walk_steps(&rules.rules, c, k_, ek, er, es, se, sz, sa, pres, smax, age,
+                            forget_after, tail_fraction, o_score, o_big)
     if status == NO_MEMORY:
         raise MemoryError("no memory for the normaliser walk")
-    out["big"] = big.astype(bool)
-    return out, below, entry_scope_max
+    return scores, big.astype(bool)
 
+
+def scores(Rules rules, raw, discretised, cap, int64_t n, int64_t zeros, int64_t noise_key,
+           below, scope_max, int64_t tail_k, int64_t tail_u, int64_t tail_excess):
+    """Raw scores normalised against one state (Normaliser.normalise): ``n`` scores, of
+    which ``zeros`` are 0, the noise-percentile key, the tail fit, and per score its
+    discretised value, the count of scores below it, its scope's max and its probability
+    cap (None: the cap of its raw score)."""
+    cdef int64_t size = len(raw), i
+    if n <= 0:
+        raise ValueError("a state with no scores normalises nothing")
+    if len(discretised) != size or len(below) != size or len(scope_max) != size or (
+            cap is not None and len(cap) != size):
+        raise ValueError("one discretised score, count below, scope max and cap per score")
+    out = np.zeros(size, dtype=np.float64)
+    cdef double[::1] o = out
+    cdef const double[::1] r = np.ascontiguousarray(raw, dtype=np.float64)
+    cdef const int64_t[::1] d = np.ascontiguousarray(discretised, dtype=np.int64)
+    cdef const int64_t[::1] b = np.ascontiguousarray(below, dtype=np.int64)
+    cdef const double[::1] m = np.ascontiguousarray(scope_max, dtype=np.float64)
+    cdef const double[::1] c
+    cdef bint capped = cap is not None
+    if capped:
+        c = np.ascontiguousarray(cap, dtype=np.float64)
+    else:
+        c = r  # unused
+    with nogil:
+        for i in range(size):
+            o[i] = normalised_score(
+                &rules.rules, r[i], d[i],
+                c[i] if capped else cap_from_raw(&rules.rules, r[i]),
+                n, zeros, noise_key, b[i], m[i], tail_k, tail_u, tail_excess)
+    return out

@@ -571,19 +571,15 @@ class _Steps:
         self.size = 0
 
     def bucket(self, raw: np.ndarray, scopes: list[str], zeros: int = 0) -> int:
-        """A bucket with scores, and ``zeros`` more of scope "" (as ``update`` is given
-        them); returns where its scores start in :meth:`walk`'s output."""
+        """A bucket with scores, and ``zeros`` more that belong to no scope (the series
+        that were not unusual); returns where its scores start in :meth:`walk`'s output."""
         at = self.size
-        # The zeros go in as their own piece: walk concatenates all pieces once anyway.
         self.raw.append(raw)
         self.scopes.extend(scopes)
-        if zeros:
-            self.raw.append(np.zeros(zeros))
-            self.scopes.extend([""] * zeros)
-        self.scores.append(len(raw) + zeros)
-        self.zeros.append(0)
+        self.scores.append(len(raw))
+        self.zeros.append(zeros)
         self.buckets.append(1)
-        self.size += len(raw) + zeros
+        self.size += len(raw)
         return at
 
     def quiet(self, buckets: int, zeros: int) -> None:

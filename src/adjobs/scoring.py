@@ -652,29 +652,19 @@ def _discretise(raw: np.ndarray) -> np.ndarray:
     return np.floor(raw * DISCRETISATION_FACTOR + 0.5).astype(np.int64)
 
 
-def _scope_array(scopes: Any, n: int) -> np.ndarray:
+def _scope_list(scopes: Any, n: int) -> list[str]:
     """One scope key (str) per score: None -> the single scope "", a str -> that for all."""
     if scopes is None:
-        return np.full(n, "", dtype="<U1")
+        return [""] * n
     if isinstance(scopes, str):
-        return np.full(n, scopes)
-    arr = np.asarray(scopes, dtype=str)
-    if arr.shape != (n,):
-        raise ValueError(f"need one scope per raw score ({n}), got shape {arr.shape}")
-    return arr
-
-
-def _wilson(frac: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Wilson score interval (70% two-sided) for a proportion ``frac`` out of ``n``.
-
-    It stands in for a confidence interval on a percentile estimated from ``n`` scores: wide
-    when ``n`` is small (so early scores cannot claim a high percentile), endpoints monotone in
-    ``frac``, closed form and well behaved at 0 and 1.
-    """
-    z2n = _Z_PERCENTILE**2 / n
-    centre = (frac + 0.5 * z2n) / (1.0 + z2n)
-    half = (_Z_PERCENTILE / (1.0 + z2n)) * np.sqrt(frac * (1.0 - frac) / n + 0.25 * z2n / n)
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+        return [scopes] * n
+    names = scopes.tolist() if isinstance(scopes, np.ndarray) else list(scopes)
+    # As numpy's str arrays, in which the scope table is kept, hold them: no trailing NULs.
+    if not all(type(name) is str and not name.endswith("\x00") for name in names):
+        names = [str(name).rstrip("\x00") for name in names]
+    if len(names) != n:
+        raise ValueError(f"need one scope per raw score ({n}), got {len(names)}")
+    return names
 
 
 class Normaliser:
@@ -757,8 +747,11 @@ class Normaliser:
         self.noise_multiplier = float(noise_multiplier)
         self.knots: tuple[tuple[float, float], ...] = tuple((float(x), float(y)) for x, y in kn)
         self.forget_after = int(forget_after)
-        self._kx = kn[:, 0].copy()
-        self._ky = kn[:, 1].copy()
+        #: The constants of the C kernels that walk the state and normalise scores.
+        self._rules = _normaliser.Rules(
+            kn[:, 0], kn[:, 1], self.noise_percentile, self.noise_multiplier,
+            1.0 / self.bucket_factor, _Z_PERCENTILE, _Z_PERCENTILE**2, _CAP_SLOPE,
+            MAX_NORMALISED_SCORE, float(DISCRETISATION_FACTOR), TAIL_MIN_SCORES)
         self._keys = np.zeros(0, dtype=np.int64)
         self._counts = np.zeros(0, dtype=np.int64)
         self._scopes = np.zeros(0, dtype="<U1")
@@ -802,7 +795,7 @@ class Normaliser:
         Raw scores are clipped to [0, 100]; NaN raises. O(n log n), no per-score Python work.
         """
         raw = _raw_scores(raw_scores)
-        s = _scope_array(scopes, raw.size)
+        s = np.asarray(_scope_list(scopes, raw.size), dtype=str)
 
         if raw.size:
             bins, bin_counts = np.unique(_discretise(raw), return_counts=True)
@@ -880,7 +873,6 @@ class Normaliser:
         bucket, and so is the state afterwards (:attr:`big_change` is the last step's).
         """
         raw = _raw_scores(raw_scores)
-        s = _scope_array(scopes, raw.size)
         step_scores = np.ascontiguousarray(step_scores, dtype=np.int64)
         step_zeros = np.ascontiguousarray(step_zeros, dtype=np.int64)
         step_buckets = np.ascontiguousarray(step_buckets, dtype=np.int64)
@@ -891,33 +883,32 @@ class Normaliser:
         keys = np.unique(np.concatenate([np.zeros(1, dtype=np.int64), self._keys, d]))
         counts = np.zeros(keys.size, dtype=np.int64)
         counts[np.searchsorted(keys, self._keys)] = self._counts
-        names, scope_index = np.unique(np.concatenate([self._scopes, s]), return_inverse=True)
-        held, entry_scope = scope_index[: self._scopes.size], scope_index[self._scopes.size:]
-        present = np.zeros(names.size, dtype=np.uint8)
-        scope_max = np.zeros(names.size, dtype=np.float64)
-        scope_age = np.zeros(names.size, dtype=np.int64)
-        present[held], scope_max[held], scope_age[held] = 1, self._scope_max, self._scope_age
-        facts, below, entry_max = _normaliser.walk(
-            counts, keys, np.searchsorted(keys, d).astype(np.int64), raw,
-            np.ascontiguousarray(entry_scope, dtype=np.int64), step_scores, step_zeros,
-            step_buckets, present, scope_max, scope_age, self.forget_after,
-            self.noise_percentile / 100.0, TAIL_MIN_SCORES, TAIL_FRACTION)
+        # The scopes held, then the new ones, numbered in that order (a dict: the scopes
+        # are few, the entries many).
+        held = self._scopes.tolist()
+        number = dict(zip(held, range(len(held)), strict=True))
+        entry_scope = np.fromiter(
+            (number.setdefault(name, len(number)) for name in _scope_list(scopes, raw.size)),
+            dtype=np.int64, count=raw.size)
+        present = np.zeros(len(number), dtype=np.uint8)
+        scope_max = np.zeros(len(number), dtype=np.float64)
+        scope_age = np.zeros(len(number), dtype=np.int64)
+        present[:len(held)], scope_max[:len(held)], scope_age[:len(held)] = (
+            1, self._scope_max, self._scope_age)
+        scores, big = _normaliser.walk(
+            self._rules, counts, keys, np.searchsorted(keys, d).astype(np.int64), raw,
+            entry_scope, step_scores, step_zeros, step_buckets, present, scope_max, scope_age,
+            self.forget_after, TAIL_FRACTION)
         kept = counts > 0
         self._keys, self._counts = keys[kept], counts[kept]
-        alive = present.astype(bool)
-        self._scopes = names[alive] if alive.any() else np.zeros(0, dtype="<U1")
+        names = list(number)
+        alive = sorted((i for i in np.flatnonzero(present).tolist()), key=names.__getitem__)
+        self._scopes = (np.array([names[i] for i in alive], dtype=str) if alive
+                        else np.zeros(0, dtype="<U1"))
         self._scope_max, self._scope_age = scope_max[alive], scope_age[alive]
         if step_buckets.size:
-            self.big_change = bool(facts["big"][-1])
-        if raw.size == 0:
-            return np.zeros(0), facts["big"]
-        of_score = np.repeat(np.arange(step_scores.size), step_scores)
-        scores = self._scores(
-            raw, d, _probability_cap_from_raw(raw), n=facts["n"][of_score],
-            zeros=facts["zeros"][of_score], noise_key=facts["noise_key"][of_score],
-            below=below, scope_max=entry_max, tail_k=facts["tail_k"][of_score],
-            tail_u=facts["tail_u"][of_score], tail_excess=facts["tail_excess"][of_score])
-        return scores, facts["big"]
+            self.big_change = bool(big[-1])
+        return scores, big
 
     # -- normalise ----------------------------------------------------------------------------
 
@@ -933,73 +924,27 @@ class Normaliser:
         :meth:`update` there is nothing to calibrate against and every score is 0.
         """
         raw = _raw_scores(raw_scores)
-        out = np.zeros(raw.shape, dtype=np.float64)
         n = self.count
         if raw.size == 0 or n == 0:
-            return out
-        s = _scope_array(scopes, raw.size)
+            return np.zeros(raw.shape, dtype=np.float64)
         d = _discretise(raw)
         cum = np.concatenate([[0], np.cumsum(self._counts)])
         q = self.noise_percentile / 100.0
         j = min(int(np.searchsorted(cum[1:], q * n, side="left")), self._keys.size - 1)
         zeros = int(self._counts[0]) if self._keys[0] == 0 else 0
         below = cum[np.searchsorted(self._keys, d, side="left")]
-        idx, found = self._lookup(s)
-        scope_max = np.zeros(raw.size, dtype=np.float64)
-        scope_max[found] = self._scope_max[idx[found]]
+        held = dict(zip(self._scopes.tolist(), self._scope_max.tolist(), strict=True))
+        scope_max = np.fromiter((held.get(name, 0.0) for name in _scope_list(scopes, raw.size)),
+                                dtype=np.float64, count=raw.size)
         tail_k, tail_u, tail_excess = self._tail(n, zeros)
-        if probabilities is None:
-            cap = _probability_cap_from_raw(raw)
-        else:
+        cap = None
+        if probabilities is not None:
             p = _float_array(probabilities, "probabilities")
             if p.shape != raw.shape:
                 raise ValueError(f"need one probability per raw score ({raw.size})")
-            cap = np.asarray(probability_cap(p), dtype=np.float64)
-        return self._scores(raw, d, cap, n=n, zeros=zeros, noise_key=int(self._keys[j]),
-                            below=below, scope_max=scope_max, tail_k=tail_k, tail_u=tail_u,
-                            tail_excess=tail_excess)
-
-    def _scores(self, raw: np.ndarray, d: np.ndarray, cap: np.ndarray, *, n: Any, zeros: Any,
-                noise_key: Any, below: np.ndarray, scope_max: np.ndarray, tail_k: Any,
-                tail_u: Any, tail_excess: Any) -> np.ndarray:
-        """Normalised scores from the facts of the state they are scored against: ``n``
-        scores of which ``zeros`` are 0, the noise-percentile key, per score the count of
-        scores below it and its scope's max, the tail fit (``tail_k`` < ``TAIL_MIN_SCORES``:
-        none). The facts are scalars (:meth:`normalise`) or one per score (:meth:`walk`):
-        the arithmetic is elementwise either way, so both give the same bits."""
-        # 1. noise ceiling
-        q = self.noise_percentile / 100.0
-        zero_frac = zeros / n
-        relax = MAX_NORMALISED_SCORE * np.maximum(2.0 * np.minimum(zero_frac / q, 1.0) - 1.0,
-                                                  0.0)
-        knot_noise = float(np.interp(self.noise_percentile, self._kx, self._ky))
-        strength = 10.0 * self.noise_multiplier * (d - noise_key) / DISCRETISATION_FACTOR
-        noise = knot_noise * np.maximum(1.0 + strength, 0.0) + relax
-
-        # 2. percentile ceiling
-        lo, hi = _wilson(self._tail_fraction(d, below / n, n, tail_k, tail_u, tail_excess), n)
-        power = 1.0 / self.bucket_factor
-        pct = 0.5 * (
-            np.interp(100.0 * lo**power, self._kx, self._ky)
-            + np.interp(100.0 * hi**power, self._kx, self._ky)
-        )
-
-        # 3. max-score ceiling
-        has_max = scope_max > 0.0
-        with np.errstate(over="ignore"):  # a subnormal max can overflow the ratio: fine
-            # r >= 1 already gives a ceiling >= 100, so r is capped at 1.
-            ratio = np.minimum(raw / np.where(has_max, scope_max, 1.0), 1.0)
-        max_ceiling = np.where(
-            has_max,
-            MAX_NORMALISED_SCORE * np.minimum(1.5 * ratio, 0.5 + 0.5 * ratio),
-            MAX_NORMALISED_SCORE,
-        )
-
-        # 4. probability cap: given
-        score = np.minimum.reduce([noise, pct, max_ceiling, cap])
-        score = np.clip(score, 0.0, MAX_NORMALISED_SCORE)
-        score = np.where(raw > 0.0, np.round(score, 4), 0.0) + 0.0
-        return score
+            cap = np.atleast_1d(np.asarray(probability_cap(p), dtype=np.float64))
+        return _normaliser.scores(self._rules, raw, d, cap, n, zeros, int(self._keys[j]),
+                                  below, scope_max, tail_k, tail_u, tail_excess)
 
     def _tail(self, n: int, zeros: int) -> tuple[int, int, int]:
         """The tail fit of the histogram: ``k`` (1% of ``n``, at least ``TAIL_MIN_SCORES``,
@@ -1014,21 +959,6 @@ class Normaliser:
         top = np.repeat(rev_keys[: j + 1], rev_counts[: j + 1])[: k + 1]
         u = int(top[k])
         return k, u, int(np.sum(top[:k] - u))
-
-    @staticmethod
-    def _tail_fraction(d: np.ndarray, frac: np.ndarray, n: Any, k: Any, u: Any,
-                       excess: Any) -> np.ndarray:
-        """``frac`` (fraction of scores below each discretised score ``d``) raised where the
-        exponential fit of the top ``k`` scores (mean excess ``beta`` over ``u``) puts the
-        score further into the tail; no fit where ``k`` is too small or ``beta`` is 0."""
-        fitted = (np.asarray(k) >= TAIL_MIN_SCORES) & (np.asarray(excess) > 0)
-        if not fitted.any():
-            return frac
-        k = np.where(fitted, k, 1)
-        # The mean of k integer excesses: their exact sum over k, as np.mean gives.
-        beta = np.where(fitted, excess, 1) / k
-        tail = (k / n) * np.exp(-np.maximum(d - u, 0) / beta)
-        return np.where(fitted & (d > u), np.maximum(frac, 1.0 - tail), frac)
 
     # -- state --------------------------------------------------------------------------------
 
