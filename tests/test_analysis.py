@@ -819,6 +819,37 @@ def test_farequote_sorted_finds_the_aal_incident_as_the_readme_says():
     assert table == got
 
 
+def test_records_read_back_by_their_columns_are_renormalised_in_their_partitions_scope():
+    # Renormalisation reads stored records by their columns: values, not field names. Their
+    # max-score scope must still be their partition's, as when they were first scored, not
+    # the scope of a detector without splits (which no ceiling holds down).
+    from conftest import FAREQUOTE, ROOT
+
+    from adjobs import results
+
+    config = json.loads((ROOT / "examples" / "farequote.json").read_text())
+    config.pop("job_id")
+    header, *rows = FAREQUOTE.read_bytes().rstrip(b"\n").split(b"\n")
+    with adjobs.JobService() as service:
+        service.put_job("farequote", config)
+        service.open_job("farequote")
+        service.post_data("farequote", b"\n".join([header, *reversed(rows)]) + b"\n")
+        service.flush_job("farequote")
+        analysis = service._open["farequote"].analysis
+        db = service.store._db
+        full, light = (
+            [dict(doc, record_score=-1.0)
+             for doc in results.iter_for_renormalisation(db, "farequote", 0, scores_only=only)
+             if doc["result_type"] == "record"]
+            for only in (False, True))
+    assert "partition_field_name" not in light[0] and len(light) == len(full) > 100
+    scopes = [analysis._record_doc_scope(doc) for doc in light]
+    assert scopes == [analysis._record_doc_scope(doc) for doc in full]
+    airlines = {doc["partition_field_value"] for doc in light}
+    assert len(set(scopes)) == len(airlines) > 10 and "" not in scopes
+    assert analysis.rescore(light) == analysis.rescore(full)
+
+
 def test_a_bigger_anomaly_later_lowers_the_earlier_score_but_not_its_initial_one():
     rng = np.random.default_rng(21)
     docs = []

@@ -526,12 +526,6 @@ def influencer_scope(field_name: str, field_value: str) -> str:
     return _scope_key(field_name, field_value)
 
 
-def _record_doc_scope(doc: dict) -> str:
-    person = "over_field" if "over_field_name" in doc else "by_field"
-    return record_scope(doc.get("partition_field_name", ""), doc.get("partition_field_value", ""),
-                        doc.get(f"{person}_name", ""), doc.get(f"{person}_value", ""))
-
-
 def _identity(doc: dict) -> dict:
     """The fields that name a stored record or influencer (adjobs.results.update_scores)."""
     keys = ("result_type", "timestamp", "detector_index", "partition_field_value",
@@ -1172,6 +1166,16 @@ class JobAnalysis:
         self.renormalise = False
         return max(0, self.next_bucket - self.renormalization_window_ms)
 
+    def _record_doc_scope(self, doc: dict) -> str:
+        """A stored record's max-score scope, as it was scored: the field names come from its
+        detector, since a record read back by its columns carries only the values."""
+        detector = self.detectors[int(doc.get("detector_index", 0))]
+        config = detector.detector
+        person_value = doc.get("over_field_value" if config.over_field_name else "by_field_value")
+        return record_scope(config.partition_field_name or "",
+                            doc.get("partition_field_value") or "", detector.person_field,
+                            person_value or "")
+
     def rescore(self, docs: list[dict]) -> list[dict]:
         """New scores for stored results (``record_score``, ``influencer_score``, bucket
         influencers' ``anomaly_score``) from their raw scores and today's normalisers;
@@ -1181,7 +1185,7 @@ class JobAnalysis:
         if records:
             scores = self.normalisers["record"].normalise(
                 np.array([d["raw_score"] for d in records]),
-                [_record_doc_scope(d) for d in records])
+                [self._record_doc_scope(d) for d in records])
             # As Python floats (the same values): cheaper to compare one at a time.
             for doc, score in zip(records, scores.tolist(), strict=True):
                 if float(score) != doc["record_score"]:
