@@ -64,7 +64,7 @@ def c_extension(name: str) -> Extension:
 
 
 # The time-series model kernel (adjobs.model) and the normaliser's bucket-by-bucket state
-# walk (adjobs.scoring).
-kernels = [c_extension("_model"), c_extension("_normaliser")]
+# walk (adjobs.scoring), and the JSON text of result documents (adjobs.results).
+kernels = [c_extension("_model"), c_extension("_normaliser"), c_extension("_jsontext")]
 
 setup(ext_modules=cythonize([extension, *kernels], compiler_directives=directives))

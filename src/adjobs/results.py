@@ -60,6 +60,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import _jsontext
 from .errors import ApiError, illegal_argument
 
 __all__ = [
@@ -226,9 +227,19 @@ def _encode_function(encoder: json.JSONEncoder) -> Callable[[Any], str]:
     return lambda value: "".join(c_encoder(value, 0))
 
 
+def _compiled_first(fallback: Callable[[Any], str]) -> Callable[[Any], str]:
+    """An encoder writing what ``fallback`` writes: :func:`adjobs._jsontext.encode` where it
+    can (the same text, two to three times faster), ``fallback`` where it declines (numpy
+    values, non-finite floats, anything not plainly JSON), so errors are the json module's."""
+    def encode(value: Any) -> str:
+        text = _jsontext.encode(value)
+        return fallback(value) if text is None else text
+    return encode
+
+
 #: One encoder for every document: json.dumps builds a new one per call for these options.
-_dumps = _encode_function(
-    json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default))
+_dumps = _compiled_first(_encode_function(
+    json.JSONEncoder(separators=(",", ":"), allow_nan=False, default=_json_default)))
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -237,7 +248,7 @@ def _float_or_none(value: Any) -> float | None:
 
 #: json.dumps's defaults with compact separators, built once: json.dumps builds a new
 #: encoder per call when given separators.
-_dumps_ident = _encode_function(json.JSONEncoder(separators=(",", ":")))
+_dumps_ident = _compiled_first(_encode_function(json.JSONEncoder(separators=(",", ":"))))
 
 
 def record_ident(doc: Mapping[str, Any]) -> str:

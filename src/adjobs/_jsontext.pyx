@@ -1,0 +1,250 @@
+# The JSON text of result documents (adjobs.results): what json.dumps writes with
+# separators=(",", ":"), ensure_ascii and allow_nan=False, to the character.
+#
+# A commit encodes every result document of an upload, hundreds at a time. The json module's
+# C encoder builds a list of small strings per document and joins them; here the text goes
+# straight into one growing buffer. Result documents hold only dicts, lists, strs, ints,
+# floats, bools and None. Anything else (numpy scalars, subclasses, non-finite floats, keys
+# that are not strs, deep nesting) is left to the json module: `encode` returns None, and
+# the caller encodes that document as before, so the json module also raises its errors.
+
+from cpython.float cimport PyFloat_AS_DOUBLE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.mem cimport PyMem_Free
+from cpython.object cimport PyObject
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.math cimport isfinite
+from libc.stdint cimport uint32_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    bint PyDict_CheckExact(object)
+    bint PyList_CheckExact(object)
+    bint PyTuple_CheckExact(object)
+    bint PyUnicode_CheckExact(object)
+    bint PyLong_CheckExact(object)
+    bint PyFloat_CheckExact(object)
+    Py_ssize_t PyList_GET_SIZE(object)
+    Py_ssize_t PyTuple_GET_SIZE(object)
+    void* PyList_GET_ITEM(object, Py_ssize_t)
+    void* PyTuple_GET_ITEM(object, Py_ssize_t)
+    Py_ssize_t PyUnicode_GET_LENGTH(object)
+    int PyUnicode_KIND(object)
+    void* PyUnicode_DATA(object)
+    # as a code point number (Cython would make a Py_UCS4 a one-character str)
+    uint32_t PyUnicode_READ(int kind, void* data, Py_ssize_t index)
+    char* PyOS_double_to_string(double value, char format_code, int precision, int flags,
+                                int* kind)
+    int Py_DTSF_ADD_DOT_0
+    void PyErr_Clear()
+    int PyDict_Next(object, Py_ssize_t* position, PyObject** key, PyObject** value)
+
+cdef enum:
+    DONE = 0
+    UNSUPPORTED = 1  # for the json module to encode (or to reject)
+    NO_MEMORY = 2
+
+#: Containers deeper than this are left to the json module (documents nest 3 deep).
+cdef int MAX_DEPTH = 32
+cdef int FIRST_CAPACITY = 1024
+
+cdef const char* HEX = b"0123456789abcdef"
+
+
+cdef struct Text:
+    char* data
+    Py_ssize_t length
+    Py_ssize_t capacity
+
+
+cdef int reserve(Text* out, Py_ssize_t more) noexcept:
+    cdef Py_ssize_t want = out.capacity
+    cdef char* grown
+    if out.length + more <= out.capacity:
+        return DONE
+    while want < out.length + more:
+        want *= 2
+    grown = <char*>realloc(out.data, want)
+    if grown == NULL:
+        return NO_MEMORY
+    out.data = grown
+    out.capacity = want
+    return DONE
+
+
+cdef inline int put(Text* out, const char* text, Py_ssize_t length) noexcept:
+    if reserve(out, length) != DONE:
+        return NO_MEMORY
+    memcpy(out.data + out.length, text, length)
+    out.length += length
+    return DONE
+
+
+cdef inline void put_unit(char* at, uint32_t unit) noexcept:
+    # \uXXXX, lowercase hex as the json module writes it
+    at[0] = c'\\'
+    at[1] = c'u'
+    at[2] = HEX[(unit >> 12) & 0xF]
+    at[3] = HEX[(unit >> 8) & 0xF]
+    at[4] = HEX[(unit >> 4) & 0xF]
+    at[5] = HEX[unit & 0xF]
+
+
+cdef int put_string(Text* out, object value) noexcept:
+    """A str quoted and escaped as the json module's ensure_ascii encoder does."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(value), i
+    cdef int kind = PyUnicode_KIND(value)
+    cdef void* data = PyUnicode_DATA(value)
+    cdef uint32_t c
+    cdef char* at
+    # at most 12 characters per code point (a surrogate pair), and the quotes
+    if reserve(out, 12 * n + 2) != DONE:
+        return NO_MEMORY
+    at = out.data + out.length
+    at[0] = c'"'
+    at += 1
+    for i in range(n):
+        c = PyUnicode_READ(kind, data, i)
+        if c >= 0x20 and c <= 0x7E and c != 0x22 and c != 0x5C:
+            at[0] = <char>c
+            at += 1
+            continue
+        if c == 0x22 or c == 0x5C:
+            at[0] = c'\\'
+            at[1] = <char>c
+            at += 2
+        elif c == 0x08 or c == 0x0C or c == 0x0A or c == 0x0D or c == 0x09:
+            at[0] = c'\\'
+            at[1] = (c'b' if c == 0x08 else c'f' if c == 0x0C else c'n' if c == 0x0A
+                     else c'r' if c == 0x0D else c't')
+            at += 2
+        elif c >= 0x10000:
+            c -= 0x10000
+            put_unit(at, 0xD800 | ((c >> 10) & 0x3FF))
+            put_unit(at + 6, 0xDC00 | (c & 0x3FF))
+            at += 12
+        else:
+            put_unit(at, c)
+            at += 6
+    at[0] = c'"'
+    at += 1
+    out.length = at - out.data
+    return DONE
+
+
+cdef int put_int(Text* out, object value) noexcept:
+    cdef int overflow = 0
+    cdef long long number = PyLong_AsLongLongAndOverflow(value, &overflow)
+    cdef unsigned long long magnitude
+    cdef char digits[24]
+    cdef int at = 24
+    if overflow:
+        return UNSUPPORTED
+    if number == -1:
+        PyErr_Clear()  # -1 is also the error value; an exact int cannot fail here
+    magnitude = <unsigned long long>(-(number + 1)) + 1 if number < 0 else <unsigned long long>number
+    while True:
+        at -= 1
+        digits[at] = <char>(48 + magnitude % 10)  # '0' + digit
+        magnitude //= 10
+        if magnitude == 0:
+            break
+    if number < 0:
+        at -= 1
+        digits[at] = c'-'
+    return put(out, &digits[at], 24 - at)
+
+
+cdef int put_float(Text* out, double value) noexcept:
+    cdef char* text
+    cdef Py_ssize_t n = 0
+    cdef int status
+    if not isfinite(value):
+        return UNSUPPORTED  # the json module raises its ValueError
+    # float.__repr__, which the json module writes
+    text = PyOS_double_to_string(value, c'r', 0, Py_DTSF_ADD_DOT_0, NULL)
+    if text == NULL:
+        PyErr_Clear()
+        return NO_MEMORY
+    while text[n] != 0:
+        n += 1
+    status = put(out, text, n)
+    PyMem_Free(text)
+    return status
+
+
+cdef int put_value(Text* out, object value, int depth) noexcept:
+    cdef Py_ssize_t i, n, position = 0
+    cdef PyObject* key
+    cdef PyObject* item
+    cdef int status
+    cdef bint first = True, is_list
+    if value is None:
+        return put(out, b"null", 4)
+    if value is True:
+        return put(out, b"true", 4)
+    if value is False:
+        return put(out, b"false", 5)
+    if PyUnicode_CheckExact(value):
+        return put_string(out, value)
+    if PyFloat_CheckExact(value):
+        return put_float(out, PyFloat_AS_DOUBLE(value))
+    if PyLong_CheckExact(value):
+        return put_int(out, value)
+    if depth >= MAX_DEPTH:
+        return UNSUPPORTED
+    if PyDict_CheckExact(value):
+        if put(out, b"{", 1) != DONE:
+            return NO_MEMORY
+        while PyDict_Next(value, &position, &key, &item):
+            if not PyUnicode_CheckExact(<object>key):
+                return UNSUPPORTED  # the json module converts or rejects other keys
+            if not first and put(out, b",", 1) != DONE:
+                return NO_MEMORY
+            first = False
+            status = put_string(out, <object>key)
+            if status == DONE:
+                status = put(out, b":", 1)
+            if status == DONE:
+                status = put_value(out, <object>item, depth + 1)
+            if status != DONE:
+                return status
+        return put(out, b"}", 1)
+    if PyList_CheckExact(value) or PyTuple_CheckExact(value):
+        is_list = PyList_CheckExact(value)
+        n = PyList_GET_SIZE(value) if is_list else PyTuple_GET_SIZE(value)
+        if put(out, b"[", 1) != DONE:
+            return NO_MEMORY
+        for i in range(n):
+            item = <PyObject*>(PyList_GET_ITEM(value, i) if is_list
+                               else PyTuple_GET_ITEM(value, i))
+            if i and put(out, b",", 1) != DONE:
+                return NO_MEMORY
+            status = put_value(out, <object>item, depth + 1)
+            if status != DONE:
+                return status
+        return put(out, b"]", 1)
+    return UNSUPPORTED
+
+
+def encode(value):
+    """The compact JSON text of ``value`` as ``json.dumps(value, separators=(",", ":"),
+    allow_nan=False)`` writes it, or None where that is for the json module to write (or to
+    reject): a value of another type than dict, list, tuple, str, int, float, bool or None
+    (subclasses included), a non-finite float, a key that is not a str, or containers
+    nested deeper than 32."""
+    cdef Text out
+    cdef int status
+    out.data = <char*>malloc(FIRST_CAPACITY)
+    if out.data == NULL:
+        return None
+    out.length = 0
+    out.capacity = FIRST_CAPACITY
+    try:
+        status = put_value(&out, value, 0)
+        if status != DONE:
+            return None
+        return PyUnicode_DecodeASCII(out.data, out.length, NULL)
+    finally:
+        free(out.data)

@@ -1,0 +1,103 @@
+"""The compiled writer of result documents' JSON (adjobs._jsontext) against the json module."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adjobs import _jsontext, results
+
+
+def _json_module(value):
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+# Every code point, lone surrogates and astral ones included.
+_text = st.text(st.characters(codec=None, categories=None), max_size=12)
+_scalars = (st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1)
+            | st.floats(allow_nan=False, allow_infinity=False) | _text)
+_documents = st.recursive(
+    _scalars,
+    lambda inner: (st.lists(inner, max_size=5) | st.tuples(inner, inner)
+                   | st.dictionaries(_text, inner, max_size=5)),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_documents)
+def test_plain_json_values_are_written_as_the_json_module_writes_them(value):
+    assert _jsontext.encode(value) == _json_module(value)
+
+
+@pytest.mark.parametrize("value, text", [
+    ({"a": [1, -0.0, 1e16, 5e-324]}, '{"a":[1,-0.0,1e+16,5e-324]}'),
+    (["\x7f\x00\n\t\"\\/", "é\U0001f600\ud800"],
+     '["\\u007f\\u0000\\n\\t\\"\\\\/","\\u00e9\\ud83d\\ude00\\ud800"]'),
+    ([-(2**63), 2**63 - 1, True, None, {}, ()], '[-9223372036854775808,9223372036854775807,true,null,{},[]]'),
+])
+def test_edge_values_have_the_json_modules_text(value, text):
+    assert _jsontext.encode(value) == text == _json_module(value)
+
+
+class _Float(float):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    {"score": math.nan}, [math.inf], {1: "not a str key"}, [np.float64(0.5)], [np.int64(3)],
+    [_Float(0.5)], {"big": 2**64}, [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]],
+    [object()],
+])
+def test_what_is_not_plainly_json_is_left_to_the_json_module(value):
+    assert _jsontext.encode(value) is None
+
+
+def test_the_result_encoder_keeps_the_json_modules_text_and_errors():
+    doc = {"job_id": "j", "timestamp": 1, "record_score": 12.5, "typical": [np.float64(0.25)],
+           "big": 2**70}
+    assert results._dumps(doc) == (
+        '{"job_id":"j","timestamp":1,"record_score":12.5,"typical":[0.25],'
+        '"big":1180591620717411303424}')
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        results._dumps({"record_score": math.nan})
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        results._dumps({"x": object()})
+    assert results.record_ident({"detector_index": 2, "partition_field_value": "é"}) == (
+        '[2,"\\u00e9",null,null]')
+
+
+def test_an_analysed_uploads_documents_are_all_written_by_the_compiled_encoder():
+    import adjobs
+
+    rng = np.random.default_rng(3)
+    lines = []
+    for bucket in range(300):
+        for airline in ("AAL", "ÉLY"):
+            value = rng.normal(100.0, 5.0) + (400.0 if bucket == 250 and airline == "AAL" else 0)
+            lines.append(json.dumps({"time": 1_600_000_000 + 600 * bucket, "airline": airline,
+                                     "responsetime": value}))
+    with adjobs.JobService() as service:
+        service.put_job("j", {
+            "analysis_config": {"bucket_span": "10m", "influencers": ["airline"],
+                                "detectors": [{"function": "mean", "field_name": "responsetime",
+                                               "partition_field_name": "airline"}]},
+            "data_description": {"time_field": "time", "time_format": "epoch"}})
+        service.open_job("j")
+        service.post_data("j", "\n".join(lines))
+        service.flush_job("j")
+        batch = service.get_records("j", size=5)["records"]
+        assert batch and batch[0]["partition_field_value"] == "AAL"
+        batch = results.ResultBatch(
+            buckets=service.get_buckets("j", size=1000, expand=True)["buckets"],
+            records=service.get_records("j", size=1000)["records"],
+            influencers=service.get_influencers("j", size=1000)["influencers"])
+    documents = [*batch.buckets, *batch.records, *batch.influencers]
+    assert len(batch.buckets) >= 290 and batch.records and batch.influencers
+    for doc in documents:
+        assert _jsontext.encode(doc) == _json_module(doc)
