@@ -580,21 +580,18 @@ def rescored_batch(batch: Any, since_ms: int, rescore: Callable[[list[dict]], li
     def eligible(doc: Mapping[str, Any]) -> bool:
         return int(doc["timestamp"]) >= since_ms and not doc.get("is_interim")
 
-    # What iter_for_renormalisation would read back, in the order it would read it.
-    buckets = [doc for doc in batch.buckets
-               if eligible(doc) and isinstance(doc.get("bucket_influencers"), list)
-               and doc["bucket_influencers"]]
-    records = [doc for doc in batch.records if eligible(doc)]
-    influencers = [doc for doc in batch.influencers if eligible(doc)]
-    read_back = [*sorted(buckets, key=lambda doc: int(doc["timestamp"])),
-                 *(_scores_doc("result_records", stamp, values)
-                   for stamp, values in sorted(((int(doc["timestamp"]),
-                                                 _record_score_columns(doc))
-                                                for doc in records), key=lambda x: x[0])),
-                 *(_scores_doc("result_influencers", stamp, values)
-                   for stamp, values in sorted(((int(doc["timestamp"]),
-                                                 _influencer_score_columns(doc))
-                                                for doc in influencers), key=lambda x: x[0]))]
+    # What iter_for_renormalisation would read back, in the order it would read it: the
+    # documents themselves, which hold the identity, score and raw score it reads, and more.
+    def timestamp(doc: Mapping[str, Any]) -> int:
+        return int(doc["timestamp"])
+
+    read_back = [
+        *sorted((doc for doc in batch.buckets
+                 if eligible(doc) and isinstance(doc.get("bucket_influencers"), list)
+                 and doc["bucket_influencers"]), key=timestamp),
+        *sorted((doc for doc in batch.records if eligible(doc)), key=timestamp),
+        *sorted((doc for doc in batch.influencers if eligible(doc)), key=timestamp),
+    ]
     record_scores: dict[tuple[int, str], float] = {}
     influencer_scores: dict[tuple[int, str, str], float] = {}
     bucket_changes: dict[int, list[Mapping[str, Any]]] = {}
@@ -643,20 +640,6 @@ def rescored_batch(batch: Any, since_ms: int, rescore: Callable[[list[dict]], li
         replaces_interim=bool(getattr(batch, "replaces_interim", False)),
         rows=getattr(batch, "rows", None) or {},
     )
-
-
-def _record_score_columns(doc: Mapping[str, Any]) -> list:
-    """The values of ``_SCORE_COLUMNS["result_records"]`` that :func:`_record_row` stores."""
-    return [int(doc.get("detector_index", 0)), doc.get("partition_field_value"),
-            doc.get("by_field_value"), doc.get("over_field_value"),
-            float(doc.get("record_score", 0.0)), _float_or_none(doc.get("raw_score"))]
-
-
-def _influencer_score_columns(doc: Mapping[str, Any]) -> list:
-    """The values of ``_SCORE_COLUMNS["result_influencers"]`` that :func:`_influencer_row`
-    stores."""
-    return [str(doc["influencer_field_name"]), str(doc["influencer_field_value"]),
-            float(doc.get("influencer_score", 0.0)), _float_or_none(doc.get("raw_score"))]
 
 
 def iter_for_renormalisation(
