@@ -72,11 +72,14 @@ cdef enum:
     X_SPIKES = 7 + 3 * NM + 3 * RB + 5      # isolated spikes seen (decayed), and the mean
     X_SPIKE_MU = 7 + 3 * NM + 3 * RB + 6    # and variance of their log sizes
     X_SPIKE_VAR = 7 + 3 * NM + 3 * RB + 7
-    NSCAL = 7 + 3 * NM + 3 * RB + 8
+    X_MULTI_MEDIAN = 7 + 3 * NM + 3 * RB + 8  # residual block of the median feature
+    NSCAL = 7 + 3 * NM + 4 * RB + 8
     # ring of the last MB buckets: one-step residuals, bucket numbers, slow-level residuals
+    # winsorised for the mean and, more widely, for the median
     RING_TIME = MB
     RING_SLOW = 2 * MB
-    NRING = 3 * MB
+    RING_MEDIAN = 3 * MB
+    NRING = 4 * MB
 
 # Parameter vector (adjobs/model.py DEFAULT_PARAMS names them, in this order).
 cdef enum:
@@ -111,7 +114,8 @@ cdef enum:
     P_SLOW_MULTI_BUCKET = 28
     P_SPIKE_HABIT_WINDOW = 29
     P_SPIKE_HABIT_MIN = 30
-    NPARAM = 31
+    P_MEDIAN_MULTI_BUCKET = 31
+    NPARAM = 32
 
 # Unit-scale constants of the five shapes, Cauchy, t2, t4, Laplace, Gaussian.
 # KAPPA: fixed point s = E[min(|Z|, 3 s)], the value the winsorised mean absolute
@@ -169,6 +173,7 @@ ctypedef struct Params:
     int slow_multi_bucket
     double spike_habit_window
     double spike_habit_min
+    double median_multi_bucket
     double span
     int64_t daily_res        # buckets per daily phase (0: no daily component)
     int64_t daily_phases
@@ -453,6 +458,22 @@ cdef inline bint spike_of_usual_size(const double* sc, double r, double floor,
     return log_size(sc, r, floor, P) <= sc[X_SPIKE_MU] + 1.5 * sd
 
 
+cdef inline double median_of(double* v, int n) noexcept nogil:
+    """The median of v[0], ..., v[n - 1], n >= 1 (sorts them in place: n is at most MB)."""
+    cdef int i, j
+    cdef double x
+    for i in range(1, n):
+        x = v[i]
+        j = i - 1
+        while j >= 0 and v[j] > x:
+            v[j + 1] = v[j]
+            j -= 1
+        v[j + 1] = x
+    if n % 2:
+        return v[n // 2]
+    return 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
 cdef inline double count_scale(const double* sc, double count, const Params* P) noexcept nogil:
     """sqrt(usual records per bucket / this bucket's records): the factor on the spread of a
     mean of ``count`` records (1 without a count, or before one was learnt). The ratio is
@@ -504,7 +525,9 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw, hwm
     cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
     cdef double run, t_rate, habit = 0.0, outlier, root, rs, r_slow, mbv_slow, pm_slow
-    cdef double spike_habit, spike, size_dev
+    cdef double spike_habit, spike, size_dev, mbv_median, pm_median
+    cdef double median_values[MB]
+    cdef int mb_median_count
     cdef int64_t last_phase
 
     if P.daily_res > 0:
@@ -535,6 +558,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             sc[X_SINGLE + m] = 0.0
             sc[X_MULTI + m] = 0.0
             sc[X_MULTI_SLOW + m] = 0.0
+            sc[X_MULTI_MEDIAN + m] = 0.0
         sc[X_COUNT] = 0.0
         sc[X_COUNT_N] = 0.0
         learn_count(sc, count, P)
@@ -542,6 +566,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             ring[m] = NAN
             ring[RING_TIME + m] = -1.0
             ring[RING_SLOW + m] = NAN
+            ring[RING_MEDIAN + m] = NAN
         out[0] = out[1] = 1.0
         out[2] = x
         out[3] = out[4] = NAN
@@ -596,6 +621,13 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     # bucket by bucket (a day at a lower level, bursts coming closer together), as ES's
     # residual against its slowly adapting trend does. It leaves the bucket itself to the
     # other two features: with it, every spike would count in all three.
+    # With median_multi_bucket, a third: the median of the last MB slow-level residuals. A
+    # mean must be winsorised near the noise (mb_clip) or one spike would keep it unusual
+    # for MB buckets, so it cannot tell a shift of 2 sigmas from one of 20, and a series
+    # with a habit of spikes hides a run of them (every bucket a spike for an hour). A median
+    # is not moved by a few spikes, so it is winsorised only far out (median_multi_bucket
+    # sigmas: a shift may not give an arbitrarily small probability); it includes this
+    # bucket, since one bucket cannot move it alone.
     slot = b % MB
     # winsorised: one spike must not keep the 12-bucket mean unusual for 12 buckets
     sig = sc[X_SINGLE + RB_S] / KAPPA[4]
@@ -606,10 +638,13 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     r_slow = (x - sc[X_LEV + (best_m // 2) * 2] - seas[best_m // 2]) / root
     ring[RING_SLOW + slot] = (clip(r_slow, P.mb_clip * sig) if sc[X_SINGLE + RB_N] >= 4.0
                               else r_slow)
+    ring[RING_MEDIAN + slot] = (clip(r_slow, P.median_multi_bucket * sig)
+                                if sc[X_SINGLE + RB_N] >= 4.0 else r_slow)
     mbv = 0.0
     mbv_slow = 0.0
     mb_count = 0
     mb_slow_count = 0
+    mb_median_count = 0
     for m in range(MB):
         if ring[RING_TIME + m] > <double>(b - MB):
             if not isnan(ring[m]):
@@ -618,10 +653,14 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             if m != slot and not isnan(ring[RING_SLOW + m]):
                 mbv_slow += ring[RING_SLOW + m]
                 mb_slow_count += 1
+            if P.median_multi_bucket > 0.0 and not isnan(ring[RING_MEDIAN + m]):
+                median_values[mb_median_count] = ring[RING_MEDIAN + m]
+                mb_median_count += 1
     if mb_count > 0:  # (a division by zero here would end the step silently)
         mbv /= mb_count
     if mb_slow_count > 0:
         mbv_slow /= mb_slow_count
+    mbv_median = median_of(median_values, mb_median_count) if mb_median_count > 0 else 0.0
 
     # Spikes at the same time of day: a phase (or its neighbour) that has had more than one
     # recent outlier of this sign makes outliers there part of the series, not news.
@@ -651,6 +690,14 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             pm_slow = block_probability(&sc[X_MULTI_SLOW], mbv_slow, floor_, side, P, &hwm)
             if pm_slow < pm:
                 pm = pm_slow
+            # The median judges a level only once the season may be used: before that, the
+            # slow-level residuals carry the daily cycle. The median and the mean of the
+            # same residuals are two summaries of one sample: still two looks.
+            if mb_median_count >= MB // 2 and hist >= P.season_periods * DAY:
+                pm_median = block_probability(&sc[X_MULTI_MEDIAN], mbv_median, floor_, side,
+                                              P, &hwm)
+                if pm_median < pm:
+                    pm = pm_median
             pm = -expm1(2.0 * log1p(-pm)) if pm < 1.0 else 1.0
     else:
         pm = 1.0
@@ -681,6 +728,8 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         block_update(&sc[X_MULTI], mbv, floor_, P)
     if mb_slow_count >= MB // 2:
         block_update(&sc[X_MULTI_SLOW], mbv_slow, floor_, P)
+    if mb_median_count >= MB // 2:
+        block_update(&sc[X_MULTI_MEDIAN], mbv_median, floor_, P)
 
     t_rate = P.test_rate
     for m in range(NM):
@@ -904,6 +953,7 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     P.slow_multi_bucket = params[P_SLOW_MULTI_BUCKET] != 0.0
     P.spike_habit_window = params[P_SPIKE_HABIT_WINDOW]
     P.spike_habit_min = params[P_SPIKE_HABIT_MIN]
+    P.median_multi_bucket = params[P_MEDIAN_MULTI_BUCKET]
     P.span = span
     P.daily_res = daily_res
     P.daily_phases = daily.shape[1]

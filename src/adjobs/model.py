@@ -88,12 +88,24 @@ DEFAULT_PARAMS: dict[str, float] = {
     # 60 minutes and minimums of 0.25 to 0.35 (at 0.2, windows are lost).
     "spike_habit_window": 2700.0,
     "spike_habit_min": 0.3,
+    # A third multi-bucket feature: the median of the last 12 residuals against the slow
+    # level of the season, winsorised at this many sigmas (0: none). The 12-bucket mean is
+    # winsorised at mb_clip (one spike must not keep it unusual for 12 buckets), so it sees
+    # a shift of 20 sigmas as one of 2, and a series that has spikes hides a run of them; a
+    # median is not moved by a few spikes, so it sees the shift at nearly its size. It is
+    # judged once the season may be used (season_periods). NAB (bench.nab --library):
+    # 56.2 / 48.0 / 60.5 -> 57.7 / 49.2 / 62.7 (38 -> 40 windows); 57.6-57.7 / 48.8-49.4 /
+    # 62.0-62.7 from 6 to 8 sigmas; 57.1-57.4 / 48.2-48.8 / 61.7-61.9 from 10 to 16;
+    # 56.8 / 47.7 / 61.5 unbounded (a shift then gets p ~ 1e-30 and crowds the top of the
+    # normaliser); at 5, 55.8 / 47.3 / 60.6 (the spikes' run is no longer found).
+    "median_multi_bucket": 7.0,
 }
 #: Parameters added after the first release, with the value that reproduces how a job
 #: created before them behaves: a stored model state without them gets these appended.
 #: (A phase_outlier_min above 1 is never reached: no habitual outliers.)
 _ADDED_PARAMS = {"shape_evidence": 1.0, "phase_outlier_min": 2.0, "count_variance": 0.0,
-                 "slow_multi_bucket": 0.0, "spike_habit_window": 0.0, "spike_habit_min": 1.0}
+                 "slow_multi_bucket": 0.0, "spike_habit_window": 0.0, "spike_habit_min": 1.0,
+                 "median_multi_bucket": 0.0}
 
 #: Output arrays of :meth:`SeriesModels.step`, each of shape ``(buckets, series)``.
 OUTPUTS = ("p_single", "p_multi", "typical", "lower", "upper")
