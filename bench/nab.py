@@ -152,12 +152,22 @@ def library_file_scores(root: Path, f: nab.NabFile) -> np.ndarray:
     return np.array([by_bucket.get(int(b), 0.0) for b in buckets]) / 100.0
 
 
-def library_scores(corpus: nab.Corpus, root: Path, workers: int = 2) -> dict:
-    """Every file through its own job, ``workers`` files at a time (processes)."""
+def _use_params(params: Mapping[str, float]) -> None:
+    """Make ``params`` every job's model defaults, in this (worker) process only."""
+    from adjobs import model
+
+    model.DEFAULT_PARAMS.update(params)
+
+
+def library_scores(corpus: nab.Corpus, root: Path, workers: int = 2,
+                   params: Mapping[str, float] | None = None) -> dict:
+    """Every file through its own job, ``workers`` files at a time (processes), the jobs'
+    models with ``params`` over the defaults."""
     from concurrent.futures import ProcessPoolExecutor
 
     files = list(corpus)
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_use_params,
+                             initargs=(dict(params or {}),)) as pool:
         results = pool.map(library_file_scores, [root] * len(files), files)
         return {f.name: scores for f, scores in zip(files, results, strict=True)}
 
@@ -212,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.library:
         t1 = time.perf_counter()
         scores = library_scores(corpus, Path(args.data) if args.data else nab.default_root(),
-                                args.workers)
+                                args.workers, params)
         score_seconds = time.perf_counter() - t1
         model_seconds = float("nan")
     else:

@@ -560,6 +560,20 @@ def test_a_multi_bucket_feature_finds_the_nab_window_it_was_made_for(
     assert window_off > before_off and window_off > off_above, lowest
 
 
+def test_the_nab_library_bench_runs_its_jobs_with_the_parameters_given():
+    # bench.nab --library --param NAME=VALUE: real jobs take their model defaults, so the
+    # override has to reach them in the worker processes.
+    from bench.nab import library_scores
+
+    f = nab.load_corpus(SHARED / "nab")["realAWSCloudwatch/ec2_cpu_utilization_fe7f93.csv"]
+    left, right = f.windows[1]  # an hour of spikes back to back: the median feature's
+    default, off = (library_scores([f], SHARED / "nab", 1, params)[f.name]
+                    for params in (None, {"median_multi_bucket": 0.0}))
+    assert default[left:right + 1].max() > 0.7
+    assert off[left:right + 1].max() < 0.1
+    assert DEFAULT_PARAMS["median_multi_bucket"] == 7.0  # this process's are untouched
+
+
 def test_extreme_record_counts_neither_stall_a_series_nor_hide_its_spike():
     # Summary counts at the ends of the double range (1e-200 usually, then 1e200 or an
     # infinite sum) once made the count scale 0 or NaN: the step stopped half-way, silently,
