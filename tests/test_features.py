@@ -164,6 +164,30 @@ def test_a_worked_example_of_mean_by_airline():
     assert buckets.tolist() == [0, 60_000] and counts.tolist() == [4, 3]
 
 
+@pytest.mark.parametrize(("function", "values", "expected"), [
+    ("median", [9e307, 9e307], 9e307),  # the midpoint of two huge values, halved first
+    ("median", [-1.7e308, 1.7e308], 0.0),
+    ("median", [3.0, 4.0], 3.5),  # exact, as ever
+    ("sum", [1e308, 1e308], None),  # finite values whose sum overflows: no value
+    ("mean", [1e308, 1e308], None),
+    ("varp", [1e200, -1e200], None),
+    ("sum", [1e308, -1e308], 0.0),
+])
+def test_a_statistic_that_overflows_has_no_value_and_a_median_never_overflows(
+        function, values, expected):
+    times = np.array([0, 10_000], dtype=np.int64)
+    numeric = np.array([[v] for v in values])
+    codes = np.zeros((2, 0), dtype=np.int32)
+    columns = DetectorColumns(value=0, distinct=-1, partition=-1, by=-1, over=-1,
+                              use_null=False)
+    got = detector_features(function, columns, times, numeric, codes, SPAN)
+    assert got.count.tolist() == [2.0]  # both records are behind the row, whatever its value
+    if expected is None:
+        assert np.isnan(got.values[0, 0])
+    else:
+        assert got.values[0, 0] == expected
+
+
 def test_event_counts_count_dense_runs_and_long_gaps_alike():
     # Out of order, negative times, and (second) a gap of a million buckets, which is
     # counted by sorting rather than by a count per bucket.

@@ -574,6 +574,19 @@ def test_the_nab_library_bench_runs_its_jobs_with_the_parameters_given():
     assert DEFAULT_PARAMS["median_multi_bucket"] == 7.0  # this process's are untouched
 
 
+def test_a_value_near_the_double_range_leaves_the_state_finite():
+    # A residual of 1e200 squares to infinity: the models' squared errors once became
+    # infinite, then NaN for good, and the series' probabilities with them.
+    x = 100.0 + rng(23).normal(0.0, 1.0, (400, 1))
+    x[200, 0] = 1e200
+    models = SeriesModels(SPAN, 1)
+    models.add_series(0)
+    out = models.step(x, START + np.arange(400))
+    assert np.isfinite(models.state()["scalars"]).all()
+    assert out["p_single"][200, 0] < 1e-12
+    assert np.isfinite(out["p_single"][201:, 0]).all() and np.isfinite(out["typical"]).all()
+
+
 def test_extreme_record_counts_neither_stall_a_series_nor_hide_its_spike():
     # Summary counts at the ends of the double range (1e-200 usually, then 1e200 or an
     # infinite sum) once made the count scale 0 or NaN: the step stopped half-way, silently,

@@ -742,7 +742,12 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         # Squared errors, not winsorised: the rare large errors that a profile avoids (a
         # jump at the same time every day) are exactly the evidence for using it.
         g = t_rate if t_rate > 1.0 / (n + 1.0) else 1.0 / (n + 1.0)
-        sc[X_MSE + m] += g * (e[m] * e[m] - sc[X_MSE + m])
+        # A residual beyond 1e154 (a value near the double range) squares to infinity,
+        # which would leave every error NaN for good: it counts as the largest double.
+        square = e[m] * e[m]
+        if square > DBL_MAX:
+            square = DBL_MAX
+        sc[X_MSE + m] += g * (square - sc[X_MSE + m])
 
     # Change acceptance: a run of large residuals of one sign becomes the new level
     sig = sc[X_SINGLE + RB_S] / KAPPA[4]

@@ -299,9 +299,15 @@ def detector_features(
     count = np.add.reduceat(w, first)
     values = np.empty((len(first), len(statistics)))
     v = value[sorted_index] if value is not None else None
-    for column, statistic in enumerate(statistics):
-        values[:, column] = _statistic(statistic, v, w, count, first, size, distinct,
-                                       sorted_index)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for column, statistic in enumerate(statistics):
+            values[:, column] = _statistic(statistic, v, w, count, first, size, distinct,
+                                           sorted_index)
+    # A sum, mean or variance of finite values can still overflow (two records of 1e308). As
+    # ES's models discard a value that is not finite, such a row's values are NaN: its series
+    # has no value in that bucket (the models neither learn nor score it) and its records
+    # stay counted.
+    values[~np.isfinite(values)] = np.nan
     return Features(
         bucket=b[first],
         partition=p[first],
@@ -348,7 +354,9 @@ def _statistic(
         # Values are sorted within each group (the lexsort's first key).
         low = v[first + (size - 1) // 2]
         high = v[first + size // 2]
-        return (low + high) / 2
+        middle = (low + high) / 2
+        # halves first where the sum overflows (9e307 + 9e307), exact sums otherwise
+        return np.where(np.isfinite(middle), middle, low / 2 + high / 2)
     raise ValueError(f"unknown statistic {statistic!r}")
 
 

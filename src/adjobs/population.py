@@ -51,7 +51,9 @@ def student_t_sf(t: np.ndarray, dof: float = STUDENT_DOF) -> np.ndarray:
     if dof != 4.0:
         raise ValueError("only 4 degrees of freedom are implemented")
     t = np.asarray(t, dtype=float)
-    x = t / np.sqrt(t * t + 4.0)
+    # x = t / sqrt(t^2 + 4), which is +-1 to the last bit long before t^2 overflows
+    huge = np.abs(t) > 1e150
+    x = np.where(huge, np.sign(t), t / np.sqrt(np.where(huge, 1.0, t) ** 2 + 4.0))
     # CDF of t(4): 1/2 + x (3 - x^2) / 4 ... written for the upper tail.
     return np.clip(0.5 - x * (1.5 - 0.5 * x * x) / 2.0, 0.0, 1.0)
 
@@ -108,15 +110,19 @@ class PopulationModels:
     def step(self, features: Features, buckets: np.ndarray, learn: bool = True) -> dict:
         """Probability of every feature row; ``typical`` is the population's location."""
         out = _outputs(len(features), self.statistics)
+        # A row without a value (an overflowed sum: NaN) is neither learnt nor scored.
+        valued = np.isfinite(features.values).all(axis=1)
         for start, end in _bucket_runs(features):
-            self._bucket(features, start, end, out["probability"], out["typical"],
-                         out["statistic"])
+            rows = np.arange(start, end)[valued[start:end]]
+            if len(rows):
+                self._bucket(features, rows, out["probability"], out["typical"],
+                             out["statistic"])
         return out
 
-    def _bucket(self, f: Features, start: int, end: int, probability: np.ndarray,
+    def _bucket(self, f: Features, rows: np.ndarray, probability: np.ndarray,
                 typical: np.ndarray, statistic: np.ndarray) -> None:
-        part, by = f.partition[start:end], f.by[start:end]
-        values = f.values[start:end]
+        part, by = f.partition[rows], f.by[rows]
+        values = f.values[rows]
         attribute = self._attribute_rows(part, by)
         unique, group = np.unique(attribute, return_inverse=True)
         group = group.reshape(-1)
@@ -136,7 +142,7 @@ class PopulationModels:
         z = (values - location[group]) / spread[group]
         if self.count_scaled:
             # usual / own records, bounded as the series models bound theirs
-            counts = f.count[start:end]
+            counts = f.count[rows]
             usual = _group_median(counts, group, len(unique))[group]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
                 ratio = usual / counts
@@ -151,9 +157,9 @@ class PopulationModels:
         history = self.weight[unique] + sizes
         young = history[group] < POPULATION_MIN_SAMPLES
         p_row = np.where(young, np.maximum(p_row, WARMUP_PROBABILITY), p_row)
-        probability[start:end] = p_row
-        typical[start:end] = location[group]
-        statistic[start:end] = worst
+        probability[rows] = p_row
+        typical[rows] = location[group]
+        statistic[rows] = worst
         # Learn: the bucket's cross-section joins the decayed history.
         keep = 1.0 - DECAY_PER_BUCKET
         self.location[unique] = location
