@@ -189,6 +189,23 @@ def test_invalid_utf8_and_nul_bytes_break_only_their_document():
     assert counts["missing_field_count"] == 1 + 2
 
 
+def test_a_lone_surrogate_in_python_text_or_documents_is_read_not_raised():
+    # Python strs may hold a lone surrogate, which UTF-8 cannot: a document (dict) carries it
+    # as its JSON escape, which becomes U+FFFD; text carries it as the bytes Python keeps it
+    # as, invalid UTF-8 that breaks only its document. Both raised UnicodeEncodeError.
+    config = {"analysis_config": {"bucket_span": "1s",
+                                  "detectors": [{"function": "count", "by_field_name": "name"}]},
+              "data_description": {"time_format": "epoch"}}
+    service, job_id, counts = post([{"time": 1, "name": "a\ud800b"}, {"time": 2, "name": "c"}],
+                                   config)
+    assert (counts["processed_record_count"], counts["missing_field_count"]) == (2, 0)
+    assert service.string_values(job_id) == ["a\ufffdb", "c"]
+    *_, counts = post('{"time":1,"name":"\ud800"}\n{"time":2,"name":"c"}\n', config)
+    assert (counts["processed_record_count"], counts["missing_field_count"]) == (2, 1)
+    *_, counts = post(['{"time":1,"name":"\ud800"}\n', '{"time":2,"name":"c"}\n'], config)
+    assert (counts["processed_record_count"], counts["missing_field_count"]) == (2, 1)
+
+
 def test_empty_body():
     *_, counts = post(b"")
     assert counts["input_record_count"] == 0

@@ -59,7 +59,7 @@ def iter_chunks(data: Any, *, delimited: bool = False) -> Iterator[bytes | memor
     - any other iterable of ``bytes``/``str`` chunks.
     """
     if isinstance(data, str):
-        data = data.encode("utf-8")
+        data = _utf8(data)
     if isinstance(data, (bytes, bytearray, memoryview)):
         view = memoryview(data).cast("B")
         for start in range(0, len(view), CHUNK_BYTES):
@@ -114,6 +114,23 @@ def _stream_chunks(stream: Any) -> Iterator[bytes]:
         yield chunk.encode("utf-8") if isinstance(chunk, str) else chunk
 
 
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8. A lone surrogate, which UTF-8 cannot hold, is written as the three
+    bytes Python keeps it as: invalid UTF-8, which the reader treats as in a posted body (a
+    JSON document holding it is malformed, docs/ingest-semantics.md R3)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _document_line(document: Mapping) -> bytes:
+    """One document as an NDJSON line. A str holding a lone surrogate is written as its
+    ``\\uXXXX`` escape, which the reader takes as U+FFFD, as it does in posted JSON."""
+    text = json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(document, separators=(",", ":")).encode() + b"\n"
+
+
 def _iterable_chunks(items: Iterable, delimited: bool) -> Iterator[bytes]:
     pending: list[bytes] = []
     size = 0
@@ -125,9 +142,9 @@ def _iterable_chunks(items: Iterable, delimited: bool) -> Iterator[bytes]:
                     "illegal_argument_exception",
                     "a job with format [delimited] takes delimited text, not objects",
                 )
-            line = json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+            line = _document_line(item)
         elif isinstance(item, str):
-            line = item.encode("utf-8")
+            line = _utf8(item)
         elif isinstance(item, (bytes, bytearray, memoryview)):
             line = bytes(item)
         else:
