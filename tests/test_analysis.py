@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import adjobs
+from adjobs import analysis
 from adjobs.errors import ApiError
 
 SPAN = 600  # 10 minutes
@@ -888,6 +889,42 @@ def test_finite_values_beyond_what_a_statistic_can_hold_lose_nothing(
     # kind, as after any giant outlier; the population, judged across entities, does not.)
     if function != "median" or split == "over_field_name":
         assert of_a[190] < 1e-6
+
+
+def test_lazy_multi_bucket_probabilities_leave_every_result_as_it_was(monkeypatch):
+    # The job's models skip the multi-bucket probabilities of cells that cannot be records
+    # (analysis._CAN_BE_A_RECORD_BELOW): every document is the same as with all computed.
+    rng = np.random.default_rng(11)
+    docs = []
+    for b in range(3 * 144):
+        for host in ("h1", "h2", "h3"):
+            level = 50.0 + 10.0 * np.sin(2 * np.pi * b / 144) + (30.0 if host == "h2" else 0.0)
+            level += 25.0 if host == "h1" and 300 <= b < 320 else 0.0  # a shift
+            for _ in range(1 + int(rng.integers(0, 3))):
+                value = float(level + rng.normal(0.0, 2.0)) + (90.0 if b == 250 else 0.0)
+                docs.append({"time": T0 + b * SPAN + 5, "host": host, "dc": "eu", "rt": value})
+    detectors = [{"function": "metric", "field_name": "rt", "by_field_name": "host"},
+                 {"function": "high_mean", "field_name": "rt", "partition_field_name": "host"},
+                 {"function": "low_count", "by_field_name": "host"}]
+
+    def results():
+        with adjobs.JobService() as service:
+            service.put_job("lazy", {
+                "analysis_config": {"bucket_span": f"{SPAN // 60}m", "detectors": detectors,
+                                    "influencers": ["host"]},
+                "data_description": {"time_field": "time", "time_format": "epoch"}})
+            service.open_job("lazy")
+            service.post_data("lazy", docs)
+            service.flush_job("lazy")
+            return (service.get_buckets("lazy", size=1000, expand=True)["buckets"],
+                    service.get_records("lazy", size=1000)["records"],
+                    service.get_influencers("lazy", size=1000)["influencers"])
+
+    lazy = results()
+    monkeypatch.setattr(analysis, "_CAN_BE_A_RECORD_BELOW", 0.0)
+    exact = results()
+    assert len(exact[1]) > 20 and {r["detector_index"] for r in exact[1]} >= {0, 1}
+    assert lazy == exact
 
 
 def test_a_bigger_anomaly_later_lowers_the_earlier_score_but_not_its_initial_one():

@@ -560,6 +560,39 @@ def test_a_multi_bucket_feature_finds_the_nab_window_it_was_made_for(
     assert window_off > before_off and window_off > off_above, lowest
 
 
+@pytest.mark.parametrize("side", [0, 1, -1])
+def test_lazy_multi_bucket_probabilities_are_exact_wherever_a_record_can_be(side):
+    # lazy_below: the cells with min(p_single, p_multi) below it get both exactly; the others
+    # keep a p_multi of at least lazy_below, most of them without computing it; the rest of
+    # the outputs and the state are the same.
+    x = np.concatenate([_series_block(3 * DAY_BUCKETS, 31), _series_block(3 * DAY_BUCKETS, 32)],
+                       axis=1)
+    x[2 * DAY_BUCKETS:2 * DAY_BUCKETS + 20, 4] += 4.0  # a shift for the multi-bucket features
+    below = 0.0177
+    outputs, states = [], []
+    for lazy_below in (0.0, below):
+        models = SeriesModels(SPAN, x.shape[1])
+        for _ in range(x.shape[1]):
+            models.add_series(side)
+        outputs.append(models.step(x, START + np.arange(len(x)), lazy_below=lazy_below))
+        states.append(models.state())
+    exact, lazy = outputs
+    for name in OUTPUTS:
+        if name != "p_multi":
+            np.testing.assert_array_equal(lazy[name], exact[name])
+    for name, array in states[0].items():
+        np.testing.assert_array_equal(states[1][name], array)
+    can_be = np.fmin(exact["p_single"], exact["p_multi"]) < below
+    assert can_be.sum() > 10
+    np.testing.assert_array_equal(lazy["p_multi"][can_be], exact["p_multi"][can_be])
+    changed = ~((lazy["p_multi"] == exact["p_multi"])
+                | (np.isnan(lazy["p_multi"]) & np.isnan(exact["p_multi"])))
+    assert changed.sum() > x.size // 5  # many were not computed
+    assert (exact["p_multi"][changed] >= below).all() and (lazy["p_multi"][changed] >= below).all()
+    with pytest.raises(ValueError, match="lazy_below must be in"):
+        SeriesModels(SPAN, 1).step(np.ones((1, 0)), np.array([START]), lazy_below=0.5)
+
+
 def test_the_nab_library_bench_runs_its_jobs_with_the_parameters_given():
     # bench.nab --library --param NAME=VALUE: real jobs take their model defaults, so the
     # override has to reach them in the worker processes.

@@ -139,6 +139,11 @@ cdef double WEEK = 604800.0
 cdef double TINY = 1e-300       # scale floor of a series that is exactly zero
 cdef double COUNT_RATIO_MIN = 1e-6  # bounds of usual / this bucket's records (count_scale)
 cdef double COUNT_RATIO_MAX = 1e6
+# A residual within LAZY_Z scales of every shape has a one-sided tail of at least
+# 0.5 erfc(2 / sqrt 2) = 0.0228 under each (the Gaussian's is the thinnest): step's
+# lazy_below may be at most LAZY_MAX_BELOW, which leaves a margin.
+cdef double LAZY_Z = 2.0
+LAZY_MAX_BELOW = 0.02
 #: The same bounds for Python (the population models scale their persons within them).
 COUNT_RATIO_BOUNDS = (COUNT_RATIO_MIN, COUNT_RATIO_MAX)
 
@@ -174,6 +179,7 @@ ctypedef struct Params:
     double spike_habit_window
     double spike_habit_min
     double median_multi_bucket
+    double lazy_below        # see step(): 0 evaluates every multi-bucket feature
     double span
     int64_t daily_res        # buckets per daily phase (0: no daily component)
     int64_t daily_phases
@@ -504,6 +510,33 @@ cdef inline void learn_count(double* sc, double count, const Params* P) noexcept
         sc[X_COUNT_N] += 1.0
 
 
+cdef inline bint surely_ordinary(const double* blk, double r, double floor,
+                                 const Params* P) noexcept nogil:
+    """Whether block_probability(blk, r) is surely at least LAZY_MAX_BELOW, told without it:
+    |r| is within LAZY_Z scales of every shape, and within out_sigma of the Gaussian one, so
+    below every outlier the outlier process has learnt (the log size of each was above
+    log(out_sigma)): that part's p is then at least 1/2. A block with no history gives 1."""
+    cdef int c
+    if blk[RB_N] < 1.0:
+        return True
+    if isnan(r):
+        return False
+    for c in range(NC):
+        if fabs(r) > LAZY_Z * shape_scale(blk, c, floor, P):
+            return False
+    return fabs(r) <= P.out_sigma * shape_scale(blk, 4, floor, P)
+
+
+cdef inline double multi_probability(const double* blk, double r, double floor, int side,
+                                     const Params* P, bint lazy) noexcept nogil:
+    """block_probability of a multi-bucket feature, or 1 where ``lazy`` and its p is surely
+    at least lazy_below (the caller has found the cell cannot be a record)."""
+    cdef double half_width
+    if lazy and surely_ordinary(blk, r, floor, P):
+        return 1.0
+    return block_probability(blk, r, floor, side, P, &half_width)
+
+
 cdef int step_one(const Params* P, double x, double count, int64_t b, int side, double* sc,
                   double* ring, double* daily, double* dcount, double* doutliers,
                   double* dspikes, double* weekly, double* wcount, double* out, const double* probes,
@@ -522,13 +555,14 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     cdef int m, k, best_m, allowed, mb_count, mb_slow_count
     cdef double seas[3]
     cdef double e[6]
-    cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw, hwm
+    cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw
     cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
     cdef double run, t_rate, habit = 0.0, outlier, root, rs, r_slow, mbv_slow, pm_slow
     cdef double spike_habit, spike, size_dev, mbv_median, pm_median
     cdef double median_values[MB]
     cdef int mb_median_count
     cdef int64_t last_phase
+    cdef bint warm, lazy
 
     if P.daily_res > 0:
         pd = (b // P.daily_res) % P.daily_phases
@@ -683,26 +717,33 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             habit = spike_habit if spike_habit < 1.0 else 1.0
     ps = block_probability(&sc[X_SINGLE], rs, floor_, side, P, &hw, habit)
     hw *= root
+    warm = n < P.warm_buckets or hist < P.warm_seconds
+    # With lazy_below, a cell whose single-bucket p is at least lazy_below can be a record
+    # only through a multi-bucket p below it: a feature whose p surely is not is taken as 1,
+    # unevaluated. In the warm-up no p is below 0.05, so nothing needs evaluating.
+    lazy = P.lazy_below > 0.0 and (ps >= P.lazy_below or warm)
     if mb_count >= MB // 2 and n >= MB:
-        pm = block_probability(&sc[X_MULTI], mbv, floor_, side, P, &hwm)
+        pm = 1.0 if lazy and warm else multi_probability(&sc[X_MULTI], mbv, floor_, side, P,
+                                                         lazy)
         if P.slow_multi_bucket and mb_slow_count >= MB // 2:
             # the more unusual of the two, Sidak-corrected for looking at both
-            pm_slow = block_probability(&sc[X_MULTI_SLOW], mbv_slow, floor_, side, P, &hwm)
+            pm_slow = 1.0 if lazy and warm else multi_probability(
+                &sc[X_MULTI_SLOW], mbv_slow, floor_, side, P, lazy)
             if pm_slow < pm:
                 pm = pm_slow
             # The median judges a level only once the season may be used: before that, the
             # slow-level residuals carry the daily cycle. The median and the mean of the
             # same residuals are two summaries of one sample: still two looks.
             if mb_median_count >= MB // 2 and hist >= P.season_periods * DAY:
-                pm_median = block_probability(&sc[X_MULTI_MEDIAN], mbv_median, floor_, side,
-                                              P, &hwm)
+                pm_median = 1.0 if lazy and warm else multi_probability(
+                    &sc[X_MULTI_MEDIAN], mbv_median, floor_, side, P, lazy)
                 if pm_median < pm:
                     pm = pm_median
             pm = -expm1(2.0 * log1p(-pm)) if pm < 1.0 else 1.0
     else:
         pm = 1.0
     # Warm-up: "at least 4 buckets and 2 h" of history before anything is unusual
-    if n < P.warm_buckets or hist < P.warm_seconds:
+    if warm:
         if ps < 0.05:
             ps = 0.05
         if pm < 0.05:
@@ -887,7 +928,7 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
          double[:, ::1] doutliers, double[:, ::1] dspikes,
          double[:, ::1] weekly, double[:, ::1] wcount, int64_t daily_res,
          int64_t weekly_res, const int64_t[::1] probe_cell, const double[::1] probe_values,
-         const double[::1] probe_counts):
+         const double[::1] probe_counts, double lazy_below=0.0):
     """Step S series over B buckets; returns a (5, B, S) array: p_single, p_multi,
     typical, lower, upper, and the single-bucket probability of each probe. The state arrays
     are updated in place.
@@ -896,6 +937,10 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     caller (adjobs.model.SeriesModels) checks that, and the shapes, before calling.
     A probe is another value of one (bucket row, series) cell, ``probe_cell = row * S +
     series``, ascending; it is judged against the cell's state before the bucket is learnt.
+    ``lazy_below`` (0 to LAZY_MAX_BELOW; 0: off): in a cell whose single-bucket p is at
+    least this, a multi-bucket feature whose p is surely at least this too is taken as 1,
+    unevaluated. Every cell with min(p_single, p_multi) below it gets both exactly, as
+    without; the others get a p_multi of at least lazy_below, as without.
     """
     cdef Params P
     cdef Py_ssize_t nb = values.shape[0], ns = values.shape[1]
@@ -959,6 +1004,9 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     P.spike_habit_window = params[P_SPIKE_HABIT_WINDOW]
     P.spike_habit_min = params[P_SPIKE_HABIT_MIN]
     P.median_multi_bucket = params[P_MEDIAN_MULTI_BUCKET]
+    if not 0.0 <= lazy_below <= LAZY_MAX_BELOW:
+        raise ValueError(f"lazy_below must be in [0, {LAZY_MAX_BELOW}], got {lazy_below}")
+    P.lazy_below = lazy_below
     P.span = span
     P.daily_res = daily_res
     P.daily_phases = daily.shape[1]

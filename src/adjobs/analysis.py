@@ -44,6 +44,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,6 +79,10 @@ LEVELS = ("record", "influencer", "bucket")
 #: Records are written for (bucket, series) whose probability is below this
 #: (ES ``maximumAnomalousProbability``): above it the raw score is 0 anyway.
 RECORD_PROBABILITY = 0.035
+#: A cell can be a record only if min(p_single, p_multi) is below this: their
+#: Sidak-corrected minimum (scoring.combine_single_multi) is below RECORD_PROBABILITY only
+#: then (a millionth above the exact bound, for the rounding of the correction).
+_CAN_BE_A_RECORD_BELOW = (1.0 - math.sqrt(1.0 - RECORD_PROBABILITY)) * (1.0 + 1e-6)
 #: An influencer value must carry at least this share of an anomaly (ES's cut-off).
 INFLUENCE_CUTOFF = 0.4
 #: ES ``xpack.ml.max_anomaly_records``: records kept per bucket, most unlikely first.
@@ -154,7 +159,9 @@ class _ColumnModels:
     def step(self, values: np.ndarray, bucket_index: np.ndarray,
              probes: tuple[np.ndarray, ...] | None = None,
              counts: np.ndarray | None = None) -> dict:
-        return self.models.step(values, bucket_index, probes, counts)
+        # Only cells that can be records need both probabilities exactly (SeriesModels.step).
+        return self.models.step(values, bucket_index, probes, counts,
+                                lazy_below=_CAN_BE_A_RECORD_BELOW)
 
     def state(self) -> dict:
         return {**self.models.state(), "first_bucket": self.first_bucket}

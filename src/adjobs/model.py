@@ -238,7 +238,8 @@ class SeriesModels:
 
     def step(self, values: np.ndarray, bucket_index: np.ndarray,
              probes: tuple[np.ndarray, ...] | None = None,
-             counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+             counts: np.ndarray | None = None,
+             lazy_below: float = 0.0) -> dict[str, np.ndarray]:
         """Feed ``values[b, s]`` (NaN: no value) for buckets ``bucket_index[b]``.
 
         Bucket indices count bucket spans since the epoch; they must increase strictly and
@@ -254,6 +255,13 @@ class SeriesModels:
         ``(rows[j], series[j])`` could have had, of that many records; ``"probe_p"`` in the
         result is the single-bucket probability of each against the state the cell's own
         value met (influence by remove and retest).
+
+        ``lazy_below`` (0 to ``_model.LAZY_MAX_BELOW``; 0, the default: off) is for callers
+        that only need the cells with ``min(p_single, p_multi) < lazy_below``: those get
+        exactly what they get without it. A cell whose ``p_single`` is at least
+        ``lazy_below`` may get another ``p_multi`` than without, but one that is at least
+        ``lazy_below`` as the exact one is: the multi-bucket features whose p is surely at
+        least ``lazy_below`` are taken as 1, not computed (most of them, on ordinary data).
         """
         values = np.ascontiguousarray(values, dtype=np.float64)
         if values.ndim == 1 and self._n == 1:
@@ -284,7 +292,7 @@ class SeriesModels:
             self._scalars[:n], self._ring[:n], self._daily[:n], self._daily_count[:n],
             self._daily_outliers[:n], self._daily_spikes[:n],
             self._weekly[:n], self._weekly_count[:n], lay["daily_res"], lay["weekly_res"],
-            cells, probe_values, probe_counts)
+            cells, probe_values, probe_counts, lazy_below)
         if len(buckets):
             self._last_bucket = int(buckets[-1])
         result = dict(zip(OUTPUTS, out, strict=True))
