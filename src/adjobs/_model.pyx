@@ -139,11 +139,13 @@ cdef double WEEK = 604800.0
 cdef double TINY = 1e-300       # scale floor of a series that is exactly zero
 cdef double COUNT_RATIO_MIN = 1e-6  # bounds of usual / this bucket's records (count_scale)
 cdef double COUNT_RATIO_MAX = 1e6
-# A residual within LAZY_Z scales of every shape has a one-sided tail of at least
-# 0.5 erfc(2 / sqrt 2) = 0.0228 under each (the Gaussian's is the thinnest): step's
-# lazy_below may be at most LAZY_MAX_BELOW, which leaves a margin.
-cdef double LAZY_Z = 2.0
+# Under each shape, a residual within LAZY_Z[c] of its scale has a one-sided tail
+# (0.5 tail2) of at least 0.0205: step's lazy_below may be at most LAZY_MAX_BELOW, which
+# leaves a margin. (Cauchy to Gaussian; the tests check each bound.)
+cdef double LAZY_Z[5]
+LAZY_Z[:] = [15.5, 4.78, 2.97, 3.19, 2.04]
 LAZY_MAX_BELOW = 0.02
+
 #: The same bounds for Python (the population models scale their persons within them).
 COUNT_RATIO_BOUNDS = (COUNT_RATIO_MIN, COUNT_RATIO_MAX)
 
@@ -510,19 +512,32 @@ cdef inline void learn_count(double* sc, double count, const Params* P) noexcept
         sc[X_COUNT_N] += 1.0
 
 
+def lazy_bounds():
+    """LAZY_Z: per shape, the residual (in its scale) up to which its tail is surely wide."""
+    return [LAZY_Z[c] for c in range(NC)]
+
+
+def tail(int c, double z):
+    """tail2: P(|Z| >= z) under shape c (0 Cauchy, 1 t2, 2 t4, 3 Laplace, 4 Gaussian)."""
+    if not 0 <= c < NC:
+        raise ValueError(f"no shape {c}")
+    return tail2(c, z)
+
+
 cdef inline bint surely_ordinary(const double* blk, double r, double floor,
                                  const Params* P) noexcept nogil:
     """Whether block_probability(blk, r) is surely at least LAZY_MAX_BELOW, told without it:
-    |r| is within LAZY_Z scales of every shape, and within out_sigma of the Gaussian one, so
-    below every outlier the outlier process has learnt (the log size of each was above
-    log(out_sigma)): that part's p is then at least 1/2. A block with no history gives 1."""
+    |r| is within LAZY_Z[c] scales of every shape c (a mixture of tails that wide is as
+    wide), and within out_sigma of the Gaussian one, so below every outlier the outlier
+    process has learnt (the log size of each was above log(out_sigma)): that part's p is
+    then at least 1/2. A block with no history gives 1."""
     cdef int c
     if blk[RB_N] < 1.0:
         return True
     if isnan(r):
         return False
     for c in range(NC):
-        if fabs(r) > LAZY_Z * shape_scale(blk, c, floor, P):
+        if fabs(r) > LAZY_Z[c] * shape_scale(blk, c, floor, P):
             return False
     return fabs(r) <= P.out_sigma * shape_scale(blk, 4, floor, P)
 
@@ -562,7 +577,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     cdef double median_values[MB]
     cdef int mb_median_count
     cdef int64_t last_phase
-    cdef bint warm, lazy
+    cdef bint warm, lazy, single_skipped
 
     if P.daily_res > 0:
         pd = (b // P.daily_res) % P.daily_phases
@@ -715,12 +730,18 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             <int64_t>(P.spike_habit_window / (P.daily_res * P.span) + 0.5))
         if spike_habit >= P.spike_habit_min and spike_habit > habit:
             habit = spike_habit if spike_habit < 1.0 else 1.0
-    ps = block_probability(&sc[X_SINGLE], rs, floor_, side, P, &hw, habit)
-    hw *= root
+    # With lazy_below, a cell can be a record only through a feature whose p is below
+    # lazy_below: a feature whose p surely is not is taken as 1, unevaluated (the single
+    # one's interval with it). In the warm-up no p is below 0.05: nothing needs evaluating.
     warm = n < P.warm_buckets or hist < P.warm_seconds
-    # With lazy_below, a cell whose single-bucket p is at least lazy_below can be a record
-    # only through a multi-bucket p below it: a feature whose p surely is not is taken as 1,
-    # unevaluated. In the warm-up no p is below 0.05, so nothing needs evaluating.
+    single_skipped = P.lazy_below > 0.0 and (
+        warm or surely_ordinary(&sc[X_SINGLE], rs, floor_, P))
+    if single_skipped:
+        ps = 1.0
+        hw = NAN
+    else:
+        ps = block_probability(&sc[X_SINGLE], rs, floor_, side, P, &hw, habit)
+        hw *= root
     lazy = P.lazy_below > 0.0 and (ps >= P.lazy_below or warm)
     if mb_count >= MB // 2 and n >= MB:
         pm = 1.0 if lazy and warm else multi_probability(&sc[X_MULTI], mbv, floor_, side, P,
@@ -742,6 +763,10 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             pm = -expm1(2.0 * log1p(-pm)) if pm < 1.0 else 1.0
     else:
         pm = 1.0
+    if single_skipped and not warm and pm < P.lazy_below:
+        # a record through its multi-bucket p: its single-bucket p is wanted exactly too
+        ps = block_probability(&sc[X_SINGLE], rs, floor_, side, P, &hw, habit)
+        hw *= root
     # Warm-up: "at least 4 buckets and 2 h" of history before anything is unusual
     if warm:
         if ps < 0.05:
@@ -937,10 +962,10 @@ def step(double span, const double[::1] params, const double[:, ::1] values,
     caller (adjobs.model.SeriesModels) checks that, and the shapes, before calling.
     A probe is another value of one (bucket row, series) cell, ``probe_cell = row * S +
     series``, ascending; it is judged against the cell's state before the bucket is learnt.
-    ``lazy_below`` (0 to LAZY_MAX_BELOW; 0: off): in a cell whose single-bucket p is at
-    least this, a multi-bucket feature whose p is surely at least this too is taken as 1,
-    unevaluated. Every cell with min(p_single, p_multi) below it gets both exactly, as
-    without; the others get a p_multi of at least lazy_below, as without.
+    ``lazy_below`` (0 to LAZY_MAX_BELOW; 0: off): a feature whose p is surely at least this
+    is taken as 1, unevaluated (for the single-bucket one, its interval too: lower and upper
+    NaN). Every cell with min(p_single, p_multi) below it gets both exactly, as without;
+    the others get p_single and p_multi of at least lazy_below, as without.
     """
     cdef Params P
     cdef Py_ssize_t nb = values.shape[0], ns = values.shape[1]

@@ -258,10 +258,11 @@ class SeriesModels:
 
         ``lazy_below`` (0 to ``_model.LAZY_MAX_BELOW``; 0, the default: off) is for callers
         that only need the cells with ``min(p_single, p_multi) < lazy_below``: those get
-        exactly what they get without it. A cell whose ``p_single`` is at least
-        ``lazy_below`` may get another ``p_multi`` than without, but one that is at least
-        ``lazy_below`` as the exact one is: the multi-bucket features whose p is surely at
-        least ``lazy_below`` are taken as 1, not computed (most of them, on ordinary data).
+        exactly what they get without it. Another cell may get another ``p_single`` and
+        ``p_multi`` than without, but ones that are at least ``lazy_below`` as the exact
+        ones are: the features whose p is surely at least ``lazy_below`` are taken as 1, not
+        computed (most of them, on ordinary data), and where the single-bucket one is,
+        ``lower`` and ``upper`` are NaN. ``typical`` and the state are as without.
         """
         values = np.ascontiguousarray(values, dtype=np.float64)
         if values.ndim == 1 and self._n == 1:
