@@ -1018,73 +1018,97 @@ class _Triples:
 
 def test_raw_scores_of_a_run_are_each_levels_own_raw_scores():
     from adjobs import scoring
-    from adjobs.analysis import _raw_scores, _ScoredBucket
+    from adjobs.analysis import _ScoredRun
 
-    def bucket(records, influencers, buckets):
-        return _ScoredBucket([], np.array(records), [], 0, [], [], [], np.array(influencers),
-                             [], [], bucket_p=np.array(buckets))
-
-    run = [bucket([1e-5, 0.003], [1e-5], [0.02, 2e-5]),
-           bucket([0.04], [], [0.04]),
-           bucket([1e-60, 0.5, 0.01], [1e-60, 0.01], [1e-57, 1e-59])]
-    _raw_scores(run)
-    # Split back per bucket and level, each as raw_score gives it on its own.
-    assert run[0].raw.tolist() == scoring.raw_score(np.array([1e-5, 0.003])).tolist()
-    assert run[1].influencer_raw.tolist() == []
-    assert run[1].bucket_raw.tolist() == [scoring.raw_score(0.04)]
-    assert run[2].influencer_raw.tolist() == scoring.raw_score(np.array([1e-60, 0.01])).tolist()
-    assert [len(b.raw) for b in run] == [2, 1, 3]
-    assert run[2].raw[1] == 0.0  # p = 0.5 is not unusual
-    assert 1.0 < run[0].raw[0] < 50.0 < run[2].raw[0] <= 100.0
-    assert run[0].bucket_raw[0] == pytest.approx((1 / 0.02 - 20) / 9980)
-    _raw_scores([])  # nothing to score
+    run = _ScoredRun(3)
+    run.probability = np.array([1e-5, 0.003, 0.04, 1e-60, 0.5, 0.01])
+    run.influencer_probability = np.array([1e-5, 1e-60, 0.01])
+    run.field_probability = np.array([0.02, 2e-5, 0.04, 1e-57, 1e-59])
+    run.raw_scores()
+    assert run.raw.tolist() == [scoring.raw_score(p) for p in run.probability.tolist()]
+    assert run.influencer_raw.tolist() == [scoring.raw_score(p)
+                                           for p in run.influencer_probability.tolist()]
+    assert run.raw[4] == 0.0  # p = 0.5 is not unusual
+    assert 1.0 < run.raw[0] < 50.0 < run.raw[3] <= 100.0
+    assert run.field_raw[0] == pytest.approx((1 / 0.02 - 20) / 9980)
+    empty = _ScoredRun(0)
+    empty.raw_scores()  # nothing to score
+    assert empty.raw.tolist() == empty.influencer_raw.tolist() == empty.field_raw.tolist() == []
 
 
-def test_steps_zeros_of_a_bucket_count_as_zeros_written_out():
+def test_a_walks_zeros_apart_count_as_zeros_written_out():
     from adjobs import scoring
-    from adjobs.analysis import _Steps
 
     def run(zeros_apart):
-        steps = _Steps()
-        ats = []
-        for raw, scopes, zeros in (([40.0, 2.0], ["a", "b"], 3), ([90.0], ["a"], 0),
-                                   ([5.0], [""], 4)):
-            if zeros_apart:
-                ats.append(steps.bucket(np.array(raw), scopes, zeros))
-            else:
-                ats.append(steps.bucket(np.array(raw + [0.0] * zeros), scopes + [""] * zeros))
-            steps.quiet(2, 6)
-        scores, big = steps.walk(scoring.Normaliser(900))
-        return ats, scores.tolist(), big, steps.size
+        raw, scopes, steps = [], [], ([], [], [])
+        for scores, names, zeros in (([40.0, 2.0], ["a", "b"], 3), ([90.0], ["a"], 0),
+                                     ([5.0], [""], 4)):
+            if not zeros_apart:
+                scores, names, zeros = scores + [0.0] * zeros, names + [""] * zeros, 0
+            raw.extend(scores)
+            scopes.extend(names)
+            for level_steps, value in zip(steps, (len(scores), zeros, 1), strict=True):
+                level_steps.append(value)
+            for level_steps, value in zip(steps, (0, 6, 2), strict=True):  # a quiet run
+                level_steps.append(value)
+        normalised, big = scoring.Normaliser(900).walk(np.array(raw), scopes, *steps)
+        return normalised.tolist(), bool(big.any())
 
     apart, written_out = run(True), run(False)
     # Early on (little history) scores stay small; written-out zeros score 0.
-    assert written_out[0] == [0, 5, 6] and written_out[3] == 11
-    assert written_out[1] == [0.8401, 0.5455, 0.0, 0.0, 0.0, 1.7795, 1.0576, 0.0, 0.0, 0.0, 0.0]
+    assert written_out[0] == [0.8401, 0.5455, 0.0, 0.0, 0.0, 1.7795, 1.0576, 0.0, 0.0, 0.0,
+                              0.0]
     # Zeros apart count the same in the quantiles, but are not scored nor written out.
-    assert apart[0] == [0, 2, 3] and apart[3] == 4
-    assert apart[1] == [0.8401, 0.5455, 1.7795, 1.0576]
-    assert apart[2] is True and written_out[2] is True
+    assert apart[0] == [0.8401, 0.5455, 1.7795, 1.0576]
+    assert apart[1] is True and written_out[1] is True
 
 
-def test_bucket_probabilities_of_a_run_are_each_fields_own_least_extreme_probability():
+def _analysis_of_one_partitioned_mean():
+    from adjobs.analysis import JobAnalysis
+    from adjobs.config import parse_job_config
+
+    config = parse_job_config("j", {
+        "analysis_config": {"bucket_span": "1h", "detectors": [
+            {"function": "mean", "field_name": "x", "partition_field_name": "p"}],
+            "influencers": ["p"]},
+        "data_description": {"time_field": "t"}})
+    analysis = JobAnalysis(config)
+    analysis.names = ["a", "b", "c", "d", "e"]
+    return analysis
+
+
+def _rows_of(bucket, probability, partition):
+    from adjobs.analysis import _empty_rows
+
+    rows = _empty_rows(1, np.zeros(1, dtype=np.int64))
+    rows.bucket = np.array(bucket, dtype=np.int64)
+    rows.probability = np.array(probability)
+    rows.partition = np.array(partition)
+    rows.by = rows.over = np.full(len(bucket), -1)
+    rows.feature_row = np.full(len(bucket), -1)
+    return rows
+
+
+def test_bucket_influencers_of_a_run_are_each_fields_own_least_extreme_probability():
     from adjobs import scoring
-    from adjobs.analysis import _bucket_probabilities, _ScoredBucket
 
-    def bucket(*fields):
-        return _ScoredBucket([], np.empty(0), [], 0, [], [], [], np.empty(0),
-                             ["bucket_time", "airline"][:len(fields)],
-                             [np.array(ps) for ps in fields])
-
-    run = [bucket([0.1, 0.2, 0.3], [0.1]), bucket([0.02]), bucket([1e-9, 0.5], [1e-9])]
-    _bucket_probabilities(run)
-    # 1 - (1 - min p)^n per field, split back per bucket.
-    assert run[0].bucket_p.tolist() == pytest.approx([0.271, 0.1], rel=1e-12)
-    assert run[1].bucket_p.tolist() == pytest.approx([0.02], rel=1e-12)
-    assert run[2].bucket_p.tolist() == pytest.approx([2e-9, 1e-9], rel=1e-6)
-    assert run[0].bucket_p.tolist() == [scoring.extreme_probability(ps, 1)
-                                        for ps in run[0].field_probabilities]
-    _bucket_probabilities([])  # nothing to score
+    analysis = _analysis_of_one_partitioned_mean()
+    hour = 3_600_000
+    rows = _rows_of([0, 0, 0, 2 * hour, 3 * hour, 3 * hour], [0.2, 0.1, 0.3, 0.02, 0.5, 1e-9],
+                    [0, 0, 0, 1, 2, 3])
+    run = analysis._score_run([rows], np.arange(4, dtype=np.int64) * hour,
+                              np.empty((0, 1), np.int32))
+    assert run.field_bucket == [0, 0, 2, 2, 3, 3]
+    assert run.field_names == ["bucket_time", "p"] * 3
+    # 1 - (1 - min p)^n per field: all records for bucket_time, the influencers for p (one
+    # per value, as unlikely as its most unlikely record).
+    assert run.field_probability.tolist() == pytest.approx(
+        [0.271, 0.1, 0.02, 0.02, 2e-9, 2e-9], rel=1e-6)
+    assert run.field_probability[:2].tolist() == [
+        scoring.extreme_probability([0.1, 0.2, 0.3], 1), scoring.extreme_probability([0.1], 1)]
+    assert run.influencer_keys == [("p", 0), ("p", 1), ("p", 3), ("p", 2)]
+    assert run.influencer_probability.tolist() == [0.1, 0.02, 1e-9, 0.5]
+    assert run.counts() == ([3, 0, 1, 2], [1, 0, 1, 2], [2, 0, 2, 2])
 
 
 @pytest.mark.parametrize("times", [[0, 60_000, 3_600_000, 3_700_000, 7_300_000],  # in order
@@ -1117,30 +1141,22 @@ def test_records_before_a_boundary_are_taken_whatever_their_order(times):
 
 def test_a_buckets_records_are_kept_most_unlikely_first_ties_in_row_order(monkeypatch):
     from adjobs import analysis as module
-    from adjobs.analysis import JobAnalysis, _empty_rows, influencer_scope, record_scope
-    from adjobs.config import parse_job_config
+    from adjobs.analysis import influencer_scope, record_scope
 
-    config = parse_job_config("j", {
-        "analysis_config": {"bucket_span": "1h", "detectors": [
-            {"function": "mean", "field_name": "x", "partition_field_name": "p"}],
-            "influencers": ["p"]},
-        "data_description": {"time_field": "t"}})
-    analysis = JobAnalysis(config)
-    analysis.names = ["a", "b", "c", "d", "e"]
-    rows = _empty_rows(1, np.zeros(1, dtype=np.int64))
-    rows.probability = np.array([0.02, 0.001, 0.02, 0.0005, 0.001])
-    rows.partition = np.array([0, 1, 2, 3, 4])
-    rows.by = rows.over = np.full(5, -1)
-    rows.feature_row = np.full(5, -1)
-    listed = [(rows.probability.tolist(), rows.partition.tolist(), rows.by.tolist())]
+    analysis = _analysis_of_one_partitioned_mean()
+    hour = 3_600_000
+    # five records in the first bucket, two in the third
+    rows = _rows_of([0] * 5 + [2 * hour] * 2, [0.02, 0.001, 0.02, 0.0005, 0.001, 0.03, 0.01],
+                    [0, 1, 2, 3, 4, 0, 1])
     monkeypatch.setattr(module, "MAX_RECORDS_PER_BUCKET", 4)
-    inputs = analysis._score_inputs([(0, r) for r in range(5)], [rows], listed,
-                                    np.empty((0, 1), np.int32), 19)
-    assert inputs.entries == [(0, 3), (0, 1), (0, 4), (0, 0)]  # (0, 2) is the fifth
-    assert inputs.probabilities.tolist() == [0.0005, 0.001, 0.001, 0.02]
+    run = analysis._score_run([rows], np.arange(3, dtype=np.int64) * hour,
+                              np.empty((0, 1), np.int32))
+    assert run.row == [3, 1, 4, 0, 6, 5]  # row 2 is the first bucket's fifth
+    assert run.bucket.tolist() == [0, 0, 0, 0, 2, 2]
+    assert run.probability.tolist() == [0.0005, 0.001, 0.001, 0.02, 0.01, 0.03]
     # The partition is the influencer: each record's own value, as unlikely as it.
-    assert inputs.influencer_keys == [("p", 3), ("p", 1), ("p", 4), ("p", 0)]
-    assert inputs.influencer_scopes == [influencer_scope("p", v) for v in "dbea"]
-    assert inputs.scopes == [record_scope("p", v, "", "") for v in "dbea"]
-    assert inputs.influencer_probabilities.tolist() == [0.0005, 0.001, 0.001, 0.02]
-    assert inputs.bucket_fields == ["bucket_time", "p"]
+    assert run.influencer_keys == [("p", 3), ("p", 1), ("p", 4), ("p", 0), ("p", 1), ("p", 0)]
+    assert run.influencer_scopes == [influencer_scope("p", v) for v in "dbeaba"]
+    assert run.scopes == [record_scope("p", v, "", "") for v in "dbeaba"]
+    assert run.influencer_probability.tolist() == [0.0005, 0.001, 0.001, 0.02, 0.01, 0.03]
+    assert run.field_names == ["bucket_time", "p"] * 2

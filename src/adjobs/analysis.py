@@ -47,7 +47,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -559,108 +559,107 @@ def _empty_rows(k: int, evaluated: np.ndarray) -> _Rows:
     )
 
 
-class _Steps:
-    """What one level's normaliser is given over a run of buckets, gathered bucket by bucket
-    for :meth:`adjobs.scoring.Normaliser.walk`."""
+class _ScoredRun:
+    """Every record of a run of buckets with what each level's normaliser is given, flat and
+    in bucket order, so that a run of a few hundred buckets costs a few numpy calls rather
+    than several per bucket.
 
-    def __init__(self) -> None:
-        self.raw: list[np.ndarray] = []
+    Records are kept most unlikely first within their bucket (ties in detector and row
+    order), at most :data:`MAX_RECORDS_PER_BUCKET` a bucket. A bucket *scores* if it keeps a
+    record. Per scoring bucket: its influencers, one per (field, value) of its records'
+    influencers, as unlikely as the most unlikely of those records, in order of first
+    appearance; its bucket influencers, ``bucket_time`` over all its records and then one
+    per influencer field with influencers, each the least extreme probability of its group.
+    """
+
+    def __init__(self, bucket_count: int) -> None:
+        self.bucket_count = bucket_count
+        #: Records: detector, row in that detector's rows, bucket position, probability,
+        #: max-score scope, influencers (field, value code).
+        self.detector: list[int] = []
+        self.row: list[int] = []
+        self.bucket = np.empty(0, dtype=np.int64)
+        self.probability = np.empty(0)
         self.scopes: list[str] = []
-        self.scores: list[int] = []
-        self.zeros: list[int] = []
-        self.buckets: list[int] = []
-        self.size = 0
+        self.influencers: list[list[tuple[str, int]]] = []
+        #: Influencers: bucket position, (field, value code), probability, scope.
+        self.influencer_bucket: list[int] = []
+        self.influencer_keys: list[tuple[str, int]] = []
+        self.influencer_probability = np.empty(0)
+        self.influencer_scopes: list[str] = []
+        #: Bucket influencers: bucket position, field name, probability.
+        self.field_bucket: list[int] = []
+        self.field_names: list[str] = []
+        self.field_probability = np.empty(0)
 
-    def bucket(self, raw: np.ndarray, scopes: list[str], zeros: int = 0) -> int:
-        """A bucket with scores, and ``zeros`` more that belong to no scope (the series
-        that were not unusual); returns where its scores start in :meth:`walk`'s output."""
-        at = self.size
-        self.raw.append(raw)
-        self.scopes.extend(scopes)
-        self.scores.append(len(raw))
-        self.zeros.append(zeros)
-        self.buckets.append(1)
-        self.size += len(raw)
-        return at
+    def raw_scores(self) -> None:
+        """Raw scores of every level (elementwise: as bucket by bucket)."""
+        self.raw = np.atleast_1d(scoring.raw_score(self.probability))
+        self.influencer_raw = np.atleast_1d(scoring.raw_score(self.influencer_probability))
+        self.field_raw = np.atleast_1d(scoring.raw_score(self.field_probability))
 
-    def quiet(self, buckets: int, zeros: int) -> None:
-        """``buckets`` buckets without scores, ``zeros`` zeros in all (``update_quiet``)."""
-        self.scores.append(0)
-        self.zeros.append(zeros)
-        self.buckets.append(buckets)
+    def counts(self) -> tuple[list[int], list[int], list[int]]:
+        """Records, influencers and bucket influencers per bucket of the run."""
+        n = self.bucket_count
+        return (np.bincount(self.bucket, minlength=n).tolist(),
+                np.bincount(np.asarray(self.influencer_bucket, dtype=np.int64),
+                            minlength=n).tolist(),
+                np.bincount(np.asarray(self.field_bucket, dtype=np.int64),
+                            minlength=n).tolist())
 
-    def walk(self, normaliser: scoring.Normaliser) -> tuple[np.ndarray, bool]:
-        """Every score normalised, and whether some step was a big change."""
-        if not self.buckets:
-            return np.empty(0), False
-        raw = np.concatenate(self.raw) if self.raw else np.empty(0)
-        scores, big = normaliser.walk(raw, self.scopes, self.scores, self.zeros, self.buckets)
-        return scores, bool(big.any())
+    def walk(self, normalisers: dict[str, scoring.Normaliser], evaluated: list[int]
+             ) -> tuple[dict[str, np.ndarray], bool]:
+        """Each level's normaliser stepped through the run (Normaliser.walk), every score
+        normalised against the state right after its bucket; whether a step was a big
+        change. A scoring bucket is a step of its own at every level; the buckets between
+        are one quiet step per run of them. The series (or values) that were not unusual
+        score 0: they count in the quantiles as zeros."""
+        if self.bucket_count == 0:
+            return {level: np.empty(0) for level in LEVELS}, False
+        records, influencers, fields = self.counts()
+        # per level: (scores, zeros, buckets) of each step
+        steps: dict[str, tuple[list[int], list[int], list[int]]] = {
+            level: ([], [], []) for level in LEVELS}
+        record_steps, influencer_steps, bucket_steps = (steps[level] for level in LEVELS)
 
+        def add(level_steps: tuple[list[int], list[int], list[int]], scores: int, zeros: int,
+                buckets: int) -> None:
+            level_steps[0].append(scores)
+            level_steps[1].append(zeros)
+            level_steps[2].append(buckets)
 
-@dataclass
-class _ScoredBucket:
-    """A bucket with records: its probabilities at every level, then (from
-    :func:`_raw_scores`) their raw scores and where its normalised scores will be in the
-    levels' :meth:`_Steps.walk` output, and the records' influencers."""
-
-    entries: list[tuple[int, int]]  # (detector, row), most unlikely first
-    probabilities: np.ndarray
-    scopes: list[str]  # the records' maximum-score scopes (record_scope)
-    evaluated: int
-    influencers: list[list[tuple[str, int]]]  # per record: (field, value code)
-    influencer_keys: list[tuple[str, int]]
-    influencer_scopes: list[str]  # influencer_scope of each key
-    influencer_probabilities: np.ndarray
-    bucket_fields: list[str]
-    #: Per bucket field: the probabilities whose least extreme one is the field's.
-    field_probabilities: list[np.ndarray]
-    bucket_p: np.ndarray = field(default_factory=lambda: np.empty(0))
-    raw: np.ndarray = field(default_factory=lambda: np.empty(0))
-    influencer_raw: np.ndarray = field(default_factory=lambda: np.empty(0))
-    bucket_raw: np.ndarray = field(default_factory=lambda: np.empty(0))
-    record_at: int = 0
-    influencer_at: int = 0
-    bucket_at: int = 0
-
-    def add_steps(self, steps: dict[str, _Steps]) -> None:
-        """Give each level's normaliser this bucket's raw scores."""
-        # The series that were not unusual score 0: they count in the quantiles too.
-        self.record_at = steps["record"].bucket(self.raw, self.scopes,
-                                                max(0, self.evaluated - len(self.raw)))
-        if self.influencer_keys:
-            # As for records: the values that influenced nothing count as zeros.
-            self.influencer_at = steps["influencer"].bucket(
-                self.influencer_raw, self.influencer_scopes,
-                max(0, self.evaluated - len(self.influencer_raw)))
-        else:
-            steps["influencer"].quiet(1, self.evaluated)
-        self.bucket_at = steps["bucket"].bucket(self.bucket_raw, self.bucket_fields)
-
-
-def _bucket_probabilities(scored: list[_ScoredBucket]) -> None:
-    """Fill in every bucket field's probability of ``scored`` with one
-    :func:`scoring.least_extreme_probabilities` call for the whole run."""
-    groups = [ps for s in scored for ps in s.field_probabilities]
-    probabilities = scoring.least_extreme_probabilities(groups)
-    at = 0
-    for s in scored:
-        s.bucket_p = probabilities[at:at + len(s.field_probabilities)]
-        at += len(s.field_probabilities)
-
-
-def _raw_scores(scored: list[_ScoredBucket]) -> None:
-    """Fill in the raw scores of every level of ``scored``, with one (elementwise)
-    :func:`scoring.raw_score` call for the whole run rather than three per bucket."""
-    parts = [p for s in scored for p in (s.probabilities, s.influencer_probabilities,
-                                         s.bucket_p)]
-    if not parts:
-        return
-    raw = np.atleast_1d(scoring.raw_score(np.concatenate(parts)))
-    ends = np.cumsum([len(p) for p in parts]).tolist()
-    pieces = [raw[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
-    for i, s in enumerate(scored):
-        s.raw, s.influencer_raw, s.bucket_raw = pieces[3 * i:3 * i + 3]
+        quiet_buckets = quiet_zeros = 0
+        for index in range(self.bucket_count):
+            kept, seen = records[index], evaluated[index]
+            if not kept:
+                quiet_buckets += 1
+                quiet_zeros += seen
+                continue
+            if quiet_buckets:
+                add(record_steps, 0, quiet_zeros, quiet_buckets)
+                add(influencer_steps, 0, quiet_zeros, quiet_buckets)
+                add(bucket_steps, 0, quiet_buckets, quiet_buckets)
+                quiet_buckets = quiet_zeros = 0
+            add(record_steps, kept, max(0, seen - kept), 1)
+            if influencers[index]:
+                add(influencer_steps, influencers[index], max(0, seen - influencers[index]), 1)
+            else:
+                add(influencer_steps, 0, seen, 1)
+            add(bucket_steps, fields[index], 0, 1)
+        if quiet_buckets:
+            add(record_steps, 0, quiet_zeros, quiet_buckets)
+            add(influencer_steps, 0, quiet_zeros, quiet_buckets)
+            add(bucket_steps, 0, quiet_buckets, quiet_buckets)
+        given = {"record": (self.raw, self.scopes),
+                 "influencer": (self.influencer_raw, self.influencer_scopes),
+                 "bucket": (self.field_raw, self.field_names)}
+        scores: dict[str, np.ndarray] = {}
+        big_change = False
+        for level in LEVELS:
+            raw, scopes = given[level]
+            scores[level], big = normalisers[level].walk(raw, scopes, *steps[level])
+            big_change |= bool(big.any())
+        return scores, big_change
 
 
 class JobAnalysis:
@@ -885,59 +884,13 @@ class JobAnalysis:
         event_buckets, event_count = event_counts(times, self.span_ms)
         events = dict(zip(event_buckets.tolist(), event_count.tolist(), strict=True))
         evaluated = sum(rows.evaluated for rows in found)
-        # Group every detector's rows by bucket, in bucket order.
-        per_bucket: dict[int, list[tuple[int, int]]] = {}
-        for d, rows in enumerate(found):
-            for r, bucket in enumerate(rows.bucket.tolist()):
-                per_bucket.setdefault(bucket, []).append((d, r))
-        # First what every level's normaliser is given, bucket by bucket; then each level
-        # is updated and normalised over the whole run at once (Normaliser.walk), each
-        # bucket against the state right after it; then the documents.
-        steps = {level: _Steps() for level in LEVELS}
-        bucket_list = buckets.tolist()
-        listed = [(rows.probability.tolist(), rows.partition.tolist(),
-                   self.detectors[d].person_codes(rows).tolist())
-                  for d, rows in enumerate(found)]
-        scored = {
-            bucket: self._score_inputs(per_bucket[bucket], found, listed, codes,
-                                       int(evaluated[index]))
-            for index, bucket in enumerate(bucket_list) if per_bucket.get(bucket)
-        }
-        _bucket_probabilities(list(scored.values()))
-        _raw_scores(list(scored.values()))
-        quiet_buckets = quiet_zeros = 0
-        for index, bucket in enumerate(bucket_list):
-            inputs = scored.get(bucket)
-            if inputs is None:
-                # Nothing unusual: the bucket scores 0 and the normalisers only count it,
-                # a run of such buckets at a time.
-                quiet_buckets += 1
-                quiet_zeros += int(evaluated[index])
-                continue
-            self._quiet(steps, quiet_buckets, quiet_zeros)
-            quiet_buckets = quiet_zeros = 0
-            inputs.add_steps(steps)
-        self._quiet(steps, quiet_buckets, quiet_zeros)
-        scores = {}
-        for level, level_steps in steps.items():
-            scores[level], big = level_steps.walk(self.normalisers[level])
-            self.renormalise |= big
-        batch = ResultBatch()
-        for bucket in bucket_list:
-            count = events.get(bucket, 0)
-            inputs = scored.get(bucket)
-            if inputs is None:
-                batch.buckets.append(self._bucket_doc(bucket, 0.0, count, interim, []))
-            else:
-                self._bucket_results(bucket, inputs, found, count, interim, scores, batch)
-        return batch
-
-    @staticmethod
-    def _quiet(steps: dict[str, _Steps], buckets: int, zeros: int) -> None:
-        if buckets:
-            steps["record"].quiet(buckets, zeros)
-            steps["influencer"].quiet(buckets, zeros)
-            steps["bucket"].quiet(buckets, buckets)
+        run = self._score_run(found, buckets, codes)
+        # Each level is updated and normalised over the whole run at once, each bucket
+        # against the state right after it (Normaliser.walk); then the documents.
+        scores, big_change = run.walk(self.normalisers,
+                                      np.asarray(evaluated, dtype=np.int64).tolist())
+        self.renormalise |= big_change
+        return self._documents(run, found, buckets, events, scores, interim)
 
     def _bucket_doc(self, bucket: int, score: float, event_count: int, interim: bool,
                     bucket_influencers: list[dict]) -> dict:
@@ -957,116 +910,156 @@ class JobAnalysis:
     def _name(self, code: int) -> str:
         return self.names[code] if 0 <= code < len(self.names) else ""
 
-    def _score_inputs(
-        self,
-        entries: list[tuple[int, int]],
-        found: list[_Rows],
-        listed: list[tuple[list[float], list[int], list[int]]],
-        codes: np.ndarray,
-        evaluated: int,
-    ) -> _ScoredBucket:
-        """One bucket's probabilities at every level (their raw scores come after).
-        ``listed`` holds each detector's row probabilities, partition and person codes as
-        lists."""
-        unsorted = [listed[d][0][r] for d, r in entries]
-        # A stable sort of the few records, as np.argsort(kind="stable") without the arrays.
-        order = sorted(range(len(unsorted)), key=unsorted.__getitem__)[:MAX_RECORDS_PER_BUCKET]
-        entries = [entries[i] for i in order]
-        probabilities = np.array([unsorted[i] for i in order], dtype=float)
-        scopes = [record_scope(self.detectors[d].detector.partition_field_name or "",
-                               self._name(listed[d][1][r]), self.detectors[d].person_field,
-                               self._name(listed[d][2][r]))
-                  for d, r in entries]
-        # Influencer values of each record: (field, value code).
-        influence: dict[tuple[str, int], list[int]] = {}
-        values_of = []
-        for i, (d, r) in enumerate(entries):
-            values = self._influencers_of(self.detectors[d].detector, found[d], r, codes)
-            values_of.append(values)
-            for name, code in values:
-                influence.setdefault((name, code), []).append(i)
-        # Influencers: one per (field, value), as unlikely as its most unlikely record.
-        keys = list(influence)
-        listed = probabilities.tolist()
-        p_i = np.array([min(listed[i] for i in influence[key]) for key in keys], dtype=float)
-        # Bucket influencers: per influencer field, and bucket_time over all records; the
-        # bucket is as unusual as its most unusual record among all it looked at (their
-        # probabilities come later, for all buckets at once: _bucket_probabilities).
-        fields = [("bucket_time", probabilities)]
-        for name, _ in self.influencer_columns:
-            mine = [p for (field_name, _), p in zip(keys, p_i.tolist(), strict=True)
-                    if field_name == name]
-            if mine:
-                fields.append((name, np.array(mine)))
-        influencer_scopes = [influencer_scope(name, self._name(code)) for name, code in keys]
-        return _ScoredBucket(entries, probabilities, scopes, evaluated, values_of, keys,
-                             influencer_scopes, p_i,
-                             [name for name, _ in fields], [ps for _, ps in fields])
+    def _score_run(self, found: list[_Rows], buckets: np.ndarray,
+                   codes: np.ndarray) -> _ScoredRun:
+        """The probabilities of every level of a run of buckets (:class:`_ScoredRun`), and
+        their raw scores."""
+        run = _ScoredRun(len(buckets))
+        sizes = [len(rows.bucket) for rows in found]
+        if sum(sizes):
+            detector = np.repeat(np.arange(len(found)), sizes)
+            row = np.concatenate([np.arange(size) for size in sizes])
+            probability = np.concatenate([np.asarray(rows.probability, dtype=float)
+                                          for rows in found])
+            bucket = np.searchsorted(buckets, np.concatenate([rows.bucket for rows in found]))
+            # Most unlikely first within a bucket; ties stay in detector and row order.
+            order = np.lexsort((probability, bucket))
+            bucket = bucket[order]
+            starts = np.empty(len(order), dtype=bool)
+            starts[:1] = True
+            np.not_equal(bucket[1:], bucket[:-1], out=starts[1:])
+            position = np.arange(len(order))
+            rank = position - np.maximum.accumulate(np.where(starts, position, 0))
+            kept = rank < MAX_RECORDS_PER_BUCKET
+            order, run.bucket = order[kept], bucket[kept]
+            run.detector, run.row = detector[order].tolist(), row[order].tolist()
+            run.probability = probability[order]
+            self._record_scopes_and_influencers(run, found, codes)
+            self._influencers_and_fields(run)
+        run.raw_scores()
+        return run
 
-    def _bucket_results(
-        self,
-        bucket: int,
-        inputs: _ScoredBucket,
-        found: list[_Rows],
-        event_count: int,
-        interim: bool,
-        scores: dict[str, np.ndarray],
-        batch: ResultBatch,
-    ) -> None:
-        """The documents of one bucket with records, from its scores at every level."""
+    def _record_scopes_and_influencers(self, run: _ScoredRun, found: list[_Rows],
+                                       codes: np.ndarray) -> None:
+        partitions = [rows.partition.tolist() for rows in found]
+        persons = [self.detectors[d].person_codes(rows).tolist() for d, rows in enumerate(found)]
+        scope_of: dict[tuple[int, int, int], str] = {}
+        for d, r in zip(run.detector, run.row, strict=True):
+            analysis = self.detectors[d]
+            key = (d, partitions[d][r], persons[d][r])
+            scope = scope_of.get(key)
+            if scope is None:
+                scope = scope_of[key] = record_scope(
+                    analysis.detector.partition_field_name or "", self._name(key[1]),
+                    analysis.person_field, self._name(key[2]))
+            run.scopes.append(scope)
+            run.influencers.append(self._influencers_of(analysis.detector, found[d], r, codes))
+
+    def _influencers_and_fields(self, run: _ScoredRun) -> None:
+        """Each scoring bucket's influencers and its bucket influencers' probabilities."""
+        probabilities = run.probability.tolist()
+        record_bucket = run.bucket.tolist()
+        groups: list[list[float]] = []
+        influencer_probability: list[float] = []
+        start = 0
+        while start < len(record_bucket):
+            bucket = record_bucket[start]
+            end = start + 1
+            while end < len(record_bucket) and record_bucket[end] == bucket:
+                end += 1
+            # Records are most unlikely first: an influencer is as unlikely as the record
+            # it first appears in.
+            first_seen: dict[tuple[str, int], float] = {}
+            for i in range(start, end):
+                for key in run.influencers[i]:
+                    if key not in first_seen:
+                        first_seen[key] = probabilities[i]
+            run.influencer_bucket.extend([bucket] * len(first_seen))
+            run.influencer_keys.extend(first_seen)
+            influencer_probability.extend(first_seen.values())
+            run.field_bucket.append(bucket)
+            run.field_names.append("bucket_time")
+            groups.append(probabilities[start:end])
+            for name, _ in self.influencer_columns:
+                mine = [p for (field_name, _), p in first_seen.items() if field_name == name]
+                if mine:
+                    run.field_bucket.append(bucket)
+                    run.field_names.append(name)
+                    groups.append(mine)
+            start = end
+        run.influencer_probability = np.array(influencer_probability, dtype=float)
+        run.influencer_scopes = [influencer_scope(name, self._name(code))
+                                 for name, code in run.influencer_keys]
+        run.field_probability = scoring.least_extreme_probabilities(groups)
+
+    def _documents(self, run: _ScoredRun, found: list[_Rows], buckets: np.ndarray,
+                   events: dict[int, int], scores: dict[str, np.ndarray],
+                   interim: bool) -> ResultBatch:
+        """The documents of a run of buckets from its scores at every level: per bucket its
+        records, its influencers and the bucket with its bucket influencers."""
+        batch = ResultBatch()
+        records, influencers, fields = run.counts()
         # Python floats (the same values) from here on: cheaper to read one at a time.
-        at = inputs.record_at
-        record_scores = scores["record"][at:at + len(inputs.raw)].tolist()
-        probabilities, raw = inputs.probabilities.tolist(), inputs.raw.tolist()
-        for i, (d, r) in enumerate(inputs.entries):
-            batch.records.append(self._record(
-                bucket, self.detectors[d].detector, found[d], r, probabilities[i],
-                raw[i], record_scores[i], inputs.influencers[i], interim))
-        at = inputs.influencer_at
-        influencer_scores = scores["influencer"][at:at + len(inputs.influencer_raw)]
-        for (name, code), pi, ri, si in zip(inputs.influencer_keys,
-                                            inputs.influencer_probabilities.tolist(),
-                                            inputs.influencer_raw.tolist(),
-                                            influencer_scores.tolist(), strict=True):
-            value = self._name(code)
-            batch.influencers.append(
+        probability, raw = run.probability.tolist(), run.raw.tolist()
+        record_score = scores["record"].tolist()
+        influencer_probability = run.influencer_probability.tolist()
+        influencer_raw = run.influencer_raw.tolist()
+        influencer_score = scores["influencer"].tolist()
+        field_probability, field_raw = run.field_probability.tolist(), run.field_raw.tolist()
+        field_score = scores["bucket"].tolist()
+        # Every level's items are in bucket order, as its scores are (Normaliser.walk).
+        at_record = at_influencer = at_field = 0
+        for index, bucket in enumerate(buckets.tolist()):
+            count = events.get(bucket, 0)
+            if not records[index]:
+                batch.buckets.append(self._bucket_doc(bucket, 0.0, count, interim, []))
+                continue
+            for i in range(at_record, at_record + records[index]):
+                d = run.detector[i]
+                batch.records.append(self._record(
+                    bucket, self.detectors[d].detector, found[d], run.row[i], probability[i],
+                    raw[i], record_score[i], run.influencers[i], interim))
+            at_record += records[index]
+            for i in range(at_influencer, at_influencer + influencers[index]):
+                name, code = run.influencer_keys[i]
+                value = self._name(code)
+                batch.influencers.append(
+                    {
+                        "job_id": self.job_id,
+                        "result_type": "influencer",
+                        "influencer_field_name": name,
+                        "influencer_field_value": value,
+                        name: value,
+                        "influencer_score": influencer_score[i],
+                        "initial_influencer_score": influencer_score[i],
+                        "probability": influencer_probability[i],
+                        "raw_score": influencer_raw[i],
+                        "bucket_span": self.span_s,
+                        "is_interim": interim,
+                        "timestamp": bucket,
+                    }
+                )
+            at_influencer += influencers[index]
+            bucket_influencers = [
                 {
                     "job_id": self.job_id,
-                    "result_type": "influencer",
-                    "influencer_field_name": name,
-                    "influencer_field_value": value,
-                    name: value,
-                    "influencer_score": float(si),
-                    "initial_influencer_score": float(si),
-                    "probability": float(pi),
-                    "raw_score": float(ri),
+                    "result_type": "bucket_influencer",
+                    "influencer_field_name": run.field_names[i],
+                    "initial_anomaly_score": field_score[i],
+                    "anomaly_score": field_score[i],
+                    "raw_anomaly_score": field_raw[i],
+                    "probability": field_probability[i],
+                    "timestamp": bucket,
                     "bucket_span": self.span_s,
                     "is_interim": interim,
-                    "timestamp": bucket,
                 }
-            )
-        at = inputs.bucket_at
-        bucket_scores = scores["bucket"][at:at + len(inputs.bucket_raw)]
-        bucket_influencers = [
-            {
-                "job_id": self.job_id,
-                "result_type": "bucket_influencer",
-                "influencer_field_name": name,
-                "initial_anomaly_score": float(score_b),
-                "anomaly_score": float(score_b),
-                "raw_anomaly_score": float(raw_b),
-                "probability": float(p_b),
-                "timestamp": bucket,
-                "bucket_span": self.span_s,
-                "is_interim": interim,
-            }
-            for name, p_b, raw_b, score_b in zip(inputs.bucket_fields, inputs.bucket_p.tolist(),
-                                                 inputs.bucket_raw.tolist(),
-                                                 bucket_scores.tolist(), strict=True)
-        ]
-        score = max(doc["anomaly_score"] for doc in bucket_influencers)
-        batch.buckets.append(self._bucket_doc(bucket, score, event_count, interim,
-                                              bucket_influencers))
+                for i in range(at_field, at_field + fields[index])
+            ]
+            at_field += fields[index]
+            score = max(doc["anomaly_score"] for doc in bucket_influencers)
+            batch.buckets.append(self._bucket_doc(bucket, score, count, interim,
+                                                  bucket_influencers))
+        return batch
 
     def _influencers_of(
         self, detector: Detector, rows: _Rows, r: int, codes: np.ndarray
