@@ -207,15 +207,50 @@ def stable_order(keys: list[np.ndarray]) -> np.ndarray:
     row (as narrow as the ranges allow), and a stable argsort of that gives the same order
     as lexsort at a fraction of the cost; other keys (floats, very wide ranges) go to lexsort.
     """
-    if not keys or len(keys[0]) == 0 or any(key.dtype.kind != "i" for key in keys):
+    packed = _packed(keys)
+    if packed is None:
         return np.lexsort(keys)
+    return np.argsort(packed, kind="stable")
+
+
+def stable_groups(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`stable_order` of ``keys`` and where each run of equal keys starts in it (0
+    first; empty for no rows)."""
+    packed = _packed(keys)
+    if packed is None:
+        order = np.lexsort(keys)
+        return order, run_starts(keys, order)
+    order = np.argsort(packed, kind="stable")
+    ordered = packed[order]
+    change = np.empty(len(order), dtype=bool)
+    change[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=change[1:])
+    return order, np.flatnonzero(change)
+
+
+def run_starts(keys: list[np.ndarray], order: np.ndarray) -> np.ndarray:
+    """Where each run of equal keys starts in ``order`` (0 first; empty for no rows)."""
+    change = np.zeros(len(order), dtype=bool)
+    change[:1] = True
+    for key in keys:
+        ordered = key[order]
+        change[1:] |= ordered[1:] != ordered[:-1]
+    return np.flatnonzero(change)
+
+
+def _packed(keys: list[np.ndarray]) -> np.ndarray | None:
+    """The keys packed into one unsigned integer per row, the first least significant, as
+    narrow as their ranges allow; None where they cannot be (not integers, or ranges whose
+    product reaches 2**62)."""
+    if not keys or len(keys[0]) == 0 or any(key.dtype.kind != "i" for key in keys):
+        return None
     packed = np.zeros(len(keys[0]), dtype=np.int64)
     scale = 1
     for key in keys:  # least significant first, as lexsort takes them
         low, high = int(key.min()), int(key.max())
         width = high - low + 1
         if scale * width >= _PACKED_KEY_LIMIT:
-            return np.lexsort(keys)
+            return None
         if width > 1:
             packed += (key.astype(np.int64) - low) * scale
         scale *= width
@@ -223,8 +258,8 @@ def stable_order(keys: list[np.ndarray]) -> np.ndarray:
     # than its merge sort on int64 (packed keys are usually small: buckets x series).
     for narrow in (np.uint8, np.uint16):
         if scale <= np.iinfo(narrow).max + 1:
-            return np.argsort(packed.astype(narrow), kind="stable")
-    return np.argsort(packed, kind="stable")
+            return packed.astype(narrow)
+    return packed
 
 
 def detector_features(
@@ -272,31 +307,37 @@ def detector_features(
     if weights is not None:
         weight = weights
         keep &= np.isfinite(weight) & (weight > 0)
-    index = np.flatnonzero(keep)
-    if len(index) == 0:
+    # index None: every record counts, and the arrays are used as they are, not copied
+    index = None if keep.all() else np.flatnonzero(keep)
+    if n == 0 or (index is not None and len(index) == 0):
         return _empty(len(statistics))
-    bucket_number = times[index] // span_ms
-    bucket = bucket_number * span_ms
-    partition, by, over = partition[index], by[index], over[index]
+
+    def kept(array: np.ndarray) -> np.ndarray:
+        return array if index is None else array[index]
+
+    bucket_number = kept(times) // span_ms
     # Sort by series within buckets; within a series by value, for the median. A split the
     # detector does not have is -1 throughout: as a sort key it would change nothing.
-    keys: list[np.ndarray] = [split for split, column in ((over, columns.over),
-                                                          (by, columns.by),
-                                                          (partition, columns.partition))
+    keys: list[np.ndarray] = [kept(split) for split, column in ((over, columns.over),
+                                                                (by, columns.by),
+                                                                (partition, columns.partition))
                               if column >= 0]
     keys.append(bucket_number)  # in the same order as the bucket starts, and compact
     if value is not None and "median" in statistics:
-        keys.insert(0, value[index])
-    order = stable_order(keys)
-    sorted_index = index[order]
-    b, p, y, o = bucket[order], partition[order], by[order], over[order]
-    change = np.empty(len(order), dtype=bool)
-    change[0] = True
-    change[1:] = (b[1:] != b[:-1]) | (p[1:] != p[:-1]) | (y[1:] != y[:-1]) | (o[1:] != o[:-1])
-    first = np.flatnonzero(change)
+        # sorted by value within each row too; rows are still (bucket, series)
+        order = stable_order([kept(value), *keys])
+        first = run_starts(keys, order)
+    else:
+        order, first = stable_groups(keys)
+    sorted_index = order if index is None else index[order]
     size = np.diff(np.append(first, len(order)))
-    w = weight[sorted_index] if weight is not None else np.ones(len(order))
-    count = np.add.reduceat(w, first)
+    if weight is not None:
+        w = weight[sorted_index]
+        count = np.add.reduceat(w, first)
+    else:
+        # Records count once: sums of ones are their exact counts, and v * 1 is v.
+        w = None
+        count = size.astype(np.float64)
     values = np.empty((len(first), len(statistics)))
     v = value[sorted_index] if value is not None else None
     with np.errstate(over="ignore", invalid="ignore"):
@@ -308,11 +349,12 @@ def detector_features(
     # has no value in that bucket (the models neither learn nor score it) and its records
     # stay counted.
     values[~np.isfinite(values)] = np.nan
+    heads = sorted_index[first]  # a record of each row
     return Features(
-        bucket=b[first],
-        partition=p[first],
-        by=y[first],
-        over=o[first],
+        bucket=times[heads] // span_ms * span_ms,
+        partition=partition[heads],
+        by=by[heads],
+        over=over[heads],
         values=values,
         count=count,
         order=sorted_index,
@@ -324,7 +366,7 @@ def detector_features(
 def _statistic(
     statistic: str,
     v: np.ndarray | None,
-    w: np.ndarray,
+    w: np.ndarray | None,
     count: np.ndarray,
     first: np.ndarray,
     size: np.ndarray,
@@ -338,18 +380,21 @@ def _statistic(
         pairs = np.unique(group.astype(np.int64) << 32 | distinct[sorted_index].astype(np.int64))
         return np.bincount((pairs >> 32).astype(np.int64), minlength=len(first)).astype(float)
     assert v is not None
-    if statistic == "sum":
-        return np.add.reduceat(v * w, first)
     if statistic == "min":
         return np.minimum.reduceat(v, first)
     if statistic == "max":
         return np.maximum.reduceat(v, first)
-    mean = np.add.reduceat(v * w, first) / count
+    # Without summary counts every weight is 1, and v * 1 is v.
+    weighted = v if w is None else v * w
+    if statistic == "sum":
+        return np.add.reduceat(weighted, first)
+    mean = np.add.reduceat(weighted, first) / count
     if statistic == "mean":
         return mean
     if statistic == "varp":
         deviation = v - np.repeat(mean, size)
-        return np.add.reduceat(w * deviation * deviation, first) / count
+        squares = deviation * deviation if w is None else w * deviation * deviation
+        return np.add.reduceat(squares, first) / count
     if statistic == "median":
         # Values are sorted within each group (the lexsort's first key).
         low = v[first + (size - 1) // 2]
