@@ -773,20 +773,23 @@ class JobAnalysis:
         started = time.perf_counter()
         times, numeric, codes = self._take_before(boundary)
         buckets = self._bucket_range(self.next_bucket, boundary, times)
-        results = self._analyse(buckets, times, numeric, codes, interim=False)
+        events = event_counts(times, self.span_ms)
+        results = self._analyse(buckets, times, numeric, codes, events, interim=False)
         results.replaces_interim = True
         self.pending.extend(results)
         self.next_bucket = boundary
-        self._learn_bucket_counts(buckets, times)
+        self._learn_bucket_counts(buckets, *events)
         elapsed_ms = (time.perf_counter() - started) * 1e3
         self._time(len(buckets), elapsed_ms)
 
-    def _learn_bucket_counts(self, buckets: np.ndarray, times: np.ndarray) -> None:
-        """Add the finalised buckets' record counts to the decayed mean, oldest first."""
+    def _learn_bucket_counts(self, buckets: np.ndarray, event_buckets: np.ndarray,
+                             event_count: np.ndarray) -> None:
+        """Add the finalised buckets' record counts (:func:`event_counts` of their records)
+        to the decayed mean, oldest first."""
         if len(buckets) == 0:
             return
-        counts = np.bincount(np.searchsorted(buckets, times // self.span_ms * self.span_ms),
-                             minlength=len(buckets))[: len(buckets)]
+        counts = np.zeros(len(buckets), dtype=np.int64)
+        counts[np.searchsorted(buckets, event_buckets)] = event_count
         keep = np.exp(-BUCKET_COUNT_DECAY * self.span_s / scoring.STANDARD_BUCKET_LENGTH)
         ages = np.arange(len(buckets) - 1, -1, -1, dtype=np.float64)
         weights = keep**ages
@@ -822,7 +825,8 @@ class JobAnalysis:
         try:
             for detector in self.detectors:
                 detector.incomplete_bucket = incomplete
-            results = self._analyse(buckets, times, numeric, codes, interim=True)
+            results = self._analyse(buckets, times, numeric, codes,
+                                    event_counts(times, self.span_ms), interim=True)
         finally:
             for detector, state in zip(self.detectors, saved, strict=True):
                 detector.incomplete_bucket = None
@@ -860,6 +864,7 @@ class JobAnalysis:
         times: np.ndarray,
         numeric: np.ndarray,
         codes: np.ndarray,
+        events: tuple[np.ndarray, np.ndarray],
         *,
         interim: bool,
     ) -> ResultBatch:
@@ -881,8 +886,8 @@ class JobAnalysis:
             # ES counts the buckets in which new entities could not be allocated.
             self.memory_status = "hard_limit"
             self.allocation_failures += 1
-        event_buckets, event_count = event_counts(times, self.span_ms)
-        events = dict(zip(event_buckets.tolist(), event_count.tolist(), strict=True))
+        # the records of each bucket that has any: (bucket starts, counts), from event_counts
+        event_count = dict(zip(events[0].tolist(), events[1].tolist(), strict=True))
         evaluated = sum(rows.evaluated for rows in found)
         run = self._score_run(found, buckets, codes)
         # Each level is updated and normalised over the whole run at once, each bucket
@@ -890,7 +895,7 @@ class JobAnalysis:
         scores, big_change = run.walk(self.normalisers,
                                       np.asarray(evaluated, dtype=np.int64).tolist())
         self.renormalise |= big_change
-        return self._documents(run, found, buckets, events, scores, interim)
+        return self._documents(run, found, buckets, event_count, scores, interim)
 
     def _bucket_doc(self, bucket: int, score: float, event_count: int, interim: bool,
                     bucket_influencers: list[dict]) -> dict:
