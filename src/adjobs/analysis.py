@@ -964,7 +964,9 @@ class JobAnalysis:
         """Each scoring bucket's influencers and its bucket influencers' probabilities."""
         probabilities = run.probability.tolist()
         record_bucket = run.bucket.tolist()
-        groups: list[list[float]] = []
+        # every bucket influencer's probabilities, one group after the other
+        grouped: list[float] = []
+        group_sizes: list[int] = []
         influencer_probability: list[float] = []
         start = 0
         while start < len(record_bucket):
@@ -984,18 +986,21 @@ class JobAnalysis:
             influencer_probability.extend(first_seen.values())
             run.field_bucket.append(bucket)
             run.field_names.append("bucket_time")
-            groups.append(probabilities[start:end])
+            grouped.extend(probabilities[start:end])
+            group_sizes.append(end - start)
             for name, _ in self.influencer_columns:
                 mine = [p for (field_name, _), p in first_seen.items() if field_name == name]
                 if mine:
                     run.field_bucket.append(bucket)
                     run.field_names.append(name)
-                    groups.append(mine)
+                    grouped.extend(mine)
+                    group_sizes.append(len(mine))
             start = end
         run.influencer_probability = np.array(influencer_probability, dtype=float)
         run.influencer_scopes = [influencer_scope(name, self._name(code))
                                  for name, code in run.influencer_keys]
-        run.field_probability = scoring.least_extreme_probabilities(groups)
+        run.field_probability = scoring.grouped_least_extreme_probabilities(
+            np.array(grouped, dtype=float), group_sizes)
 
     def _documents(self, run: _ScoredRun, found: list[_Rows], buckets: np.ndarray,
                    events: dict[int, int], scores: dict[str, np.ndarray],

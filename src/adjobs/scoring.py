@@ -61,6 +61,7 @@ __all__ = [
     "chi2_sf",
     "combine_single_multi",
     "extreme_probability",
+    "grouped_least_extreme_probabilities",
     "inverse_raw_score",
     "joint_probability",
     "least_extreme_probabilities",
@@ -363,21 +364,30 @@ def extreme_probability(ps: Any, m: int = 1) -> float:
 def least_extreme_probabilities(groups: list[Any]) -> np.ndarray:
     """``extreme_probability(ps, 1)`` of every ``ps`` in ``groups``, equal bit for bit, with a
     few numpy calls per group size instead of several per group: the bucket-level scores of
-    an upload need it for a few hundred tiny groups.
+    an upload need it for a few hundred tiny groups (:func:`grouped_least_extreme_probabilities`
+    takes them flat)."""
+    sizes = [int(np.size(ps)) for ps in groups]
+    flat = np.concatenate([np.ravel(ps) for ps in groups]) if groups else np.empty(0)
+    return grouped_least_extreme_probabilities(flat, sizes)
+
+
+def grouped_least_extreme_probabilities(flat: Any, sizes: Any) -> np.ndarray:
+    """:func:`least_extreme_probabilities` of the groups that ``flat`` holds one after the
+    other, ``sizes[i]`` values in group ``i``.
 
     Groups of one size share their binomial terms, so their term rows stack into one matrix;
     the row-wise max, exp and (pairwise) sum are the same element operations as the 1-D ones.
     The logs of the minima and of the row sums are taken with :mod:`math`, as there."""
-    out = np.ones(len(groups), dtype=np.float64)
-    sizes = np.array([np.size(ps) for ps in groups], dtype=np.int64)
-    if len(groups) == 0 or not sizes.any():
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    out = np.ones(len(sizes), dtype=np.float64)
+    if len(sizes) == 0 or not sizes.any():
         return out
     # Clamped all at once (elementwise, as group by group); each group's minimum by reduceat
     # over the non-empty groups' starts (an empty group would take its neighbour's value).
-    flat = _clean_ps(np.concatenate([np.ravel(ps) for ps in groups]))
+    flat = _clean_ps(flat)
     filled = sizes > 0
     starts = (np.cumsum(sizes) - sizes)[filled]
-    minima = np.ones(len(groups), dtype=np.float64)
+    minima = np.ones(len(sizes), dtype=np.float64)
     minima[filled] = np.minimum.reduceat(flat, starts)
     for n in np.unique(sizes[filled]).tolist():
         rows = np.flatnonzero((sizes == n) & (minima < 1.0))
