@@ -461,6 +461,24 @@ class _DetectorAnalysis:
         )
 
 
+@dataclass
+class _ListedRows:
+    """What a record document takes from a detector's :class:`_Rows`, as Python values (the
+    same values; reading numpy arrays one item at a time costs more than listing them)."""
+
+    impact: list[float]
+    actual: list[list[float]]
+    typical: list[list[float]]
+    partition: list[int]
+    by: list[int]
+    over: list[int]
+
+    @classmethod
+    def of(cls, rows: _Rows) -> _ListedRows:
+        return cls(rows.impact.tolist(), rows.actual.tolist(), rows.typical.tolist(),
+                   rows.partition.tolist(), rows.by.tolist(), rows.over.tolist())
+
+
 def _unique_series(features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct (partition, by, over) code triples of the feature rows, in ascending
     order, with the first row and the index of each row's triple (``np.unique(axis=0)``)."""
@@ -1019,6 +1037,7 @@ class JobAnalysis:
         field_score = scores["bucket"].tolist()
         # Every level's items are in bucket order, as its scores are (Normaliser.walk).
         at_record = at_influencer = at_field = 0
+        listed: list[_ListedRows | None] = [None] * len(found)
         for index, bucket in enumerate(buckets.tolist()):
             count = events.get(bucket, 0)
             if not records[index]:
@@ -1026,9 +1045,11 @@ class JobAnalysis:
                 continue
             for i in range(at_record, at_record + records[index]):
                 d = run.detector[i]
+                if listed[d] is None:
+                    listed[d] = _ListedRows.of(found[d])
                 batch.records.append(self._record(
-                    bucket, self.detectors[d].detector, found[d], run.row[i], probability[i],
-                    raw[i], record_score[i], run.influencers[i], interim))
+                    bucket, self.detectors[d].detector, found[d], listed[d], run.row[i],
+                    probability[i], raw[i], record_score[i], run.influencers[i], interim))
             at_record += records[index]
             for i in range(at_influencer, at_influencer + influencers[index]):
                 name, code = run.influencer_keys[i]
@@ -1105,6 +1126,7 @@ class JobAnalysis:
         bucket: int,
         detector: Detector,
         rows: _Rows,
+        listed: _ListedRows,
         r: int,
         probability: float,
         raw: float,
@@ -1119,29 +1141,29 @@ class JobAnalysis:
         doc: dict[str, Any] = {
             "job_id": self.job_id,
             "result_type": "record",
-            "probability": float(probability),
-            "multi_bucket_impact": float(rows.impact[r]),
-            "record_score": float(score),
-            "initial_record_score": float(score),
-            "raw_score": float(raw),
+            "probability": probability,
+            "multi_bucket_impact": listed.impact[r],
+            "record_score": score,
+            "initial_record_score": score,
+            "raw_score": raw,
             "bucket_span": self.span_s,
             "detector_index": detector.detector_index,
             "is_interim": interim,
             "timestamp": bucket,
             "function": detector.function,
             "function_description": DESCRIPTION.get(statistic, statistic),
-            "typical": [float(rows.typical[r, column])],
-            "actual": [float(rows.actual[r, column])],
+            "typical": [listed.typical[r][column]],
+            "actual": [listed.actual[r][column]],
         }
         if detector.field_name:
             doc["field_name"] = detector.field_name
         for kind, name, codes in (
-            ("partition_field", detector.partition_field_name, rows.partition),
-            ("by_field", detector.by_field_name, rows.by),
-            ("over_field", detector.over_field_name, rows.over),
+            ("partition_field", detector.partition_field_name, listed.partition),
+            ("by_field", detector.by_field_name, listed.by),
+            ("over_field", detector.over_field_name, listed.over),
         ):
             if name:
-                value = self._name(int(codes[r]))
+                value = self._name(codes[r])
                 doc[f"{kind}_name"] = name
                 doc[f"{kind}_value"] = value
                 doc[name] = value
