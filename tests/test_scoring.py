@@ -890,3 +890,18 @@ def test_the_probed_normalisers_exercise_every_ceiling():
     # the percentile everywhere, the max ceiling in every long history
     assert bound[1] == list(range(12))
     assert set(range(0, 12, 2)) <= set(bound[2])
+
+
+def test_scope_names_are_kept_as_numpy_str_arrays_hold_them():
+    from adjobs.scoring import _scope_list
+
+    plain = ["a", "b", "a"]
+    assert _scope_list(plain, 3) == plain
+    # numpy's str arrays drop trailing NULs: so does the scope table, and only those
+    assert _scope_list(["a\x00", "b\x00c", "d"], 3) == ["a", "b\x00c", "d"]
+    assert _scope_list([np.str_("x"), 7], 2) == ["x", "7"]
+    assert _scope_list(np.array(["p", "q"]), 2) == ["p", "q"]
+    assert _scope_list(None, 2) == ["", ""] and _scope_list("s", 2) == ["s", "s"]
+    with pytest.raises(ValueError, match="one scope per raw score"):
+        _scope_list(["a"], 2)
+

@@ -670,7 +670,8 @@ def _scope_list(scopes: Any, n: int) -> list[str]:
         return [scopes] * n
     names = scopes.tolist() if isinstance(scopes, np.ndarray) else list(scopes)
     # As numpy's str arrays, in which the scope table is kept, hold them: no trailing NULs.
-    if not all(type(name) is str and not name.endswith("\x00") for name in names):
+    # (Checked for all names at once: strings without any NUL, the usual case, are kept.)
+    if not (set(map(type, names)) <= {str} and "\x00" not in "".join(names)):
         names = [str(name).rstrip("\x00") for name in names]
     if len(names) != n:
         raise ValueError(f"need one scope per raw score ({n}), got {len(names)}")
@@ -897,9 +898,11 @@ class Normaliser:
         # are few, the entries many).
         held = self._scopes.tolist()
         number = dict(zip(held, range(len(held)), strict=True))
-        entry_scope = np.fromiter(
-            (number.setdefault(name, len(number)) for name in _scope_list(scopes, raw.size)),
-            dtype=np.int64, count=raw.size)
+        names = _scope_list(scopes, raw.size)
+        new = [name for name in dict.fromkeys(names) if name not in number]  # in order
+        number.update(zip(new, range(len(number), len(number) + len(new)), strict=True))
+        entry_scope = np.fromiter(map(number.__getitem__, names), dtype=np.int64,
+                                  count=raw.size)
         present = np.zeros(len(number), dtype=np.uint8)
         scope_max = np.zeros(len(number), dtype=np.float64)
         scope_age = np.zeros(len(number), dtype=np.int64)
