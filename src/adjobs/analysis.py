@@ -314,11 +314,15 @@ class _DetectorAnalysis:
         combined = scoring.combine_single_multi(p_single, p_multi)
         # A series is as unusual as its most unusual statistic, corrected for k looks.
         series_columns = np.array(sorted(self.series.values()), dtype=np.int64)
-        block = np.stack([combined[:, series_columns + j] for j in range(k)], axis=2)
-        block = np.where(np.isnan(block), np.inf, block)
-        worst = np.argmin(block, axis=2)
-        p = np.take_along_axis(block, worst[..., None], axis=2)[..., 0]
-        if k > 1:
+        if k == 1:
+            p = combined[:, series_columns]
+            p[np.isnan(p)] = np.inf
+            worst = np.zeros(p.shape, dtype=np.intp)
+        else:
+            block = np.stack([combined[:, series_columns + j] for j in range(k)], axis=2)
+            block = np.where(np.isnan(block), np.inf, block)
+            worst = np.argmin(block, axis=2)
+            p = np.take_along_axis(block, worst[..., None], axis=2)[..., 0]
             p = np.where(np.isfinite(p), 1.0 - (1.0 - p) ** k, p)
         evaluated = np.isfinite(p).sum(axis=1)
         hit_bucket, hit_series = np.nonzero(p < RECORD_PROBABILITY)
