@@ -484,7 +484,7 @@ cdef inline bint spike_of_usual_size(const double* sc, double r,
     return log_size(r, gaussian_scale) <= sc[X_SPIKE_MU] + 1.5 * sd
 
 
-cdef inline double median_of(double* v, int n) noexcept nogil:
+cdef inline double sorted_median_of(double* v, int n) noexcept nogil:
     """The median of v[0], ..., v[n - 1], n >= 1 (sorts them in place: n is at most MB)."""
     cdef int i, j
     cdef double x
@@ -498,6 +498,84 @@ cdef inline double median_of(double* v, int n) noexcept nogil:
     if n % 2:
         return v[n // 2]
     return 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+cdef inline void put_in_order(double* v, int i, int j) noexcept nogil:
+    """Compare and exchange: v[i] <= v[j] after. Two comparisons, the minimum's and the
+    maximum's, so that the compiler uses its min and max, not a branch; equal values
+    come out as two copies of one, which can only change the sign of a zero."""
+    cdef double a = v[i], b = v[j]
+    v[i] = b if b < a else a
+    v[j] = b if a < b else a
+
+
+cdef inline double median_of(double* v, int n) noexcept nogil:
+    """sorted_median_of, without its branches (whose comparisons of residuals come out
+    either way at random, and mispredicted cost more than all the rest of the median): the
+    values, then infinities up to MB (which sort after them), go through a sorting network.
+    Equal doubles are the same but for the sign of a zero, and the network may change the
+    signs of equal zeros: where the middle is a zero, sorted_median_of is asked."""
+    cdef double s[MB]
+    cdef int j
+    cdef double low, high
+    for j in range(MB):
+        s[j] = v[j] if j < n else INFINITY
+    # A network for 12 inputs (MB, ES's window): 39 comparators in 9 layers, the layers
+    # apart (tests/test_model.py sorts every input of 0s and 1s with it, which proves it)
+    put_in_order(s, 0, 8)
+    put_in_order(s, 1, 7)
+    put_in_order(s, 2, 6)
+    put_in_order(s, 3, 11)
+    put_in_order(s, 4, 10)
+    put_in_order(s, 5, 9)
+
+    put_in_order(s, 0, 1)
+    put_in_order(s, 2, 5)
+    put_in_order(s, 3, 4)
+    put_in_order(s, 6, 9)
+    put_in_order(s, 7, 8)
+    put_in_order(s, 10, 11)
+
+    put_in_order(s, 0, 2)
+    put_in_order(s, 1, 6)
+    put_in_order(s, 5, 10)
+    put_in_order(s, 9, 11)
+
+    put_in_order(s, 0, 3)
+    put_in_order(s, 1, 2)
+    put_in_order(s, 4, 6)
+    put_in_order(s, 5, 7)
+    put_in_order(s, 8, 11)
+    put_in_order(s, 9, 10)
+
+    put_in_order(s, 1, 4)
+    put_in_order(s, 3, 5)
+    put_in_order(s, 6, 8)
+    put_in_order(s, 7, 10)
+
+    put_in_order(s, 1, 3)
+    put_in_order(s, 2, 5)
+    put_in_order(s, 6, 9)
+    put_in_order(s, 8, 10)
+
+    put_in_order(s, 2, 3)
+    put_in_order(s, 4, 5)
+    put_in_order(s, 6, 7)
+    put_in_order(s, 8, 9)
+
+    put_in_order(s, 4, 6)
+    put_in_order(s, 5, 7)
+
+    put_in_order(s, 3, 4)
+    put_in_order(s, 5, 6)
+    put_in_order(s, 7, 8)
+    high = s[n // 2]
+    low = s[n // 2 - 1] if n % 2 == 0 else high
+    if high == 0.0 or low == 0.0:
+        return sorted_median_of(v, n)
+    if n % 2:
+        return high
+    return 0.5 * (low + high)
 
 
 cdef inline double count_scale(const double* sc, double count, const Params* P) noexcept nogil:
@@ -533,6 +611,19 @@ cdef inline void learn_count(double* sc, double count, const Params* P) noexcept
 def lazy_bounds():
     """LAZY_Z: per shape, the residual (in its scale) up to which its tail is surely wide."""
     return [LAZY_Z[c] for c in range(NC)]
+
+
+def median(values):
+    """median_of: the median of 1 to MB values, none NaN (tests hold it to a stable sort)."""
+    cdef double v[MB]
+    cdef int j, n = len(values)
+    if not 1 <= n <= MB:
+        raise ValueError(f"1 to {MB} values, got {n}")
+    for j in range(n):
+        v[j] = values[j]
+        if isnan(v[j]):
+            raise ValueError("a NaN has no place in a sort")
+    return median_of(v, n)
 
 
 def tail(int c, double z):
@@ -736,7 +827,9 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         mbv /= mb_count
     if mb_slow_count > 0:
         mbv_slow /= mb_slow_count
-    mbv_median = median_of(median_values, mb_median_count) if mb_median_count > 0 else 0.0
+    # (the median is judged and learnt only from MB // 2 values on)
+    mbv_median = (median_of(median_values, mb_median_count) if mb_median_count >= MB // 2
+                  else 0.0)
     if mb_count >= MB // 2:
         block_scales(&sc[X_MULTI], floor_, P, multi_scales)
     if mb_slow_count >= MB // 2:
