@@ -444,10 +444,11 @@ cdef inline double phase_habit(const double* doutliers, int64_t pd, int64_t phas
     """How often outliers of ``sign`` came at phase ``pd`` or a neighbouring one (the time
     of a daily spike wobbles by a bucket)."""
     cdef double habit = sign * doutliers[pd]
-    cdef double other = sign * doutliers[(pd + 1) % phases]
+    # the neighbours (pd + 1) % phases and (pd - 1) % phases, told without a division
+    cdef double other = sign * doutliers[pd + 1 if pd + 1 < phases else 0]
     if other > habit:
         habit = other
-    other = sign * doutliers[(pd + phases - 1) % phases]
+    other = sign * doutliers[pd - 1 if pd > 0 else phases - 1]
     if other > habit:
         habit = other
     return habit
@@ -661,12 +662,32 @@ cdef inline double multi_probability(const double* blk, double r, const double* 
     return block_probability(blk, r, scales, side, P, &half_width)
 
 
-cdef int step_one(const Params* P, double x, double count, int64_t b, int side, double* sc,
+ctypedef struct BucketPhases:
+    # Phases of one bucket in the seasonal profiles, the same for every series of a row:
+    # step_block finds them once a row (a 64-bit integer division is slow).
+    int64_t daily
+    int64_t daily_before    # that of the bucket before
+    int64_t weekly
+
+
+cdef inline void bucket_phases(const Params* P, int64_t b, BucketPhases* phases) noexcept nogil:
+    phases.daily = phases.daily_before = phases.weekly = 0
+    if P.daily_res > 0:
+        phases.daily = (b // P.daily_res) % P.daily_phases
+        # as a series that had the bucket before stored its number, a double
+        phases.daily_before = (<int64_t><double>(b - 1) // P.daily_res) % P.daily_phases
+    if P.weekly_res > 0:
+        phases.weekly = (b // P.weekly_res) % P.weekly_phases
+
+
+cdef int step_one(const Params* P, double x, double count, int64_t b,
+                  const BucketPhases* phases, int side, double* sc,
                   double* ring, double* daily, double* dcount, double* doutliers,
                   double* dspikes, double* weekly, double* wcount, double* out, const double* probes,
                   const double* probe_counts, Py_ssize_t n_probes,
                   double* probe_out) noexcept nogil:
     """Advance one series by one bucket. out = p_single, p_multi, typical, lower, upper.
+    ``phases``: those of bucket ``b`` (bucket_phases).
 
     ``count``: the records behind a mean, median or variance (NaN for other features, or
     none known): with ``count_variance`` the residual is judged in units of a bucket of the
@@ -675,7 +696,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     influencer value's records, ``probe_counts`` of them): ``probe_out`` gets their
     single-bucket probability against the same state, before the bucket is learnt (1 where
     there is nothing to compare with)."""
-    cdef int64_t pd = 0, pw = 0, slot
+    cdef int64_t pd = phases.daily, pw = phases.weekly, slot
     cdef int m, k, best_m, allowed, mb_count, mb_slow_count
     cdef double seas[3]
     cdef double e[6]
@@ -695,11 +716,6 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     cdef double median_scales[NC]
     cdef double probe_scales[NC]
     cdef double outlier_scale = 0.0
-
-    if P.daily_res > 0:
-        pd = (b // P.daily_res) % P.daily_phases
-    if P.weekly_res > 0:
-        pw = (b // P.weekly_res) % P.weekly_phases
 
     cdef Py_ssize_t j
     cdef double hwp, pv
@@ -993,7 +1009,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         # learns which, at the profile's gain a day (so one spike, 0.15, is not a habit):
         # a phase of several buckets forgets by 1 / (buckets per phase) of that a bucket.
         if sc[X_LAST] == <double>(b - 1):
-            last_phase = (<int64_t>sc[X_LAST] // P.daily_res) % P.daily_phases
+            last_phase = phases.daily_before
             spike = (sc[X_LAST_OUT] if sc[X_LAST_OUT] != 0.0 and outlier == 0.0
                      and sc[X_OUT_BEFORE] == 0.0 else 0.0)
             g = P.gamma_daily if spike != 0.0 else P.gamma_daily / P.daily_res
@@ -1045,8 +1061,10 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
     cdef double* wn
     cdef int status
     cdef bint with_counts = counts.shape[0] > 0
+    cdef BucketPhases phases
     o[0] = o[1] = o[2] = o[3] = o[4] = NAN  # step_one always writes all five
     for i in range(values.shape[0]):
+        bucket_phases(P, buckets[i], &phases)
         for s in range(values.shape[1]):
             dp = &daily[s, 0] if daily.shape[1] > 0 else NULL
             dn = &dcount[s, 0] if daily.shape[1] > 0 else NULL
@@ -1059,7 +1077,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
             while j_end < n_probes and probe_cell[j_end] == cell:
                 j_end += 1
             status = step_one(P, values[i, s], counts[i, s] if with_counts else NAN,
-                              buckets[i], side[s], &scalars[s, 0],
+                              buckets[i], &phases, side[s], &scalars[s, 0],
                               &ring[s, 0], dp, dn, dout, dspk, wp, wn, o,
                               &probe_values[j] if j_end > j else NULL,
                               &probe_counts[j] if j_end > j else NULL, j_end - j,
