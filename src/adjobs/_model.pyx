@@ -359,9 +359,13 @@ cdef void block_update(double* blk, double r, double floor, const double* scales
     cdef double n = blk[RB_N], a, rate, top = -INFINITY, sig, mult, keep
     cdef int c
     if n >= 1.0:
+        # shape by shape, so that each log_density is compiled for its shape
+        ll[0] = log_density(0, fabs(r) / scales[0]) - log(scales[0])
+        ll[1] = log_density(1, fabs(r) / scales[1]) - log(scales[1])
+        ll[2] = log_density(2, fabs(r) / scales[2]) - log(scales[2])
+        ll[3] = log_density(3, fabs(r) / scales[3]) - log(scales[3])
+        ll[4] = log_density(4, fabs(r) / scales[4]) - log(scales[4])
         for c in range(NC):
-            sig = scales[c]
-            ll[c] = log_density(c, fabs(r) / sig) - log(sig)
             if ll[c] > top:
                 top = ll[c]
         # One observation may move the odds between shapes by at most e^ll_cap, so a
