@@ -571,6 +571,34 @@ def test_each_shapes_lazy_bound_keeps_its_one_sided_tail_above_the_lazy_limit():
     assert _model.LAZY_MAX_BELOW >= 1 - (1 - 0.035) ** 0.5  # the analysis's record bound
 
 
+def _stable_median(values) -> float:
+    """The median as the model's sorted_median_of gives it: a stable sort's middle."""
+    ordered = sorted(values)  # stable: equal values (0.0 and -0.0) keep their order
+    n = len(ordered)
+    return ordered[n // 2] if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def test_median_network_finds_the_middle_of_every_input_of_two_values():
+    # The 0-1 principle: a comparator network that puts the middle of every input of two
+    # values in place (its pad of infinities after them) does so for every input.
+    for n in range(1, 13):
+        for bits in itertools.product((1.0, 2.0), repeat=n):
+            assert _model.median(bits) == _stable_median(bits), bits
+
+
+def test_median_is_bit_for_bit_the_stable_sorts_zeros_and_ties_included():
+    gen = rng(7)
+    pool = np.array([0.0, -0.0, 1.5, -1.5, 2.0, np.inf, -np.inf, 1e-300, -3.25])
+    for _ in range(20000):
+        n = int(gen.integers(1, 13))
+        values = (gen.choice(pool, n) if gen.random() < 0.5
+                  else np.round(gen.normal(size=n), 1) * gen.choice([1.0, 0.0], n)).tolist()
+        assert (np.float64(_model.median(values)).tobytes()
+                == np.float64(_stable_median(values)).tobytes()), values
+    with pytest.raises(ValueError):
+        _model.median([1.0, np.nan])
+
+
 @pytest.mark.parametrize("side", [0, 1, -1])
 def test_lazy_probabilities_are_exact_wherever_a_record_can_be(side):
     # lazy_below: the cells with min(p_single, p_multi) below it get both exactly; the others

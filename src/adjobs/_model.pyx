@@ -291,11 +291,27 @@ cdef inline double shape_scale(const double* blk, int c, double floor,
     return sig * (1.0 + P.inflate / (blk[RB_N] + 1.0))
 
 
-cdef double block_probability(const double* blk, double r, double floor, int side,
+cdef inline void block_scales(const double* blk, double floor, const Params* P,
+                              double* sig) noexcept nogil:
+    """shape_scale of every shape (the same operations): a block's probability, its lazy
+    test and its update all use the scales it had before the bucket, so a cell computes
+    them once, and the widening, common to the five, once."""
+    cdef double widen = 1.0 + P.inflate / (blk[RB_N] + 1.0)
+    cdef double s
+    cdef int c
+    for c in range(NC):
+        s = blk[RB_S] / KAPPA[c]
+        if s < floor:
+            s = floor
+        sig[c] = s * widen
+
+
+cdef double block_probability(const double* blk, double r, const double* scales, int side,
                               const Params* P, double* half_width,
                               double outlier_floor=0.0) noexcept nogil:
     """Tail probability of residual r: one-sided for side +1/-1, two-sided for 0.
-    ``outlier_floor``: the least weight of the outlier process (habitual outliers)."""
+    ``scales``: the block's block_scales. ``outlier_floor``: the least weight of the outlier
+    process (habitual outliers)."""
     cdef double w[5]
     cdef double p = 0.0, h = 0.0, sig, t, pc, best = -1.0, pi, sd, po
     cdef int c
@@ -304,7 +320,7 @@ cdef double block_probability(const double* blk, double r, double floor, int sid
         return 1.0
     shape_weights(blk, w, P)
     for c in range(NC):
-        sig = shape_scale(blk, c, floor, P)
+        sig = scales[c]
         t = tail2(c, fabs(r) / sig)
         if side == 0:
             pc = t
@@ -328,7 +344,7 @@ cdef double block_probability(const double* blk, double r, double floor, int sid
         if pi < outlier_floor:
             pi = outlier_floor
         sd = sqrt(blk[RB_VAR]) if blk[RB_VAR] > 0.25 else 0.5
-        sig = shape_scale(blk, 4, floor, P)
+        sig = scales[4]
         po = 0.5 * erfc((log(fabs(r) / sig + 1e-300) - blk[RB_MU]) / (SQRT2 * sd))
         if side != 0 and side * r < 0.0:
             po = 1.0
@@ -336,14 +352,20 @@ cdef double block_probability(const double* blk, double r, double floor, int sid
     return p
 
 
-cdef void block_update(double* blk, double r, double floor, const Params* P) noexcept nogil:
+cdef void block_update(double* blk, double r, double floor, const double* scales,
+                       const Params* P) noexcept nogil:
+    """Learn residual r. ``scales``: the block's block_scales (before it learns)."""
     cdef double ll[5]
     cdef double n = blk[RB_N], a, rate, top = -INFINITY, sig, mult, keep
     cdef int c
     if n >= 1.0:
+        # shape by shape, so that each log_density is compiled for its shape
+        ll[0] = log_density(0, fabs(r) / scales[0]) - log(scales[0])
+        ll[1] = log_density(1, fabs(r) / scales[1]) - log(scales[1])
+        ll[2] = log_density(2, fabs(r) / scales[2]) - log(scales[2])
+        ll[3] = log_density(3, fabs(r) / scales[3]) - log(scales[3])
+        ll[4] = log_density(4, fabs(r) / scales[4]) - log(scales[4])
         for c in range(NC):
-            sig = shape_scale(blk, c, floor, P)
-            ll[c] = log_density(c, fabs(r) / sig) - log(sig)
             if ll[c] > top:
                 top = ll[c]
         # One observation may move the odds between shapes by at most e^ll_cap, so a
@@ -353,7 +375,7 @@ cdef void block_update(double* blk, double r, double floor, const Params* P) noe
             if ll[c] < top - P.ll_cap:
                 ll[c] = top - P.ll_cap
             blk[RB_LL + c] = keep * blk[RB_LL + c] + ll[c] - top
-    sig = shape_scale(blk, 4, floor, P)
+    sig = scales[4]  # (the log-likelihoods are no part of a scale)
     if n >= 1.0:
         if fabs(r) > P.out_sigma * sig:
             blk[RB_OM] = blk[RB_OM] * (1.0 - P.out_rate) + 1.0
@@ -426,10 +448,11 @@ cdef inline double phase_habit(const double* doutliers, int64_t pd, int64_t phas
     """How often outliers of ``sign`` came at phase ``pd`` or a neighbouring one (the time
     of a daily spike wobbles by a bucket)."""
     cdef double habit = sign * doutliers[pd]
-    cdef double other = sign * doutliers[(pd + 1) % phases]
+    # the neighbours (pd + 1) % phases and (pd - 1) % phases, told without a division
+    cdef double other = sign * doutliers[pd + 1 if pd + 1 < phases else 0]
     if other > habit:
         habit = other
-    other = sign * doutliers[(pd + phases - 1) % phases]
+    other = sign * doutliers[pd - 1 if pd > 0 else phases - 1]
     if other > habit:
         habit = other
     return habit
@@ -449,24 +472,24 @@ cdef inline double window_habit(const double* spikes, int64_t pd, int64_t phases
     return total
 
 
-cdef inline double log_size(const double* sc, double r, double floor,
-                            const Params* P) noexcept nogil:
-    """log(|r| / scale), the size of a residual as the outlier process measures it."""
-    return log(fabs(r) / shape_scale(&sc[X_SINGLE], 4, floor, P) + 1e-300)
+cdef inline double log_size(double r, double gaussian_scale) noexcept nogil:
+    """log(|r| / scale), the size of a residual as the outlier process measures it (the
+    scale: the single-bucket block's Gaussian shape_scale)."""
+    return log(fabs(r) / gaussian_scale + 1e-300)
 
 
-cdef inline bint spike_of_usual_size(const double* sc, double r, double floor,
-                                     const Params* P) noexcept nogil:
+cdef inline bint spike_of_usual_size(const double* sc, double r,
+                                     double gaussian_scale) noexcept nogil:
     """Whether |r| is no larger than the isolated spikes seen so far: its log size at most
     1.5 standard deviations above theirs (0.5 at the least: about twice their usual size)."""
     cdef double sd
     if sc[X_SPIKES] <= 0.0:
         return False
     sd = sqrt(sc[X_SPIKE_VAR]) if sc[X_SPIKE_VAR] > 0.25 else 0.5
-    return log_size(sc, r, floor, P) <= sc[X_SPIKE_MU] + 1.5 * sd
+    return log_size(r, gaussian_scale) <= sc[X_SPIKE_MU] + 1.5 * sd
 
 
-cdef inline double median_of(double* v, int n) noexcept nogil:
+cdef inline double sorted_median_of(double* v, int n) noexcept nogil:
     """The median of v[0], ..., v[n - 1], n >= 1 (sorts them in place: n is at most MB)."""
     cdef int i, j
     cdef double x
@@ -480,6 +503,84 @@ cdef inline double median_of(double* v, int n) noexcept nogil:
     if n % 2:
         return v[n // 2]
     return 0.5 * (v[n // 2 - 1] + v[n // 2])
+
+
+cdef inline void put_in_order(double* v, int i, int j) noexcept nogil:
+    """Compare and exchange: v[i] <= v[j] after. Two comparisons, the minimum's and the
+    maximum's, so that the compiler uses its min and max, not a branch; equal values
+    come out as two copies of one, which can only change the sign of a zero."""
+    cdef double a = v[i], b = v[j]
+    v[i] = b if b < a else a
+    v[j] = b if a < b else a
+
+
+cdef inline double median_of(double* v, int n) noexcept nogil:
+    """sorted_median_of, without its branches (whose comparisons of residuals come out
+    either way at random, and mispredicted cost more than all the rest of the median): the
+    values, then infinities up to MB (which sort after them), go through a sorting network.
+    Equal doubles are the same but for the sign of a zero, and the network may change the
+    signs of equal zeros: where the middle is a zero, sorted_median_of is asked."""
+    cdef double s[MB]
+    cdef int j
+    cdef double low, high
+    for j in range(MB):
+        s[j] = v[j] if j < n else INFINITY
+    # A network for 12 inputs (MB, ES's window): 39 comparators in 9 layers, the layers
+    # apart (tests/test_model.py sorts every input of 0s and 1s with it, which proves it)
+    put_in_order(s, 0, 8)
+    put_in_order(s, 1, 7)
+    put_in_order(s, 2, 6)
+    put_in_order(s, 3, 11)
+    put_in_order(s, 4, 10)
+    put_in_order(s, 5, 9)
+
+    put_in_order(s, 0, 1)
+    put_in_order(s, 2, 5)
+    put_in_order(s, 3, 4)
+    put_in_order(s, 6, 9)
+    put_in_order(s, 7, 8)
+    put_in_order(s, 10, 11)
+
+    put_in_order(s, 0, 2)
+    put_in_order(s, 1, 6)
+    put_in_order(s, 5, 10)
+    put_in_order(s, 9, 11)
+
+    put_in_order(s, 0, 3)
+    put_in_order(s, 1, 2)
+    put_in_order(s, 4, 6)
+    put_in_order(s, 5, 7)
+    put_in_order(s, 8, 11)
+    put_in_order(s, 9, 10)
+
+    put_in_order(s, 1, 4)
+    put_in_order(s, 3, 5)
+    put_in_order(s, 6, 8)
+    put_in_order(s, 7, 10)
+
+    put_in_order(s, 1, 3)
+    put_in_order(s, 2, 5)
+    put_in_order(s, 6, 9)
+    put_in_order(s, 8, 10)
+
+    put_in_order(s, 2, 3)
+    put_in_order(s, 4, 5)
+    put_in_order(s, 6, 7)
+    put_in_order(s, 8, 9)
+
+    put_in_order(s, 4, 6)
+    put_in_order(s, 5, 7)
+
+    put_in_order(s, 3, 4)
+    put_in_order(s, 5, 6)
+    put_in_order(s, 7, 8)
+    high = s[n // 2]
+    low = s[n // 2 - 1] if n % 2 == 0 else high
+    if high == 0.0 or low == 0.0:
+        return sorted_median_of(v, n)
+    if n % 2:
+        return high
+    return 0.5 * (low + high)
 
 
 cdef inline double count_scale(const double* sc, double count, const Params* P) noexcept nogil:
@@ -517,6 +618,19 @@ def lazy_bounds():
     return [LAZY_Z[c] for c in range(NC)]
 
 
+def median(values):
+    """median_of: the median of 1 to MB values, none NaN (tests hold it to a stable sort)."""
+    cdef double v[MB]
+    cdef int j, n = len(values)
+    if not 1 <= n <= MB:
+        raise ValueError(f"1 to {MB} values, got {n}")
+    for j in range(n):
+        v[j] = values[j]
+        if isnan(v[j]):
+            raise ValueError("a NaN has no place in a sort")
+    return median_of(v, n)
+
+
 def tail(int c, double z):
     """tail2: P(|Z| >= z) under shape c (0 Cauchy, 1 t2, 2 t4, 3 Laplace, 4 Gaussian)."""
     if not 0 <= c < NC:
@@ -524,7 +638,7 @@ def tail(int c, double z):
     return tail2(c, z)
 
 
-cdef inline bint surely_ordinary(const double* blk, double r, double floor,
+cdef inline bint surely_ordinary(const double* blk, double r, const double* scales,
                                  const Params* P) noexcept nogil:
     """Whether block_probability(blk, r) is surely at least LAZY_MAX_BELOW, told without it:
     |r| is within LAZY_Z[c] scales of every shape c (a mixture of tails that wide is as
@@ -537,27 +651,47 @@ cdef inline bint surely_ordinary(const double* blk, double r, double floor,
     if isnan(r):
         return False
     for c in range(NC):
-        if fabs(r) > LAZY_Z[c] * shape_scale(blk, c, floor, P):
+        if fabs(r) > LAZY_Z[c] * scales[c]:
             return False
-    return fabs(r) <= P.out_sigma * shape_scale(blk, 4, floor, P)
+    return fabs(r) <= P.out_sigma * scales[4]
 
 
-cdef inline double multi_probability(const double* blk, double r, double floor, int side,
-                                     const Params* P, bint lazy) noexcept nogil:
+cdef inline double multi_probability(const double* blk, double r, const double* scales,
+                                     int side, const Params* P, bint lazy) noexcept nogil:
     """block_probability of a multi-bucket feature, or 1 where ``lazy`` and its p is surely
     at least lazy_below (the caller has found the cell cannot be a record)."""
     cdef double half_width
-    if lazy and surely_ordinary(blk, r, floor, P):
+    if lazy and surely_ordinary(blk, r, scales, P):
         return 1.0
-    return block_probability(blk, r, floor, side, P, &half_width)
+    return block_probability(blk, r, scales, side, P, &half_width)
 
 
-cdef int step_one(const Params* P, double x, double count, int64_t b, int side, double* sc,
+ctypedef struct BucketPhases:
+    # Phases of one bucket in the seasonal profiles, the same for every series of a row:
+    # step_block finds them once a row (a 64-bit integer division is slow).
+    int64_t daily
+    int64_t daily_before    # that of the bucket before
+    int64_t weekly
+
+
+cdef inline void bucket_phases(const Params* P, int64_t b, BucketPhases* phases) noexcept nogil:
+    phases.daily = phases.daily_before = phases.weekly = 0
+    if P.daily_res > 0:
+        phases.daily = (b // P.daily_res) % P.daily_phases
+        # as a series that had the bucket before stored its number, a double
+        phases.daily_before = (<int64_t><double>(b - 1) // P.daily_res) % P.daily_phases
+    if P.weekly_res > 0:
+        phases.weekly = (b // P.weekly_res) % P.weekly_phases
+
+
+cdef int step_one(const Params* P, double x, double count, int64_t b,
+                  const BucketPhases* phases, int side, double* sc,
                   double* ring, double* daily, double* dcount, double* doutliers,
                   double* dspikes, double* weekly, double* wcount, double* out, const double* probes,
                   const double* probe_counts, Py_ssize_t n_probes,
                   double* probe_out) noexcept nogil:
     """Advance one series by one bucket. out = p_single, p_multi, typical, lower, upper.
+    ``phases``: those of bucket ``b`` (bucket_phases).
 
     ``count``: the records behind a mean, median or variance (NaN for other features, or
     none known): with ``count_variance`` the residual is judged in units of a bucket of the
@@ -566,7 +700,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     influencer value's records, ``probe_counts`` of them): ``probe_out`` gets their
     single-bucket probability against the same state, before the bucket is learnt (1 where
     there is nothing to compare with)."""
-    cdef int64_t pd = 0, pw = 0, slot
+    cdef int64_t pd = phases.daily, pw = phases.weekly, slot
     cdef int m, k, best_m, allowed, mb_count, mb_slow_count
     cdef double seas[3]
     cdef double e[6]
@@ -578,11 +712,14 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     cdef int mb_median_count
     cdef int64_t last_phase
     cdef bint warm, lazy, single_skipped
-
-    if P.daily_res > 0:
-        pd = (b // P.daily_res) % P.daily_phases
-    if P.weekly_res > 0:
-        pw = (b // P.weekly_res) % P.weekly_phases
+    # block_scales of the four residual blocks against floor_ (a multi-bucket block's only
+    # once its feature has values enough to be judged and learnt), and of a probe's floor
+    cdef double single_scales[NC]
+    cdef double multi_scales[NC]
+    cdef double slow_scales[NC]
+    cdef double median_scales[NC]
+    cdef double probe_scales[NC]
+    cdef double outlier_scale = 0.0
 
     cdef Py_ssize_t j
     cdef double hwp, pv
@@ -647,9 +784,10 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
 
     # Minimum coefficient of variation (A.5): flat data never gives infinite anomalies
     floor_ = prediction_floor(P, sc, yhat, x)
+    block_scales(&sc[X_SINGLE], floor_, P, single_scales)
     if isnan(x):
         # no value: the model does not move; report what it expected
-        block_probability(&sc[X_SINGLE], 0.0, floor_, 0, P, &hw)
+        block_probability(&sc[X_SINGLE], 0.0, single_scales, 0, P, &hw)
         out[0] = out[1] = NAN
         out[2] = yhat
         out[3] = yhat - hw
@@ -709,7 +847,15 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         mbv /= mb_count
     if mb_slow_count > 0:
         mbv_slow /= mb_slow_count
-    mbv_median = median_of(median_values, mb_median_count) if mb_median_count > 0 else 0.0
+    # (the median is judged and learnt only from MB // 2 values on)
+    mbv_median = (median_of(median_values, mb_median_count) if mb_median_count >= MB // 2
+                  else 0.0)
+    if mb_count >= MB // 2:
+        block_scales(&sc[X_MULTI], floor_, P, multi_scales)
+    if mb_slow_count >= MB // 2:
+        block_scales(&sc[X_MULTI_SLOW], floor_, P, slow_scales)
+    if mb_median_count >= MB // 2:
+        block_scales(&sc[X_MULTI_MEDIAN], floor_, P, median_scales)
 
     # Spikes at the same time of day: a phase (or its neighbour) that has had more than one
     # recent outlier of this sign makes outliers there part of the series, not news.
@@ -724,7 +870,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     # nor is a spike much larger than the isolated spikes seen so far (a 30-sigma one where
     # the nightly job makes 12).
     if (P.spike_habit_window > 0.0 and P.daily_res > 0 and sc[X_LAST_OUT] == 0.0
-            and sc[X_LAST] == <double>(b - 1) and spike_of_usual_size(sc, rs, floor_, P)):
+            and sc[X_LAST] == <double>(b - 1) and spike_of_usual_size(sc, rs, single_scales[4])):
         spike_habit = window_habit(
             dspikes, pd, P.daily_phases, 1.0 if r > 0.0 else -1.0,
             <int64_t>(P.spike_habit_window / (P.daily_res * P.span) + 0.5))
@@ -735,21 +881,21 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     # one's interval with it). In the warm-up no p is below 0.05: nothing needs evaluating.
     warm = n < P.warm_buckets or hist < P.warm_seconds
     single_skipped = P.lazy_below > 0.0 and (
-        warm or surely_ordinary(&sc[X_SINGLE], rs, floor_, P))
+        warm or surely_ordinary(&sc[X_SINGLE], rs, single_scales, P))
     if single_skipped:
         ps = 1.0
         hw = NAN
     else:
-        ps = block_probability(&sc[X_SINGLE], rs, floor_, side, P, &hw, habit)
+        ps = block_probability(&sc[X_SINGLE], rs, single_scales, side, P, &hw, habit)
         hw *= root
     lazy = P.lazy_below > 0.0 and (ps >= P.lazy_below or warm)
     if mb_count >= MB // 2 and n >= MB:
-        pm = 1.0 if lazy and warm else multi_probability(&sc[X_MULTI], mbv, floor_, side, P,
-                                                         lazy)
+        pm = 1.0 if lazy and warm else multi_probability(&sc[X_MULTI], mbv, multi_scales,
+                                                         side, P, lazy)
         if P.slow_multi_bucket and mb_slow_count >= MB // 2:
             # the more unusual of the two, Sidak-corrected for looking at both
             pm_slow = 1.0 if lazy and warm else multi_probability(
-                &sc[X_MULTI_SLOW], mbv_slow, floor_, side, P, lazy)
+                &sc[X_MULTI_SLOW], mbv_slow, slow_scales, side, P, lazy)
             if pm_slow < pm:
                 pm = pm_slow
             # The median judges a level only once the season may be used: before that, the
@@ -757,7 +903,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             # same residuals are two summaries of one sample: still two looks.
             if mb_median_count >= MB // 2 and hist >= P.season_periods * DAY:
                 pm_median = 1.0 if lazy and warm else multi_probability(
-                    &sc[X_MULTI_MEDIAN], mbv_median, floor_, side, P, lazy)
+                    &sc[X_MULTI_MEDIAN], mbv_median, median_scales, side, P, lazy)
                 if pm_median < pm:
                     pm = pm_median
             pm = -expm1(2.0 * log1p(-pm)) if pm < 1.0 else 1.0
@@ -765,7 +911,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         pm = 1.0
     if single_skipped and not warm and pm < P.lazy_below:
         # a record through its multi-bucket p: its single-bucket p is wanted exactly too
-        ps = block_probability(&sc[X_SINGLE], rs, floor_, side, P, &hw, habit)
+        ps = block_probability(&sc[X_SINGLE], rs, single_scales, side, P, &hw, habit)
         hw *= root
     # Warm-up: "at least 4 buckets and 2 h" of history before anything is unusual
     if warm:
@@ -781,21 +927,23 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
     for j in range(n_probes):
         if isnan(probes[j]):
             continue
+        block_scales(&sc[X_SINGLE], prediction_floor(P, sc, yhat, probes[j]), P,
+                     probe_scales)
         pv = block_probability(&sc[X_SINGLE],
                                (probes[j] - yhat) / count_scale(sc, probe_counts[j], P),
-                               prediction_floor(P, sc, yhat, probes[j]), side, P, &hwp)
+                               probe_scales, side, P, &hwp)
         if (n < P.warm_buckets or hist < P.warm_seconds) and pv < 0.05:
             pv = 0.05
         probe_out[j] = pv
 
     # ---- learn
-    block_update(&sc[X_SINGLE], rs, floor_, P)
+    block_update(&sc[X_SINGLE], rs, floor_, single_scales, P)
     if mb_count >= MB // 2:
-        block_update(&sc[X_MULTI], mbv, floor_, P)
+        block_update(&sc[X_MULTI], mbv, floor_, multi_scales, P)
     if mb_slow_count >= MB // 2:
-        block_update(&sc[X_MULTI_SLOW], mbv_slow, floor_, P)
+        block_update(&sc[X_MULTI_SLOW], mbv_slow, floor_, slow_scales, P)
     if mb_median_count >= MB // 2:
-        block_update(&sc[X_MULTI_MEDIAN], mbv_median, floor_, P)
+        block_update(&sc[X_MULTI_MEDIAN], mbv_median, floor_, median_scales, P)
 
     t_rate = P.test_rate
     for m in range(NM):
@@ -855,16 +1003,17 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
         # start (not the running mean's 1 / count): one outlier, 0.15, never makes a habit,
         # so the first bucket of an incident does not excuse the next one
         outlier = 0.0
-        if (sc[X_SINGLE + RB_N] >= 4.0
-                and fabs(rs) > P.out_sigma * shape_scale(&sc[X_SINGLE], 4, floor_, P)):
-            outlier = 1.0 if r > 0.0 else -1.0
+        if sc[X_SINGLE + RB_N] >= 4.0:
+            outlier_scale = shape_scale(&sc[X_SINGLE], 4, floor_, P)  # learnt this bucket
+            if fabs(rs) > P.out_sigma * outlier_scale:
+                outlier = 1.0 if r > 0.0 else -1.0
         doutliers[pd] += P.gamma_daily * (outlier - doutliers[pd])
         dcount[pd] += 1.0
         # Now the last bucket is known to have been an isolated spike or not: its phase
         # learns which, at the profile's gain a day (so one spike, 0.15, is not a habit):
         # a phase of several buckets forgets by 1 / (buckets per phase) of that a bucket.
         if sc[X_LAST] == <double>(b - 1):
-            last_phase = (<int64_t>sc[X_LAST] // P.daily_res) % P.daily_phases
+            last_phase = phases.daily_before
             spike = (sc[X_LAST_OUT] if sc[X_LAST_OUT] != 0.0 and outlier == 0.0
                      and sc[X_OUT_BEFORE] == 0.0 else 0.0)
             g = P.gamma_daily if spike != 0.0 else P.gamma_daily / P.daily_res
@@ -882,7 +1031,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b, int side, 
             sc[X_OUT_BEFORE] = 0.0
         sc[X_LAST_OUT] = outlier
         # its size matters only if it turns out to be an isolated spike
-        sc[X_LAST_SIZE] = log_size(sc, rs, floor_, P) if outlier != 0.0 else 0.0
+        sc[X_LAST_SIZE] = log_size(rs, outlier_scale) if outlier != 0.0 else 0.0
     if P.weekly_res > 0:
         g = P.gamma_weekly
         if g < 1.0 / (wcount[pw] + 1.0):
@@ -916,8 +1065,10 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
     cdef double* wn
     cdef int status
     cdef bint with_counts = counts.shape[0] > 0
+    cdef BucketPhases phases
     o[0] = o[1] = o[2] = o[3] = o[4] = NAN  # step_one always writes all five
     for i in range(values.shape[0]):
+        bucket_phases(P, buckets[i], &phases)
         for s in range(values.shape[1]):
             dp = &daily[s, 0] if daily.shape[1] > 0 else NULL
             dn = &dcount[s, 0] if daily.shape[1] > 0 else NULL
@@ -930,7 +1081,7 @@ cdef int step_block(const Params* P, const double[:, ::1] values,
             while j_end < n_probes and probe_cell[j_end] == cell:
                 j_end += 1
             status = step_one(P, values[i, s], counts[i, s] if with_counts else NAN,
-                              buckets[i], side[s], &scalars[s, 0],
+                              buckets[i], &phases, side[s], &scalars[s, 0],
                               &ring[s, 0], dp, dn, dout, dspk, wp, wn, o,
                               &probe_values[j] if j_end > j else NULL,
                               &probe_counts[j] if j_end > j else NULL, j_end - j,
