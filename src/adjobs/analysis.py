@@ -663,6 +663,66 @@ def _raw_scores(scored: list[_ScoredBucket]) -> None:
         s.raw, s.influencer_raw, s.bucket_raw = pieces[3 * i:3 * i + 3]
 
 
+#: The first bytes of a state blob written by :func:`_pack_state`. Blobs written before it
+#: are ``np.savez`` zip files, which start with ``b"PK"``; :func:`_unpack_state` reads both.
+_STATE_MAGIC = b"ADJOBS-STATE\x00\x00\x00\x01"
+#: Each array's bytes start at a multiple of this from the start of the blob.
+_STATE_ALIGNMENT = 8
+
+
+def _pack_state(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    """``meta`` (JSON) and ``arrays`` as one blob: the magic, the length of a JSON header
+    (little-endian uint64), the header, then each array's raw bytes, C order, aligned.
+
+    ``np.savez`` wrote a zip member with an npy header per array, which cost more than the
+    rest of a commit's state: this is one ``json.dumps`` and one join.
+    """
+    layout = []
+    parts: list[Any] = []
+    offset = 0
+    for name, value in arrays.items():
+        array = np.asarray(value)
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray would make 0-d arrays 1-d)
+            array = array.copy(order="C")
+        if array.dtype.hasobject or array.dtype.fields is not None:
+            raise ValueError(f"state array {name!r} has dtype {array.dtype}, not a plain one")
+        layout.append([name, array.dtype.str, list(array.shape)])
+        parts.append(array.data if array.nbytes else b"")
+        offset += array.nbytes
+        padding = -offset % _STATE_ALIGNMENT
+        if padding:
+            parts.append(bytes(padding))
+            offset += padding
+    header = json.dumps({"meta": meta, "arrays": layout}).encode()
+    header += b" " * (-(len(_STATE_MAGIC) + 8 + len(header)) % _STATE_ALIGNMENT)
+    return b"".join([_STATE_MAGIC, len(header).to_bytes(8, "little"), header, *parts])
+
+
+def _unpack_state(blob: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """The ``meta`` and arrays of a state blob: one of :func:`_pack_state`'s, or an
+    ``np.savez`` zip of older versions (its ``meta`` array holding the JSON). The arrays are
+    writable copies, owned by the caller."""
+    if not blob.startswith(_STATE_MAGIC):
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            return meta, {name: data[name] for name in data.files if name != "meta"}
+    start = len(_STATE_MAGIC) + 8
+    length = int.from_bytes(blob[len(_STATE_MAGIC):start], "little")
+    header = json.loads(blob[start:start + length])
+    offset = start + length
+    arrays: dict[str, np.ndarray] = {}
+    for name, dtype_str, shape in header["arrays"]:
+        dtype = np.dtype(dtype_str)
+        count = math.prod(shape)
+        arrays[name] = np.frombuffer(blob, dtype=dtype, count=count,
+                                     offset=offset).reshape(tuple(shape)).copy()
+        offset += count * dtype.itemsize
+        offset += -offset % _STATE_ALIGNMENT
+    if offset != len(blob):
+        raise ValueError(f"a state blob of {len(blob)} bytes whose header describes {offset}")
+    return header["meta"], arrays
+
+
 class JobAnalysis:
     """The analysis of one open job. Not thread-safe: the service holds the job's lock."""
 
@@ -1315,39 +1375,36 @@ class JobAnalysis:
                 else:
                     meta.setdefault("model_meta", {})[f"{d}:{name}"] = value
             meta["detectors"].append(names)
-        buffer = io.BytesIO()
-        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                 **arrays)
-        return buffer.getvalue()
+        return _pack_state(meta, arrays)
 
     def set_state(self, blob: bytes) -> None:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
-            self.next_bucket = meta["next_bucket"]
-            self.bucket_count = meta["bucket_count"]
-            self.total_processing_ms = meta["total_processing_ms"]
-            self.average_processing_ms = meta["average_processing_ms"]
-            self.memory_status = meta["memory_status"]
-            self.allocation_failures = meta["allocation_failures"]
-            self.peak_model_bytes = meta["peak_model_bytes"]
-            # States saved before interim correction existed have no count history yet.
-            self.final_count_sum = meta.get("final_count_sum", 0.0)
-            self.final_count_weight = meta.get("final_count_weight", 0.0)
-            self.normalisers = {level: scoring.Normaliser.from_state(state)
-                                for level, state in meta["normalisers"].items()}
-            if "buffer_times" in data:
-                self._chunks = [(data["buffer_times"], data["buffer_numeric"],
-                                 data["buffer_codes"])]
-            else:
-                self._chunks = []
-            model_meta = meta.get("model_meta", {})
-            for d, detector in enumerate(self.detectors):
-                models = {name: data[f"d{d}_m_{name}"] for name in meta["detectors"][d]}
-                for key, value in model_meta.items():
-                    index, _, name = key.partition(":")
-                    if int(index) == d:
-                        models[name] = value
-                detector.set_state(
-                    {"keys": data[f"d{d}_keys"], "columns": data[f"d{d}_columns"],
-                     "models": models}
-                )
+        """Continue from a blob of :meth:`get_state`, of this version or an older one."""
+        meta, data = _unpack_state(blob)
+        self.next_bucket = meta["next_bucket"]
+        self.bucket_count = meta["bucket_count"]
+        self.total_processing_ms = meta["total_processing_ms"]
+        self.average_processing_ms = meta["average_processing_ms"]
+        self.memory_status = meta["memory_status"]
+        self.allocation_failures = meta["allocation_failures"]
+        self.peak_model_bytes = meta["peak_model_bytes"]
+        # States saved before interim correction existed have no count history yet.
+        self.final_count_sum = meta.get("final_count_sum", 0.0)
+        self.final_count_weight = meta.get("final_count_weight", 0.0)
+        self.normalisers = {level: scoring.Normaliser.from_state(state)
+                            for level, state in meta["normalisers"].items()}
+        if "buffer_times" in data:
+            self._chunks = [(data["buffer_times"], data["buffer_numeric"],
+                             data["buffer_codes"])]
+        else:
+            self._chunks = []
+        model_meta = meta.get("model_meta", {})
+        for d, detector in enumerate(self.detectors):
+            models = {name: data[f"d{d}_m_{name}"] for name in meta["detectors"][d]}
+            for key, value in model_meta.items():
+                index, _, name = key.partition(":")
+                if int(index) == d:
+                    models[name] = value
+            detector.set_state(
+                {"keys": data[f"d{d}_keys"], "columns": data[f"d{d}_columns"],
+                 "models": models}
+            )
