@@ -18,6 +18,11 @@ from libc.stdint cimport uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
+cdef extern from "adjobs_float.h":
+    int ADJOBS_FLOAT_REPR_MAX
+    # repr(value)'s text for a finite value, from std::to_chars; -1: ask Python
+    int adjobs_float_repr(double value, char* out)
+
 cdef extern from "Python.h":
     bint PyDict_CheckExact(object)
     bint PyList_CheckExact(object)
@@ -162,7 +167,15 @@ cdef int put_float(Text* out, double value) noexcept:
     cdef int status
     if not isfinite(value):
         return UNSUPPORTED  # the json module raises its ValueError
-    # float.__repr__, which the json module writes
+    # float.__repr__, which the json module writes: written in place by adjobs_float.h
+    # (dtoa, below, costs most of a document's time), by Python where that cannot
+    if reserve(out, ADJOBS_FLOAT_REPR_MAX) != DONE:
+        return NO_MEMORY
+    n = adjobs_float_repr(value, out.data + out.length)
+    if n >= 0:
+        out.length += n
+        return DONE
+    n = 0
     text = PyOS_double_to_string(value, c'r', 0, Py_DTSF_ADD_DOT_0, NULL)
     if text == NULL:
         PyErr_Clear()
