@@ -1250,19 +1250,27 @@ class JobAnalysis:
         changes: list[dict] = []
         records = [d for d in docs if d["result_type"] == "record" and "raw_score" in d]
         if records:
+            # Records share a few scopes (a partition or person each): each worked out once.
+            keys = [(d.get("detector_index", 0), d.get("partition_field_value"),
+                     d.get("by_field_value"), d.get("over_field_value")) for d in records]
+            scopes: dict[tuple, str] = {}
+            for key, d in zip(keys, records, strict=True):
+                if key not in scopes:
+                    scopes[key] = self._record_doc_scope(d)
             scores = self.normalisers["record"].normalise(
-                np.array([d["raw_score"] for d in records]),
-                [self._record_doc_scope(d) for d in records])
+                np.array([d["raw_score"] for d in records]), [scopes[key] for key in keys])
             # As Python floats (the same values): cheaper to compare one at a time.
             for doc, score in zip(records, scores.tolist(), strict=True):
                 if float(score) != doc["record_score"]:
                     changes.append({**_identity(doc), "record_score": float(score)})
         influencers = [d for d in docs if d["result_type"] == "influencer" and "raw_score" in d]
         if influencers:
+            values = [(d["influencer_field_name"], d["influencer_field_value"])
+                      for d in influencers]
+            scopes = {value: influencer_scope(*value) for value in dict.fromkeys(values)}
             scores = self.normalisers["influencer"].normalise(
                 np.array([d["raw_score"] for d in influencers]),
-                [influencer_scope(d["influencer_field_name"], d["influencer_field_value"])
-                 for d in influencers])
+                [scopes[value] for value in values])
             for doc, score in zip(influencers, scores.tolist(), strict=True):
                 if float(score) != doc["influencer_score"]:
                     changes.append({**_identity(doc), "influencer_score": float(score)})
@@ -1272,14 +1280,16 @@ class JobAnalysis:
             scores = self.normalisers["bucket"].normalise(
                 np.array([bi["raw_anomaly_score"] for _, bi in items]),
                 [bi["influencer_field_name"] for _, bi in items])
+            scores = scores.tolist()
+            moved = {doc["timestamp"] for (doc, bi), score in zip(items, scores, strict=True)
+                     if score != bi["anomaly_score"]}
+            # A bucket that moved gets all its bucket influencers' new scores.
             new: dict[int, list[dict]] = {}
-            moved: set[int] = set()
-            for (doc, bi), score in zip(items, scores.tolist(), strict=True):
-                new.setdefault(doc["timestamp"], []).append(
-                    {"influencer_field_name": bi["influencer_field_name"],
-                     "anomaly_score": float(score)})
-                if float(score) != bi["anomaly_score"]:
-                    moved.add(doc["timestamp"])
+            for (doc, bi), score in zip(items, scores, strict=True):
+                if doc["timestamp"] in moved:
+                    new.setdefault(doc["timestamp"], []).append(
+                        {"influencer_field_name": bi["influencer_field_name"],
+                         "anomaly_score": score})
             for stamp in sorted(moved):
                 changes.append({"result_type": "bucket", "timestamp": stamp,
                                 "bucket_influencers": new[stamp]})
