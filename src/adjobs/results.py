@@ -357,9 +357,10 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
     influencers = list(batch.influencers)
     made = getattr(batch, "rows", None) or {}
     if getattr(batch, "replaces_interim", False):
+        # Then no interim result is left for the batch to replace.
         delete_interim(db, job_id)
-    stamps = {int(doc["timestamp"]) for doc in itertools.chain(buckets, records, influencers)}
-    if stamps:
+    elif buckets or records or influencers:
+        stamps: set[int] | None = None  # the batch's, worked out if any interim is stored
         for table in _TABLES:
             # Look up the few interim timestamps stored (from the partial index) rather than
             # run one DELETE per timestamp of the batch, which may hold hundreds of buckets.
@@ -368,6 +369,11 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
                 " WHERE job_id = ? AND is_interim",
                 (job_id,),
             ).fetchall()
+            if not interim:
+                continue
+            if stamps is None:
+                stamps = {int(doc["timestamp"])
+                          for doc in itertools.chain(buckets, records, influencers)}
             replaced = sorted(stamps.intersection(stamp for (stamp,) in interim))
             if replaced:
                 db.executemany(
