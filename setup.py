@@ -64,7 +64,18 @@ def c_extension(name: str) -> Extension:
 
 
 # The time-series model kernel (adjobs.model) and the normaliser's bucket-by-bucket state
-# walk (adjobs.scoring), and the JSON text of result documents (adjobs.results).
-kernels = [c_extension("_model"), c_extension("_normaliser"), c_extension("_jsontext")]
+# walk (adjobs.scoring).
+kernels = [c_extension("_model"), c_extension("_normaliser")]
+# The JSON text of result documents (adjobs.results): C++17 for std::to_chars, which writes
+# floats' shortest digits (ext/adjobs_float.h).
+kernels.append(Extension(
+    "adjobs._jsontext",
+    sources=["src/adjobs/_jsontext.pyx"],
+    include_dirs=["ext"],
+    depends=["ext/adjobs_float.h"],
+    language="c++",
+    extra_compile_args=compile_args,
+    define_macros=macros,
+))
 
 setup(ext_modules=cythonize([extension, *kernels], compiler_directives=directives))

@@ -6,11 +6,13 @@ planted anomaly is what the job reports, with the values the data gives.
 
 from __future__ import annotations
 
+import gzip
 import json
 import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1160,3 +1162,80 @@ def test_a_buckets_records_are_kept_most_unlikely_first_ties_in_row_order(monkey
     assert run.scopes == [record_scope("p", v, "", "") for v in "dbeaba"]
     assert run.influencer_probability.tolist() == [0.0005, 0.001, 0.001, 0.02, 0.01, 0.03]
     assert run.field_names == ["bucket_time", "p"] * 2
+
+
+# A state blob as adjobs wrote it before get_state packed its arrays itself (np.savez, a
+# zip), gzipped: the three-detector job below after the first two thirds of
+# metric_data(buckets=200, spike=(150, "c", 4.0)) plus four records, posted at once.
+NPZ_STATE = Path(__file__).parent / "data" / "analysis_state_npz.bin.gz"
+
+
+def three_model_kinds() -> dict:
+    """Series models, population models and rare models: every kind of state array."""
+    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"},
+                  influencers=("host",))
+    body["analysis_config"]["detectors"] += [
+        {"function": "high_count", "over_field_name": "host"},
+        {"function": "rare", "by_field_name": "host"},
+    ]
+    return body
+
+
+def test_a_state_of_an_older_version_restores_every_array_and_the_new_one_round_trips():
+    from adjobs.analysis import JobAnalysis, _unpack_state
+    from adjobs.config import parse_job_config
+
+    old_blob = gzip.decompress(NPZ_STATE.read_bytes())
+    assert old_blob.startswith(b"PK")  # an np.savez zip
+    analysis = JobAnalysis(parse_job_config("old", three_model_kinds()))
+    analysis.set_state(old_blob)
+    new_blob = analysis.get_state()
+    assert not new_blob.startswith(b"PK")
+    old_meta, old_arrays = _unpack_state(old_blob)
+    new_meta, new_arrays = _unpack_state(new_blob)
+    assert new_meta == old_meta
+    assert list(new_arrays) == list(old_arrays)
+    assert "buffer_times" in new_arrays and "d2_m_counts" in new_arrays  # buffered records
+    for name, array in old_arrays.items():
+        assert new_arrays[name].dtype == array.dtype, name
+        assert new_arrays[name].shape == array.shape, name
+        assert np.array_equal(new_arrays[name], array), name
+        assert new_arrays[name].flags.writeable and new_arrays[name].flags.owndata, name
+    # The new format restores to the same state, byte for byte.
+    again = JobAnalysis(parse_job_config("old", three_model_kinds()))
+    again.set_state(new_blob)
+    assert again.get_state() == new_blob
+
+
+def test_a_job_continues_alike_from_an_older_versions_state_and_from_a_new_one(tmp_path):
+    import sqlite3
+
+    body = three_model_kinds()
+    docs = metric_data(buckets=200, spike=(150, "c", 4.0))
+    first = len(docs) * 2 // 3 + 4  # as NPZ_STATE was made
+    old_blob = gzip.decompress(NPZ_STATE.read_bytes())
+    found = {}
+    for kind in ("old", "new"):
+        path = tmp_path / kind
+        with adjobs.JobService(path) as service:
+            service.put_job("job", body)
+            service.open_job("job")
+            service.post_data("job", docs[:first])
+            service.close_job("job")
+        if kind == "old":
+            db = sqlite3.connect(path / "adjobs.db")
+            with db:
+                assert db.execute("UPDATE analysis_state SET state = ? WHERE job_id = 'job'",
+                                  (old_blob,)).rowcount == 1
+            db.close()
+        with adjobs.JobService(path) as service:
+            service.open_job("job")
+            service.post_data("job", docs[first:])
+            service.flush_job("job")
+            found[kind] = (
+                service.get_buckets("job", size=1000, expand=True),
+                service.get_records("job", size=1000),
+                service.get_influencers("job", size=1000),
+            )
+    assert found["old"][1]["count"] >= 3  # the spike, among others
+    assert found["old"] == found["new"]

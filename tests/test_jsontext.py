@@ -45,6 +45,28 @@ def test_edge_values_have_the_json_modules_text(value, text):
     assert _jsontext.encode(value) == text == _json_module(value)
 
 
+def test_floats_of_every_magnitude_have_reprs_text():
+    # The digits come from std::to_chars (ext/adjobs_float.h), the layout copies repr's:
+    # random bit patterns (every exponent, subnormals included), the decimals that scores
+    # are rounded to, and the boundaries of each layout and of the exponent's digits.
+    rng = np.random.default_rng(11)
+    bits = rng.integers(0, 2**64, size=300_000, dtype=np.uint64).view(np.float64)
+    values = bits[np.isfinite(bits)].tolist()
+    values += (rng.random(50_000) * 100).round(4).tolist()
+    values += [float(f"{m}e{e}") for m, e in zip(
+        rng.integers(1, 10**17, size=50_000).tolist(), rng.integers(-30, 30, size=50_000).tolist(),
+        strict=True)]
+    for exponent in range(-1074, 1024):
+        power = 2.0**exponent
+        values += [power, -power, math.nextafter(power, 0.0)]
+    for exponent in range(-323, 309):
+        power = float(f"1e{exponent}")
+        values += [power, math.nextafter(power, 0.0), math.nextafter(power, math.inf)]
+    values += [0.0, -0.0, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 1e16,
+               9999999999999998.0, 1e-4, 9.999999999999999e-05, 0.1, 0.3, 2 / 3, 1e22, 1e23]
+    assert _jsontext.encode(values) == "[" + ",".join(map(repr, values)) + "]"
+
+
 class _Float(float):
     pass
 

@@ -581,6 +581,20 @@ def test_scopes_keep_separate_maxima():
     assert out[1] > 90.0
 
 
+def test_scopes_are_named_as_numpy_str_arrays_hold_them():
+    # Trailing NULs are dropped and other objects made strs, as a numpy str array would:
+    # the scope table is one; names that are plain strs without a NUL are taken as they are.
+    norm = Normaliser(1800)
+    norm.update([0.0] * 10_000, "z")
+    norm.update([10.0, 1.0, 4.0], ["a", "b", "c\x00d"])
+    clean = norm.normalise([1.0, 1.0, 1.0, 1.0], ["a", "b", "c\x00d", "new"])
+    assert clean[0] == pytest.approx(15.0) and clean[1] > 90.0 and clean[3] > 90.0
+    assert clean[2] != clean[3]  # a NUL inside a name is part of it
+    for names in (["a\x00", np.str_("b"), "c\x00d", "new\x00\x00"],
+                  np.array(["a", "b", "c\x00d", "new"])):
+        assert norm.normalise([1.0, 1.0, 1.0, 1.0], names).tolist() == clean.tolist()
+
+
 def test_big_change():
     norm = Normaliser(300)
     assert norm.update([1.0], "a") is True  # new scope with a positive score

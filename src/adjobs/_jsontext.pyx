@@ -18,6 +18,11 @@ from libc.stdint cimport uint32_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
+cdef extern from "adjobs_float.h":
+    int ADJOBS_FLOAT_REPR_MAX
+    # repr(value)'s text for a finite value, from std::to_chars; -1: ask Python
+    int adjobs_float_repr(double value, char* out)
+
 cdef extern from "Python.h":
     bint PyDict_CheckExact(object)
     bint PyList_CheckExact(object)
@@ -31,6 +36,7 @@ cdef extern from "Python.h":
     void* PyTuple_GET_ITEM(object, Py_ssize_t)
     Py_ssize_t PyUnicode_GET_LENGTH(object)
     int PyUnicode_KIND(object)
+    int PyUnicode_1BYTE_KIND
     void* PyUnicode_DATA(object)
     # as a code point number (Cython would make a Py_UCS4 a one-character str)
     uint32_t PyUnicode_READ(int kind, void* data, Py_ssize_t index)
@@ -96,8 +102,25 @@ cdef int put_string(Text* out, object value) noexcept:
     cdef Py_ssize_t n = PyUnicode_GET_LENGTH(value), i
     cdef int kind = PyUnicode_KIND(value)
     cdef void* data = PyUnicode_DATA(value)
+    cdef const unsigned char* latin1
     cdef uint32_t c
     cdef char* at
+    if kind == PyUnicode_1BYTE_KIND:
+        # Keys and most values are printable ASCII, nothing to escape: copied whole.
+        latin1 = <const unsigned char*>data
+        for i in range(n):
+            c = latin1[i]
+            if c < 0x20 or c > 0x7E or c == 0x22 or c == 0x5C:
+                break
+        else:
+            if reserve(out, n + 2) != DONE:
+                return NO_MEMORY
+            at = out.data + out.length
+            at[0] = c'"'
+            memcpy(at + 1, latin1, n)
+            at[n + 1] = c'"'
+            out.length += n + 2
+            return DONE
     # at most 12 characters per code point (a surrogate pair), and the quotes
     if reserve(out, 12 * n + 2) != DONE:
         return NO_MEMORY
@@ -162,7 +185,15 @@ cdef int put_float(Text* out, double value) noexcept:
     cdef int status
     if not isfinite(value):
         return UNSUPPORTED  # the json module raises its ValueError
-    # float.__repr__, which the json module writes
+    # float.__repr__, which the json module writes: written in place by adjobs_float.h
+    # (dtoa, below, costs most of a document's time), by Python where that cannot
+    if reserve(out, ADJOBS_FLOAT_REPR_MAX) != DONE:
+        return NO_MEMORY
+    n = adjobs_float_repr(value, out.data + out.length)
+    if n >= 0:
+        out.length += n
+        return DONE
+    n = 0
     text = PyOS_double_to_string(value, c'r', 0, Py_DTSF_ADD_DOT_0, NULL)
     if text == NULL:
         PyErr_Clear()

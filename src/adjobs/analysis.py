@@ -684,6 +684,66 @@ class _ScoredRun:
         return scores, big_change
 
 
+#: The first bytes of a state blob written by :func:`_pack_state`. Blobs written before it
+#: are ``np.savez`` zip files, which start with ``b"PK"``; :func:`_unpack_state` reads both.
+_STATE_MAGIC = b"ADJOBS-STATE\x00\x00\x00\x01"
+#: Each array's bytes start at a multiple of this from the start of the blob.
+_STATE_ALIGNMENT = 8
+
+
+def _pack_state(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
+    """``meta`` (JSON) and ``arrays`` as one blob: the magic, the length of a JSON header
+    (little-endian uint64), the header, then each array's raw bytes, C order, aligned.
+
+    ``np.savez`` wrote a zip member with an npy header per array, which cost more than the
+    rest of a commit's state: this is one ``json.dumps`` and one join.
+    """
+    layout = []
+    parts: list[Any] = []
+    offset = 0
+    for name, value in arrays.items():
+        array = np.asarray(value)
+        if not array.flags.c_contiguous:  # (np.ascontiguousarray would make 0-d arrays 1-d)
+            array = array.copy(order="C")
+        if array.dtype.hasobject or array.dtype.fields is not None:
+            raise ValueError(f"state array {name!r} has dtype {array.dtype}, not a plain one")
+        layout.append([name, array.dtype.str, list(array.shape)])
+        parts.append(array.data if array.nbytes else b"")
+        offset += array.nbytes
+        padding = -offset % _STATE_ALIGNMENT
+        if padding:
+            parts.append(bytes(padding))
+            offset += padding
+    header = json.dumps({"meta": meta, "arrays": layout}).encode()
+    header += b" " * (-(len(_STATE_MAGIC) + 8 + len(header)) % _STATE_ALIGNMENT)
+    return b"".join([_STATE_MAGIC, len(header).to_bytes(8, "little"), header, *parts])
+
+
+def _unpack_state(blob: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """The ``meta`` and arrays of a state blob: one of :func:`_pack_state`'s, or an
+    ``np.savez`` zip of older versions (its ``meta`` array holding the JSON). The arrays are
+    writable copies, owned by the caller."""
+    if not blob.startswith(_STATE_MAGIC):
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            meta = json.loads(bytes(data["meta"]).decode())
+            return meta, {name: data[name] for name in data.files if name != "meta"}
+    start = len(_STATE_MAGIC) + 8
+    length = int.from_bytes(blob[len(_STATE_MAGIC):start], "little")
+    header = json.loads(blob[start:start + length])
+    offset = start + length
+    arrays: dict[str, np.ndarray] = {}
+    for name, dtype_str, shape in header["arrays"]:
+        dtype = np.dtype(dtype_str)
+        count = math.prod(shape)
+        arrays[name] = np.frombuffer(blob, dtype=dtype, count=count,
+                                     offset=offset).reshape(tuple(shape)).copy()
+        offset += count * dtype.itemsize
+        offset += -offset % _STATE_ALIGNMENT
+    if offset != len(blob):
+        raise ValueError(f"a state blob of {len(blob)} bytes whose header describes {offset}")
+    return header["meta"], arrays
+
+
 class JobAnalysis:
     """The analysis of one open job. Not thread-safe: the service holds the job's lock."""
 
@@ -1219,19 +1279,27 @@ class JobAnalysis:
         changes: list[dict] = []
         records = [d for d in docs if d["result_type"] == "record" and "raw_score" in d]
         if records:
+            # Records share a few scopes (a partition or person each): each worked out once.
+            keys = [(d.get("detector_index", 0), d.get("partition_field_value"),
+                     d.get("by_field_value"), d.get("over_field_value")) for d in records]
+            scopes: dict[tuple, str] = {}
+            for key, d in zip(keys, records, strict=True):
+                if key not in scopes:
+                    scopes[key] = self._record_doc_scope(d)
             scores = self.normalisers["record"].normalise(
-                np.array([d["raw_score"] for d in records]),
-                [self._record_doc_scope(d) for d in records])
+                np.array([d["raw_score"] for d in records]), [scopes[key] for key in keys])
             # As Python floats (the same values): cheaper to compare one at a time.
             for doc, score in zip(records, scores.tolist(), strict=True):
                 if float(score) != doc["record_score"]:
                     changes.append({**_identity(doc), "record_score": float(score)})
         influencers = [d for d in docs if d["result_type"] == "influencer" and "raw_score" in d]
         if influencers:
+            values = [(d["influencer_field_name"], d["influencer_field_value"])
+                      for d in influencers]
+            scopes = {value: influencer_scope(*value) for value in dict.fromkeys(values)}
             scores = self.normalisers["influencer"].normalise(
                 np.array([d["raw_score"] for d in influencers]),
-                [influencer_scope(d["influencer_field_name"], d["influencer_field_value"])
-                 for d in influencers])
+                [scopes[value] for value in values])
             for doc, score in zip(influencers, scores.tolist(), strict=True):
                 if float(score) != doc["influencer_score"]:
                     changes.append({**_identity(doc), "influencer_score": float(score)})
@@ -1241,14 +1309,16 @@ class JobAnalysis:
             scores = self.normalisers["bucket"].normalise(
                 np.array([bi["raw_anomaly_score"] for _, bi in items]),
                 [bi["influencer_field_name"] for _, bi in items])
+            scores = scores.tolist()
+            moved = {doc["timestamp"] for (doc, bi), score in zip(items, scores, strict=True)
+                     if score != bi["anomaly_score"]}
+            # A bucket that moved gets all its bucket influencers' new scores.
             new: dict[int, list[dict]] = {}
-            moved: set[int] = set()
-            for (doc, bi), score in zip(items, scores.tolist(), strict=True):
-                new.setdefault(doc["timestamp"], []).append(
-                    {"influencer_field_name": bi["influencer_field_name"],
-                     "anomaly_score": float(score)})
-                if float(score) != bi["anomaly_score"]:
-                    moved.add(doc["timestamp"])
+            for (doc, bi), score in zip(items, scores, strict=True):
+                if doc["timestamp"] in moved:
+                    new.setdefault(doc["timestamp"], []).append(
+                        {"influencer_field_name": bi["influencer_field_name"],
+                         "anomaly_score": score})
             for stamp in sorted(moved):
                 changes.append({"result_type": "bucket", "timestamp": stamp,
                                 "bucket_influencers": new[stamp]})
@@ -1344,39 +1414,36 @@ class JobAnalysis:
                 else:
                     meta.setdefault("model_meta", {})[f"{d}:{name}"] = value
             meta["detectors"].append(names)
-        buffer = io.BytesIO()
-        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                 **arrays)
-        return buffer.getvalue()
+        return _pack_state(meta, arrays)
 
     def set_state(self, blob: bytes) -> None:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-            meta = json.loads(bytes(data["meta"]).decode())
-            self.next_bucket = meta["next_bucket"]
-            self.bucket_count = meta["bucket_count"]
-            self.total_processing_ms = meta["total_processing_ms"]
-            self.average_processing_ms = meta["average_processing_ms"]
-            self.memory_status = meta["memory_status"]
-            self.allocation_failures = meta["allocation_failures"]
-            self.peak_model_bytes = meta["peak_model_bytes"]
-            # States saved before interim correction existed have no count history yet.
-            self.final_count_sum = meta.get("final_count_sum", 0.0)
-            self.final_count_weight = meta.get("final_count_weight", 0.0)
-            self.normalisers = {level: scoring.Normaliser.from_state(state)
-                                for level, state in meta["normalisers"].items()}
-            if "buffer_times" in data:
-                self._chunks = [(data["buffer_times"], data["buffer_numeric"],
-                                 data["buffer_codes"])]
-            else:
-                self._chunks = []
-            model_meta = meta.get("model_meta", {})
-            for d, detector in enumerate(self.detectors):
-                models = {name: data[f"d{d}_m_{name}"] for name in meta["detectors"][d]}
-                for key, value in model_meta.items():
-                    index, _, name = key.partition(":")
-                    if int(index) == d:
-                        models[name] = value
-                detector.set_state(
-                    {"keys": data[f"d{d}_keys"], "columns": data[f"d{d}_columns"],
-                     "models": models}
-                )
+        """Continue from a blob of :meth:`get_state`, of this version or an older one."""
+        meta, data = _unpack_state(blob)
+        self.next_bucket = meta["next_bucket"]
+        self.bucket_count = meta["bucket_count"]
+        self.total_processing_ms = meta["total_processing_ms"]
+        self.average_processing_ms = meta["average_processing_ms"]
+        self.memory_status = meta["memory_status"]
+        self.allocation_failures = meta["allocation_failures"]
+        self.peak_model_bytes = meta["peak_model_bytes"]
+        # States saved before interim correction existed have no count history yet.
+        self.final_count_sum = meta.get("final_count_sum", 0.0)
+        self.final_count_weight = meta.get("final_count_weight", 0.0)
+        self.normalisers = {level: scoring.Normaliser.from_state(state)
+                            for level, state in meta["normalisers"].items()}
+        if "buffer_times" in data:
+            self._chunks = [(data["buffer_times"], data["buffer_numeric"],
+                             data["buffer_codes"])]
+        else:
+            self._chunks = []
+        model_meta = meta.get("model_meta", {})
+        for d, detector in enumerate(self.detectors):
+            models = {name: data[f"d{d}_m_{name}"] for name in meta["detectors"][d]}
+            for key, value in model_meta.items():
+                index, _, name = key.partition(":")
+                if int(index) == d:
+                    models[name] = value
+            detector.set_state(
+                {"keys": data[f"d{d}_keys"], "columns": data[f"d{d}_columns"],
+                 "models": models}
+            )

@@ -55,6 +55,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import operator
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -356,9 +357,10 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
     influencers = list(batch.influencers)
     made = getattr(batch, "rows", None) or {}
     if getattr(batch, "replaces_interim", False):
+        # Then no interim result is left for the batch to replace.
         delete_interim(db, job_id)
-    stamps = {int(doc["timestamp"]) for doc in itertools.chain(buckets, records, influencers)}
-    if stamps:
+    elif buckets or records or influencers:
+        stamps: set[int] | None = None  # the batch's, worked out if any interim is stored
         for table in _TABLES:
             # Look up the few interim timestamps stored (from the partial index) rather than
             # run one DELETE per timestamp of the batch, which may hold hundreds of buckets.
@@ -367,6 +369,11 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
                 " WHERE job_id = ? AND is_interim",
                 (job_id,),
             ).fetchall()
+            if not interim:
+                continue
+            if stamps is None:
+                stamps = {int(doc["timestamp"])
+                          for doc in itertools.chain(buckets, records, influencers)}
             replaced = sorted(stamps.intersection(stamp for (stamp,) in interim))
             if replaced:
                 db.executemany(
@@ -577,20 +584,12 @@ def rescored_batch(batch: Any, since_ms: int, rescore: Callable[[list[dict]], li
     Each change applies to every document of the batch with its identity (the row that an
     ``UPDATE`` would find is the one of them written last). Changed documents are copies.
     """
-    def eligible(doc: Mapping[str, Any]) -> bool:
-        return int(doc["timestamp"]) >= since_ms and not doc.get("is_interim")
-
     # What iter_for_renormalisation would read back, in the order it would read it: the
     # documents themselves, which hold the identity, score and raw score it reads, and more.
-    def timestamp(doc: Mapping[str, Any]) -> int:
-        return int(doc["timestamp"])
-
     read_back = [
-        *sorted((doc for doc in batch.buckets
-                 if eligible(doc) and isinstance(doc.get("bucket_influencers"), list)
-                 and doc["bucket_influencers"]), key=timestamp),
-        *sorted((doc for doc in batch.records if eligible(doc)), key=timestamp),
-        *sorted((doc for doc in batch.influencers if eligible(doc)), key=timestamp),
+        *_read_back(batch.buckets, since_ms, scored_buckets_only=True),
+        *_read_back(batch.records, since_ms),
+        *_read_back(batch.influencers, since_ms),
     ]
     record_scores: dict[tuple[int, str], float] = {}
     influencer_scores: dict[tuple[int, str, str], float] = {}
@@ -611,35 +610,64 @@ def rescored_batch(batch: Any, since_ms: int, rescore: Callable[[list[dict]], li
         else:
             raise ValueError(f"unknown result_type {kind!r} in a score change")
 
-    def rescored_bucket(doc: dict) -> dict:
-        changes = bucket_changes.get(int(doc["timestamp"]))
-        if not changes:
-            return doc
-        doc = {**doc, "bucket_influencers": [dict(item)
-                                             for item in doc.get("bucket_influencers") or ()]}
-        for change in changes:
-            _change_bucket(doc, change)
-        return doc
-
-    def rescored_record(doc: dict) -> dict:
-        score = record_scores.get((int(doc["timestamp"]), record_ident(doc)))
-        return doc if score is None else {**doc, "record_score": score}
-
-    def rescored_influencer(doc: dict) -> dict:
-        score = influencer_scores.get((int(doc["timestamp"]), str(doc["influencer_field_name"]),
-                                       str(doc["influencer_field_value"])))
-        return doc if score is None else {**doc, "influencer_score": score}
-
+    buckets = list(batch.buckets)
+    if bucket_changes:
+        for i, doc in enumerate(buckets):
+            changes = bucket_changes.get(int(doc["timestamp"]))
+            if changes:
+                doc = {**doc, "bucket_influencers": [
+                    dict(item) for item in doc.get("bucket_influencers") or ()]}
+                for change in changes:
+                    _change_bucket(doc, change)
+                buckets[i] = doc
+    # A document's identity is only worked out in a bucket with a change: most have none.
+    records = list(batch.records)
+    if record_scores:
+        stamps = {stamp for stamp, _ in record_scores}
+        for i, doc in enumerate(records):
+            stamp = int(doc["timestamp"])
+            if stamp in stamps:
+                score = record_scores.get((stamp, record_ident(doc)))
+                if score is not None:
+                    records[i] = {**doc, "record_score": score}
+    influencers = list(batch.influencers)
+    if influencer_scores:
+        stamps = {stamp for stamp, _, _ in influencer_scores}
+        for i, doc in enumerate(influencers):
+            stamp = int(doc["timestamp"])
+            if stamp in stamps:
+                score = influencer_scores.get((stamp, str(doc["influencer_field_name"]),
+                                               str(doc["influencer_field_value"])))
+                if score is not None:
+                    influencers[i] = {**doc, "influencer_score": score}
     return ResultBatch(
-        buckets=[rescored_bucket(doc) for doc in batch.buckets] if bucket_changes
-        else list(batch.buckets),
-        records=[rescored_record(doc) for doc in batch.records] if record_scores
-        else list(batch.records),
-        influencers=[rescored_influencer(doc) for doc in batch.influencers]
-        if influencer_scores else list(batch.influencers),
+        buckets=buckets,
+        records=records,
+        influencers=influencers,
         replaces_interim=bool(getattr(batch, "replaces_interim", False)),
         rows=getattr(batch, "rows", None) or {},
     )
+
+
+def _read_back(docs: Iterable[Mapping[str, Any]], since_ms: int, *,
+               scored_buckets_only: bool = False) -> list:
+    """The documents that :func:`iter_for_renormalisation` would read back of those in a
+    batch (from ``since_ms`` on, not interim; buckets with bucket influencers only if
+    ``scored_buckets_only``), in timestamp order, documents of one timestamp in batch order."""
+    eligible = []
+    for doc in docs:
+        stamp = int(doc["timestamp"])
+        if stamp >= since_ms and not doc.get("is_interim"):
+            if scored_buckets_only:
+                influencers = doc.get("bucket_influencers")
+                if not (isinstance(influencers, list) and influencers):
+                    continue
+            eligible.append((stamp, doc))
+    eligible.sort(key=_first)  # stable: a timestamp's documents keep their order
+    return [doc for _, doc in eligible]
+
+
+_first = operator.itemgetter(0)
 
 
 def iter_for_renormalisation(

@@ -29,6 +29,7 @@ Rules in one place:
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -662,6 +663,10 @@ def _discretise(raw: np.ndarray) -> np.ndarray:
     return np.floor(raw * DISCRETISATION_FACTOR + 0.5).astype(np.int64)
 
 
+#: The default of ``dict.get`` mapped over scopes: 0.0 for a scope not held.
+_ZEROS = itertools.repeat(0.0)
+
+
 def _scope_list(scopes: Any, n: int) -> list[str]:
     """One scope key (str) per score: None -> the single scope "", a str -> that for all."""
     if scopes is None:
@@ -947,7 +952,7 @@ class Normaliser:
         zeros = int(self._counts[0]) if self._keys[0] == 0 else 0
         below = cum[np.searchsorted(self._keys, d, side="left")]
         held = dict(zip(self._scopes.tolist(), self._scope_max.tolist(), strict=True))
-        scope_max = np.fromiter((held.get(name, 0.0) for name in _scope_list(scopes, raw.size)),
+        scope_max = np.fromiter(map(held.get, _scope_list(scopes, raw.size), _ZEROS),
                                 dtype=np.float64, count=raw.size)
         tail_k, tail_u, tail_excess = self._tail(n, zeros)
         cap = None
