@@ -420,11 +420,13 @@ cdef inline double clip(double v, double lim) noexcept nogil:
     return v
 
 
-cdef inline double robust_mean_abs(double current, double a, double n, double rate) noexcept nogil:
+cdef inline double robust_mean_abs(double current, double a, double n, double rate,
+                                   double inv_count) noexcept nogil:
+    """``inv_count``: 1 / (n + 1), the least rate (the caller's, which needs it too)."""
     if n >= 4.0 and a > WINSOR * current:
         a = WINSOR * current
-    if rate < 1.0 / (n + 1.0):
-        rate = 1.0 / (n + 1.0)
+    if rate < inv_count:
+        rate = inv_count
     return current + rate * (a - current)
 
 
@@ -706,6 +708,7 @@ cdef int step_one(const Params* P, double x, double count, int64_t b,
     cdef double e[6]
     cdef double n = sc[X_N], hist, sd, sw, yhat, r, floor_, hw
     cdef double score, best_score, ps, pm, mbv, sig, lim, dev, dc, g, shift, err_floor
+    cdef double inv_count, mse_rate
     cdef double run, t_rate, habit = 0.0, outlier, root, rs, r_slow, mbv_slow, pm_slow
     cdef double spike_habit, spike, size_dev, mbv_median, pm_median
     cdef double median_values[MB]
@@ -946,22 +949,24 @@ cdef int step_one(const Params* P, double x, double count, int64_t b,
         block_update(&sc[X_MULTI_MEDIAN], mbv_median, floor_, median_scales, P)
 
     t_rate = P.test_rate
+    # the least learning rate, a running mean's, divided once for all the means below
+    inv_count = 1.0 / (n + 1.0)
+    # Squared errors, not winsorised: the rare large errors that a profile avoids (a jump at
+    # the same time every day) are exactly the evidence for using it.
+    mse_rate = t_rate if t_rate > inv_count else inv_count
     for m in range(NM):
         err_floor = sc[X_ERR + m]
         if err_floor < floor_:
             err_floor = floor_
         lim = P.level_clip * err_floor if n >= 4.0 else INFINITY
         sc[X_LEV + m] += P.alpha[m % 2] * clip(e[m], lim)
-        sc[X_ERR + m] = robust_mean_abs(err_floor, fabs(e[m]), n, t_rate)
-        # Squared errors, not winsorised: the rare large errors that a profile avoids (a
-        # jump at the same time every day) are exactly the evidence for using it.
-        g = t_rate if t_rate > 1.0 / (n + 1.0) else 1.0 / (n + 1.0)
+        sc[X_ERR + m] = robust_mean_abs(err_floor, fabs(e[m]), n, t_rate, inv_count)
         # A residual beyond 1e154 (a value near the double range) squares to infinity,
         # which would leave every error NaN for good: it counts as the largest double.
         square = e[m] * e[m]
         if square > DBL_MAX:
             square = DBL_MAX
-        sc[X_MSE + m] += g * (square - sc[X_MSE + m])
+        sc[X_MSE + m] += mse_rate * (square - sc[X_MSE + m])
 
     # Change acceptance: a run of large residuals of one sign becomes the new level
     sig = sc[X_SINGLE + RB_S] / KAPPA[4]
@@ -988,11 +993,11 @@ cdef int step_one(const Params* P, double x, double count, int64_t b,
 
     # Baseline and seasonal profiles, learned on winsorised deviations from the baseline
     dev = x - sc[X_BASE]
-    sc[X_BDEV] = robust_mean_abs(sc[X_BDEV], fabs(dev), n, t_rate)
+    sc[X_BDEV] = robust_mean_abs(sc[X_BDEV], fabs(dev), n, t_rate, inv_count)
     dc = clip(dev, WINSOR * sc[X_BDEV]) if n >= 4.0 else dev
     g = P.base_rate
-    if g < 1.0 / (n + 1.0):
-        g = 1.0 / (n + 1.0)
+    if g < inv_count:
+        g = inv_count
     sc[X_BASE] += g * dc
     if P.daily_res > 0:
         g = P.gamma_daily
