@@ -1267,10 +1267,10 @@ class JobAnalysis:
         if influencers:
             values = [(d["influencer_field_name"], d["influencer_field_value"])
                       for d in influencers]
-            scopes = {value: influencer_scope(*value) for value in dict.fromkeys(values)}
+            value_scopes = {value: influencer_scope(*value) for value in dict.fromkeys(values)}
             scores = self.normalisers["influencer"].normalise(
                 np.array([d["raw_score"] for d in influencers]),
-                [scopes[value] for value in values])
+                [value_scopes[value] for value in values])
             for doc, score in zip(influencers, scores.tolist(), strict=True):
                 if float(score) != doc["influencer_score"]:
                     changes.append({**_identity(doc), "influencer_score": float(score)})

@@ -647,6 +647,9 @@ def rescored_batch(batch: Any, since_ms: int, rescore: Callable[[list[dict]], li
     )
 
 
+_first = operator.itemgetter(0)
+
+
 def _read_back(docs: Iterable[Mapping[str, Any]], since_ms: int, *,
                scored_buckets_only: bool = False) -> list:
     """The documents that :func:`iter_for_renormalisation` would read back of those in a
@@ -663,9 +666,6 @@ def _read_back(docs: Iterable[Mapping[str, Any]], since_ms: int, *,
             eligible.append((stamp, doc))
     eligible.sort(key=_first)  # stable: a timestamp's documents keep their order
     return [doc for _, doc in eligible]
-
-
-_first = operator.itemgetter(0)
 
 
 def iter_for_renormalisation(
