@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from . import scoring
+from . import _jsontext, scoring
 from .config import Detector, JobConfig
 from .features import (
     COUNT_FUNCTIONS,
@@ -693,7 +693,10 @@ def _pack_state(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
         if padding:
             parts.append(bytes(padding))
             offset += padding
-    header = json.dumps({"meta": meta, "arrays": layout}).encode()
+    described = {"meta": meta, "arrays": layout}
+    # Compact JSON from the compiled writer of result documents, json's where it declines
+    # (a non-finite float): either reads back the same.
+    header = (_jsontext.encode(described) or json.dumps(described)).encode()
     header += b" " * (-(len(_STATE_MAGIC) + 8 + len(header)) % _STATE_ALIGNMENT)
     return b"".join([_STATE_MAGIC, len(header).to_bytes(8, "little"), header, *parts])
 
@@ -1364,8 +1367,9 @@ class JobAnalysis:
             "memory_status": self.memory_status,
             "allocation_failures": self.allocation_failures,
             "peak_model_bytes": self.peak_model_bytes,
-            "final_count_sum": self.final_count_sum,
-            "final_count_weight": self.final_count_weight,
+            # floats, not the numpy floats they may be: the same JSON, from the fast writer
+            "final_count_sum": float(self.final_count_sum),
+            "final_count_weight": float(self.final_count_weight),
             "normalisers": {level: n.to_state() for level, n in self.normalisers.items()},
             "detectors": [],
         }
