@@ -123,3 +123,79 @@ def test_an_analysed_uploads_documents_are_all_written_by_the_compiled_encoder()
     assert len(batch.buckets) >= 290 and batch.records and batch.influencers
     for doc in documents:
         assert _jsontext.encode(doc) == _json_module(doc)
+
+
+def _python_row(kind, doc):
+    return (results._bucket_row, results._record_row, results._influencer_row)[kind]("j", doc)
+
+
+def _outcome(make):
+    try:
+        return make()
+    except Exception as error:  # noqa: BLE001 - the error is what is compared
+        return type(error), str(error)
+
+
+class _Doc(dict):
+    pass
+
+
+@pytest.mark.parametrize("kind, doc", [
+    (0, {"timestamp": 1, "anomaly_score": 2.5, "initial_anomaly_score": 3, "event_count": 7,
+         "is_interim": True, "bucket_influencers": []}),
+    (0, {"timestamp": "12", "anomaly_score": "0.5", "is_interim": 1}),  # strs made numbers
+    (0, {"timestamp": np.int64(5), "anomaly_score": np.float64(1.5), "event_count": None}),
+    (0, {"anomaly_score": 1.0}),  # no timestamp: KeyError
+    (0, {"timestamp": 1, "anomaly_score": "x"}),  # not a number: ValueError
+    (0, {"timestamp": 1, "anomaly_score": math.nan}),  # NaN: ValueError from the json module
+    (0, {"timestamp": 1.9, "anomaly_score": True, "initial_anomaly_score": False}),
+    (1, {"timestamp": 3, "detector_index": 2, "partition_field_value": "é", "record_score": 4,
+         "initial_record_score": 5.5, "probability": 1e-9, "raw_score": 0.25, "is_interim": 0,
+         "by_field_value": "b", "over_field_value": None, "field_name": "f", "function": "mean",
+         "typical": [np.float64(0.5)]}),
+    (1, {"timestamp": 3, "by_field_value": np.str_("s"), "detector_index": np.int32(1)}),
+    (1, {"timestamp": 3, "detector_index": "1", "partition_field_value": 2**70}),
+    (1, {"timestamp": 3, "partition_field_value": ["a"], "record_score": math.inf}),
+    (2, {"timestamp": 4, "influencer_field_name": "airline", "influencer_field_value": "AAL",
+         "influencer_score": 9, "initial_influencer_score": 9.5, "probability": 0.01,
+         "raw_score": 1.5, "is_interim": "yes"}),
+    (2, {"timestamp": 4, "influencer_field_name": 7, "influencer_field_value": None}),
+    (2, {"timestamp": 4, "influencer_field_name": "airline"}),  # no value: KeyError
+    (1, _Doc(timestamp=3, record_score=2.0)),  # not a dict: the Python function
+])
+def test_compiled_rows_are_the_python_functions_rows_and_errors(kind, doc):
+    expected = _outcome(lambda: _python_row(kind, doc))
+    assert _outcome(lambda: results._row_writer.row(kind, "j", doc)) == expected
+    assert _outcome(lambda: results._rows("j", [doc], {}, kind)) == (
+        [expected] if isinstance(expected, tuple) and expected[0] == "j" else expected)
+
+
+def test_an_analysed_uploads_rows_are_the_python_functions_rows(monkeypatch):
+    import adjobs
+    from adjobs import store
+
+    written = []
+
+    def write_results(db, job_id, batch):
+        written.append(batch)
+        return results.write_results(db, job_id, batch)
+
+    monkeypatch.setattr(store, "write_results", write_results)
+
+    rng = np.random.default_rng(5)
+    docs = [{"time": 1_600_000_000 + 600 * b, "airline": airline,
+             "responsetime": rng.normal(100.0, 5.0) + (300.0 if (b, airline) == (200, "ÉLY") else 0)}
+            for b in range(260) for airline in ("AAL", "ÉLY", "KLM")]
+    with adjobs.JobService() as service:
+        service.put_job("j", {
+            "analysis_config": {"bucket_span": "10m", "influencers": ["airline"],
+                                "detectors": [{"function": "mean", "field_name": "responsetime",
+                                               "partition_field_name": "airline"}]},
+            "data_description": {"time_field": "time", "time_format": "epoch"}})
+        service.open_job("j")
+        service.post_data("j", docs)
+    (batch,) = written
+    for kind, name in enumerate(("buckets", "records", "influencers")):
+        found = getattr(batch, name)
+        assert found, name
+        assert results._rows("j", found, {}, kind) == [_python_row(kind, doc) for doc in found]

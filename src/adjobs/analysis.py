@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from . import scoring
+from . import _jsontext, scoring
 from .config import Detector, JobConfig
 from .features import (
     COUNT_FUNCTIONS,
@@ -714,7 +714,10 @@ def _pack_state(meta: dict, arrays: dict[str, np.ndarray]) -> bytes:
         if padding:
             parts.append(bytes(padding))
             offset += padding
-    header = json.dumps({"meta": meta, "arrays": layout}).encode()
+    described = {"meta": meta, "arrays": layout}
+    # Compact JSON from the compiled writer of result documents, json's where it declines
+    # (a non-finite float): either reads back the same.
+    header = (_jsontext.encode(described) or json.dumps(described)).encode()
     header += b" " * (-(len(_STATE_MAGIC) + 8 + len(header)) % _STATE_ALIGNMENT)
     return b"".join([_STATE_MAGIC, len(header).to_bytes(8, "little"), header, *parts])
 
@@ -1296,10 +1299,10 @@ class JobAnalysis:
         if influencers:
             values = [(d["influencer_field_name"], d["influencer_field_value"])
                       for d in influencers]
-            scopes = {value: influencer_scope(*value) for value in dict.fromkeys(values)}
+            value_scopes = {value: influencer_scope(*value) for value in dict.fromkeys(values)}
             scores = self.normalisers["influencer"].normalise(
                 np.array([d["raw_score"] for d in influencers]),
-                [scopes[value] for value in values])
+                [value_scopes[value] for value in values])
             for doc, score in zip(influencers, scores.tolist(), strict=True):
                 if float(score) != doc["influencer_score"]:
                     changes.append({**_identity(doc), "influencer_score": float(score)})
@@ -1393,8 +1396,9 @@ class JobAnalysis:
             "memory_status": self.memory_status,
             "allocation_failures": self.allocation_failures,
             "peak_model_bytes": self.peak_model_bytes,
-            "final_count_sum": self.final_count_sum,
-            "final_count_weight": self.final_count_weight,
+            # floats, not the numpy floats they may be: the same JSON, from the fast writer
+            "final_count_sum": float(self.final_count_sum),
+            "final_count_weight": float(self.final_count_weight),
             "normalisers": {level: n.to_state() for level, n in self.normalisers.items()},
             "detectors": [],
         }

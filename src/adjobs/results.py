@@ -311,37 +311,35 @@ def _influencer_row(job_id: str, doc: Mapping[str, Any]) -> tuple:
     )
 
 
-#: Each kind of document with the function that makes its row.
-_ROW_OF = (("buckets", _bucket_row), ("records", _record_row),
-           ("influencers", _influencer_row))
+#: The kinds of documents, numbered as :class:`adjobs._jsontext.RowWriter` numbers them.
+_KINDS = ("buckets", "records", "influencers")
+_BUCKETS, _RECORDS, _INFLUENCERS = range(3)
+#: Makes the rows of dicts in compiled code, as the three functions above make them (which
+#: it calls for other mappings).
+_row_writer = _jsontext.RowWriter(_dumps, _dumps_ident,
+                                  (_bucket_row, _record_row, _influencer_row))
 
 
 def encode_rows(job_id: str, batch: ResultBatch, go_on: Callable[[], bool]) -> None:
     """Make rows for the documents of ``batch`` that have none yet, while ``go_on()``, so
     that :func:`write_results` only inserts them: the service makes them while it would
     otherwise wait for the next chunk to be read, rather than in the commit."""
-    for kind, row_of in _ROW_OF:
-        for doc in getattr(batch, kind):
+    row = _row_writer.row
+    for kind, name in enumerate(_KINDS):
+        for doc in getattr(batch, name):
             if not go_on():
                 return
             if id(doc) not in batch.rows:
                 try:
-                    batch.rows[id(doc)] = (job_id, doc, row_of(job_id, doc))
+                    batch.rows[id(doc)] = (job_id, doc, row(kind, job_id, doc))
                 except ValueError:
                     pass  # a NaN: write_results raises it, in the commit, as ever
 
 
-def _rows(job_id: str, docs: list, made: Mapping[int, tuple],
-          row_of: Callable[[str, Any], tuple]) -> list[tuple]:
-    """The rows of ``docs``: those :func:`encode_rows` made, and the others."""
-    rows = []
-    for doc in docs:
-        ready = made.get(id(doc))
-        if ready is not None and ready[1] is doc and ready[0] == job_id:
-            rows.append(ready[2])
-        else:
-            rows.append(row_of(job_id, doc))
-    return rows
+def _rows(job_id: str, docs: list, made: Mapping[int, tuple], kind: int) -> list[tuple]:
+    """The rows of ``docs`` (of ``_KINDS[kind]``): those :func:`encode_rows` made, and the
+    others."""
+    return _row_writer.rows(kind, job_id, docs, made)
 
 
 def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
@@ -385,7 +383,7 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
         db.executemany(
             "INSERT OR REPLACE INTO result_buckets (job_id, timestamp, anomaly_score,"
             " initial_anomaly_score, event_count, is_interim, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            _rows(job_id, buckets, made, _bucket_row),
+            _rows(job_id, buckets, made, _BUCKETS),
         )
     if records:
         db.executemany(
@@ -393,7 +391,7 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
             " record_score, initial_record_score, probability, raw_score, is_interim,"
             " partition_field_value, by_field_value, over_field_value, field_name, function,"
             " doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _rows(job_id, records, made, _record_row),
+            _rows(job_id, records, made, _RECORDS),
         )
     if influencers:
         db.executemany(
@@ -401,7 +399,7 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
             " influencer_field_name, influencer_field_value, influencer_score,"
             " initial_influencer_score, probability, raw_score, is_interim, doc)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _rows(job_id, influencers, made, _influencer_row),
+            _rows(job_id, influencers, made, _INFLUENCERS),
         )
 
 
@@ -649,6 +647,9 @@ def rescored_batch(batch: Any, since_ms: int, rescore: Callable[[list[dict]], li
     )
 
 
+_first = operator.itemgetter(0)
+
+
 def _read_back(docs: Iterable[Mapping[str, Any]], since_ms: int, *,
                scored_buckets_only: bool = False) -> list:
     """The documents that :func:`iter_for_renormalisation` would read back of those in a
@@ -665,9 +666,6 @@ def _read_back(docs: Iterable[Mapping[str, Any]], since_ms: int, *,
             eligible.append((stamp, doc))
     eligible.sort(key=_first)  # stable: a timestamp's documents keep their order
     return [doc for _, doc in eligible]
-
-
-_first = operator.itemgetter(0)
 
 
 def iter_for_renormalisation(
