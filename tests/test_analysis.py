@@ -1239,3 +1239,27 @@ def test_a_job_continues_alike_from_an_older_versions_state_and_from_a_new_one(t
             )
     assert found["old"][1]["count"] >= 3  # the spike, among others
     assert found["old"] == found["new"]
+
+
+def test_record_probabilities_are_the_combined_ones_wherever_a_record_can_be():
+    from adjobs import scoring
+    from adjobs.analysis import RECORD_PROBABILITY, _record_probabilities
+
+    rng = np.random.default_rng(7)
+    shape = (60, 9)
+    p_single = 10.0 ** -rng.uniform(0, 3, shape)
+    p_multi = 10.0 ** -rng.uniform(0, 3, shape)
+    p_single[rng.random(shape) < 0.2] = np.nan
+    p_multi[rng.random(shape) < 0.3] = np.nan
+    p_multi[0, :3] = [0.02, 0.03, 0.0175]  # near the bound, alone or with p_single
+    p_single[0, :3] = [np.nan, 0.5, 0.018]
+    got = _record_probabilities(p_single, p_multi)
+    combined = scoring.combine_single_multi(p_single, p_multi)
+    records = combined < RECORD_PROBABILITY
+    assert records.sum() > 100 and (~records & ~np.isnan(combined)).sum() > 100
+    assert (got[records] == combined[records]).all()  # bit for bit
+    assert ((got < RECORD_PROBABILITY) == records).all()
+    assert (np.isinf(got) == np.isnan(combined)).all()
+    # alone, 0.02 is a record; with another test, 0.03 is not and 0.0175 (just) is
+    assert got[0, :3].tolist() == combined[0, :3].tolist()
+    assert records[0, :3].tolist() == [True, False, True]

@@ -311,14 +311,13 @@ class _DetectorAnalysis:
         before = self.models.state() if self.retest is not None and codes is not None else None
         out = self.models.step(values, buckets // span_ms, counts=counts)
         p_single, p_multi = out["p_single"], out["p_multi"]
-        combined = scoring.combine_single_multi(p_single, p_multi)
         # A series is as unusual as its most unusual statistic, corrected for k looks.
         series_columns = np.array(sorted(self.series.values()), dtype=np.int64)
         if k == 1:
-            p = combined[:, series_columns]
-            p[np.isnan(p)] = np.inf
+            p = _record_probabilities(p_single[:, series_columns], p_multi[:, series_columns])
             worst = np.zeros(p.shape, dtype=np.intp)
         else:
+            combined = scoring.combine_single_multi(p_single, p_multi)
             block = np.stack([combined[:, series_columns + j] for j in range(k)], axis=2)
             block = np.where(np.isnan(block), np.inf, block)
             worst = np.argmin(block, axis=2)
@@ -481,6 +480,17 @@ class _ListedRows:
     def of(cls, rows: _Rows) -> _ListedRows:
         return cls(rows.impact.tolist(), rows.actual.tolist(), rows.typical.tolist(),
                    rows.partition.tolist(), rows.by.tolist(), rows.over.tolist())
+
+
+def _record_probabilities(p_single: np.ndarray, p_multi: np.ndarray) -> np.ndarray:
+    """:func:`scoring.combine_single_multi` of the cells that can be records (below
+    :data:`RECORD_PROBABILITY`), +inf for cells without a probability, and 1 for the others
+    (the combination is never below the smaller of the two, so they cannot be records)."""
+    lower = np.fmin(p_single, p_multi)  # NaN only where both are
+    p = np.where(np.isnan(lower), np.inf, 1.0)
+    could = lower < RECORD_PROBABILITY
+    p[could] = scoring.combine_single_multi(p_single[could], p_multi[could])
+    return p
 
 
 def _unique_series(features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
