@@ -1263,3 +1263,31 @@ def test_record_probabilities_are_the_combined_ones_wherever_a_record_can_be():
     # alone, 0.02 is a record; with another test, 0.03 is not and 0.0175 (just) is
     assert got[0, :3].tolist() == combined[0, :3].tolist()
     assert records[0, :3].tolist() == [True, False, True]
+
+
+def test_known_series_are_looked_up_by_their_codes_and_new_ones_go_the_long_way():
+    from adjobs.analysis import _DetectorAnalysis
+    from adjobs.config import parse_job_config
+
+    config = parse_job_config("j", {
+        "analysis_config": {"bucket_span": "1h", "detectors": [
+            {"function": "mean", "field_name": "x", "partition_field_name": "p",
+             "by_field_name": "b"}]},
+        "data_description": {"time_field": "t"}})
+    detector = _DetectorAnalysis(config.detectors[0], config)
+    assert detector._known_columns(_Triples(*[np.zeros(3, np.int32)] * 3)) is None  # none yet
+    detector.series = {(0, 5, -1): 0, (3, -1, -1): 1, (0, 6, -1): 2}
+    rows = _Triples(np.array([3, 0, 0, 3], np.int32), np.array([-1, 6, 5, -1], np.int32),
+                    np.full(4, -1, np.int32))
+    assert detector._known_columns(rows).tolist() == [1, 2, 0, 1]
+    # a series not registered yet, or codes past the table: the long way
+    unknown = _Triples(np.array([3, 1], np.int32), np.array([-1, 5], np.int32),
+                       np.full(2, -1, np.int32))
+    assert detector._known_columns(unknown) is None
+    wide = _Triples(np.array([3, 700], np.int32), np.array([-1, 5], np.int32),
+                    np.full(2, -1, np.int32))
+    assert detector._known_columns(wide) is None
+    detector.series[(700, 5, -1)] = 3
+    detector._column_table = None  # as _series_rows does after registering
+    assert detector._known_columns(wide).tolist() == [1, 3]
+    assert detector._known_columns(_Triples(*[np.zeros(0, np.int32)] * 3)).tolist() == []

@@ -100,6 +100,8 @@ INTERIM_CORRECTED = COUNT_FUNCTIONS | frozenset(
 #: Decay of the mean record count per finalised bucket, per 30-minute bucket (A.5's model
 #: decay rate, which ES's interim corrector uses too).
 BUCKET_COUNT_DECAY = 0.0005
+#: The most entries of a detector's table from split codes to model columns.
+_COLUMN_TABLE_LIMIT = 1 << 18
 #: Records buffered for buckets not yet finalised are kept in chunks, compacted into one
 #: when there are more than this many.
 _COMPACT_CHUNKS = 64
@@ -198,6 +200,9 @@ class _DetectorAnalysis:
         self.series: dict[tuple[int, int, int], int] = {}
         #: Series not modelled because the memory limit was reached.
         self.refused = 0
+        #: The first model column of every series by its packed split codes, and the sizes
+        #: the codes were packed with (_known_columns); None until needed again.
+        self._column_table: tuple[np.ndarray, tuple[int, int, int]] | None = None
         categorical = list(config.categorical_fields)
         splits = {detector.partition_field_name, detector.by_field_name,
                   detector.over_field_name}
@@ -225,6 +230,7 @@ class _DetectorAnalysis:
             for key, column in zip(state["keys"], state["columns"], strict=True)
         }
         self.models = type(self.models).from_state(state["models"])
+        self._column_table = None
 
     @property
     def series_count(self) -> int:
@@ -266,13 +272,50 @@ class _DetectorAnalysis:
             return self._rows(features, out, buckets)
         return self._series_rows(features, buckets, span_ms, budget, numeric, codes, weights)
 
+    def _known_columns(self, features: Any) -> np.ndarray | None:
+        """The first model column of each feature row's series, looked up in a table over
+        the packed split codes, when every row's series is known; None otherwise (then new
+        series are registered the long way, in the order that gives them their columns)."""
+        if not len(features):
+            return np.empty(0, dtype=np.int64)
+        if not self.series:
+            return None
+        splits = (features.partition, features.by, features.over)
+        # codes are >= -1: shifted by one, a triple packs into one index
+        needed = tuple(int(split.max()) + 2 for split in splits)
+        if self._column_table is None or any(
+                need > size for need, size in zip(needed, self._column_table[1], strict=True)):
+            self._column_table = self._column_lookup(needed)
+            if self._column_table is None:
+                return None
+        table, (_, by_size, over_size) = self._column_table
+        packed = ((features.partition.astype(np.int64) + 1) * by_size + (features.by + 1)) \
+            * over_size + (features.over + 1)
+        columns = table[packed]
+        return columns if columns.min() >= 0 else None
+
+    def _column_lookup(self, needed: tuple[int, int, int]
+                       ) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+        """A table for :meth:`_known_columns`, room to spare for codes up to twice those
+        ``needed``, if it stays small (2 MiB at most); unknown series hold -1."""
+        keys = np.array(list(self.series), dtype=np.int64).reshape(-1, 3) + 1
+        sizes = tuple(max(2 * need, int(keys[:, i].max()) + 1, 2)
+                      for i, need in enumerate(needed))
+        if sizes[0] * sizes[1] * sizes[2] > _COLUMN_TABLE_LIMIT:
+            return None
+        table = np.full(sizes[0] * sizes[1] * sizes[2], -1, dtype=np.int64)
+        table[(keys[:, 0] * sizes[1] + keys[:, 1]) * sizes[2] + keys[:, 2]] = np.fromiter(
+            self.series.values(), dtype=np.int64, count=len(self.series))
+        return table, sizes
+
     def _series_rows(
         self, features: Any, buckets: np.ndarray, span_ms: int, budget: Callable[[int], bool],
         numeric: np.ndarray | None = None, codes: np.ndarray | None = None,
         weights: np.ndarray | None = None,
     ) -> _Rows:
         k = len(self.statistics)
-        if len(features):
+        row_column = self._known_columns(features)
+        if row_column is None:
             unique, first_row, inverse = _unique_series(features)
             first_columns = np.empty(len(unique), dtype=np.int64)
             for i, key in enumerate(map(tuple, unique.tolist())):
@@ -287,8 +330,7 @@ class _DetectorAnalysis:
                     )
                 first_columns[i] = column
             row_column = first_columns[inverse]
-        else:
-            row_column = np.empty(0, dtype=np.int64)
+            self._column_table = None  # series were added (or refused): built anew
         n_columns = self.models.size
         if n_columns == 0 or len(buckets) == 0:
             return _empty_rows(k, np.zeros(len(buckets), dtype=np.int64))
