@@ -517,11 +517,13 @@ class _ListedRows:
     partition: list[int]
     by: list[int]
     over: list[int]
+    feature_row: list[int]
 
     @classmethod
     def of(cls, rows: _Rows) -> _ListedRows:
         return cls(rows.impact.tolist(), rows.actual.tolist(), rows.typical.tolist(),
-                   rows.partition.tolist(), rows.by.tolist(), rows.over.tolist())
+                   rows.partition.tolist(), rows.by.tolist(), rows.over.tolist(),
+                   np.asarray(rows.feature_row).tolist())
 
 
 def _record_probabilities(p_single: np.ndarray, p_multi: np.ndarray) -> np.ndarray:
@@ -648,6 +650,8 @@ class _ScoredRun:
 
     def __init__(self, bucket_count: int) -> None:
         self.bucket_count = bucket_count
+        #: Each detector's rows as Python values (None for a detector without any).
+        self.listed: list[_ListedRows | None] = []
         #: Records: detector, row in that detector's rows, bucket position, probability,
         #: max-score scope, influencers (field, value code).
         self.detector: list[int] = []
@@ -667,10 +671,11 @@ class _ScoredRun:
         self.field_probability = np.empty(0)
 
     def raw_scores(self) -> None:
-        """Raw scores of every level (elementwise: as bucket by bucket)."""
-        self.raw = np.atleast_1d(scoring.raw_score(self.probability))
-        self.influencer_raw = np.atleast_1d(scoring.raw_score(self.influencer_probability))
-        self.field_raw = np.atleast_1d(scoring.raw_score(self.field_probability))
+        """Raw scores of every level, in one call (elementwise: as level by level)."""
+        levels = (self.probability, self.influencer_probability, self.field_probability)
+        raw = np.atleast_1d(scoring.raw_score(np.concatenate(levels)))
+        ends = np.cumsum([len(level) for level in levels])
+        self.raw, self.influencer_raw, self.field_raw = np.split(raw, ends[:2])
 
     def counts(self) -> tuple[list[int], list[int], list[int]]:
         """Records, influencers and bucket influencers per bucket of the run."""
@@ -1058,6 +1063,8 @@ class JobAnalysis:
         their raw scores."""
         run = _ScoredRun(len(buckets))
         sizes = [len(rows.bucket) for rows in found]
+        run.listed = [_ListedRows.of(rows) if size else None
+                      for rows, size in zip(found, sizes, strict=True)]
         if sum(sizes):
             detector = np.repeat(np.arange(len(found)), sizes)
             row = np.concatenate([np.arange(size) for size in sizes])
@@ -1083,19 +1090,20 @@ class JobAnalysis:
 
     def _record_scopes_and_influencers(self, run: _ScoredRun, found: list[_Rows],
                                        codes: np.ndarray) -> None:
-        partitions = [rows.partition.tolist() for rows in found]
-        persons = [self.detectors[d].person_codes(rows).tolist() for d, rows in enumerate(found)]
         scope_of: dict[tuple[int, int, int], str] = {}
         for d, r in zip(run.detector, run.row, strict=True):
-            analysis = self.detectors[d]
-            key = (d, partitions[d][r], persons[d][r])
+            analysis, listed = self.detectors[d], run.listed[d]
+            person = (listed.over[r] if analysis.detector.over_field_name
+                      else listed.by[r] if analysis.detector.by_field_name else -1)
+            key = (d, listed.partition[r], person)
             scope = scope_of.get(key)
             if scope is None:
                 scope = scope_of[key] = record_scope(
                     analysis.detector.partition_field_name or "", self._name(key[1]),
                     analysis.person_field, self._name(key[2]))
             run.scopes.append(scope)
-            run.influencers.append(self._influencers_of(analysis.detector, found[d], r, codes))
+            run.influencers.append(self._influencers_of(analysis.detector, found[d], listed, r,
+                                                        codes))
 
     def _influencers_and_fields(self, run: _ScoredRun) -> None:
         """Each scoring bucket's influencers and its bucket influencers' probabilities."""
@@ -1156,7 +1164,7 @@ class JobAnalysis:
         field_score = scores["bucket"].tolist()
         # Every level's items are in bucket order, as its scores are (Normaliser.walk).
         at_record = at_influencer = at_field = 0
-        listed: list[_ListedRows | None] = [None] * len(found)
+        listed = run.listed
         for index, bucket in enumerate(buckets.tolist()):
             count = events.get(bucket, 0)
             if not records[index]:
@@ -1164,8 +1172,6 @@ class JobAnalysis:
                 continue
             for i in range(at_record, at_record + records[index]):
                 d = run.detector[i]
-                if listed[d] is None:
-                    listed[d] = _ListedRows.of(found[d])
                 batch.records.append(self._record(
                     bucket, self.detectors[d].detector, found[d], listed[d], run.row[i],
                     probability[i], raw[i], record_score[i], run.influencers[i], interim))
@@ -1212,16 +1218,16 @@ class JobAnalysis:
         return batch
 
     def _influencers_of(
-        self, detector: Detector, rows: _Rows, r: int, codes: np.ndarray
+        self, detector: Detector, rows: _Rows, listed: _ListedRows, r: int, codes: np.ndarray
     ) -> list[tuple[str, int]]:
         """Influencer (field, value code) pairs of one record."""
         out = []
         splits = {
-            detector.partition_field_name: int(rows.partition[r]),
-            detector.by_field_name: int(rows.by[r]),
-            detector.over_field_name: int(rows.over[r]),
+            detector.partition_field_name: listed.partition[r],
+            detector.by_field_name: listed.by[r],
+            detector.over_field_name: listed.over[r],
         }
-        feature_row = int(rows.feature_row[r])
+        feature_row = listed.feature_row[r]
         for name, column in self.influencer_columns:
             if name in splits and splits[name] >= 0:
                 out.append((name, splits[name]))
