@@ -395,6 +395,12 @@ def grouped_least_extreme_probabilities(flat: Any, sizes: Any) -> np.ndarray:
         if len(rows) == 0:
             continue
         x = minima[rows].tolist()
+        if n == 1:
+            # The one term is ln x (C(1, 1) = 1, (1 - x)^0 = 1) and its exp(0) is exactly 1:
+            # the same arithmetic without the matrix.
+            for row, v in zip(rows.tolist(), x, strict=True):
+                out[row] = max(math.exp(min(math.log(v), 0.0)), SMALLEST_PROBABILITY)
+            continue
         log_x = np.array([math.log(v) for v in x])
         log_1mx = np.array([math.log1p(-v) for v in x])
         log_choose, k, rest = _binomial_tail_terms(n, 1)
