@@ -1291,3 +1291,43 @@ def test_known_series_are_looked_up_by_their_codes_and_new_ones_go_the_long_way(
     detector._column_table = None  # as _series_rows does after registering
     assert detector._known_columns(wide).tolist() == [1, 3]
     assert detector._known_columns(_Triples(*[np.zeros(0, np.int32)] * 3)).tolist() == []
+
+
+def test_an_uploads_own_results_are_rescored_in_place_as_rescored_batch_would():
+    from adjobs.analysis import JobAnalysis
+    from adjobs.config import parse_job_config
+    from adjobs.results import ResultBatch, rescored_batch
+
+    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"},
+                  influencers=("host",))
+    docs = metric_data(buckets=300, spike=(250, "b", 5.0))
+    with adjobs.JobService() as service:  # the records the core reads, to analyse by hand
+        service.put_job("r", body)
+        service.open_job("r")
+        batches = []
+        service.add_record_listener("r", lambda *batch: batches.append(batch))
+        service.post_data("r", docs)
+        names = [v.decode() for v in service._open["r"].ingest.strings.raw_values(0)]
+    analysis = JobAnalysis(parse_job_config("r", body))
+    analysis.names = names
+    for batch in batches:
+        analysis.add_records(*batch)
+    since = analysis.take_renormalisation()
+    assert since is not None  # the spike raised the maxima: scores are due to move
+    pending = analysis.take_pending()
+
+    def as_written(batch):
+        return [batch.buckets, batch.records, batch.influencers]
+
+    expected = rescored_batch(pending, since, analysis.rescore)
+    got = analysis.rescore_batch(pending, since)
+    assert as_written(got) == as_written(expected)
+    moved = sum(a is not b for a, b in zip(got.records, pending.records, strict=True))
+    assert 0 < moved < len(pending.records)  # some moved, and only those are copies
+    assert all((a is b) == (a == b) for a, b in zip(got.records, pending.records, strict=True))
+    assert any(a is not b for a, b in zip(got.buckets, pending.buckets, strict=True))
+    # Two documents with one identity (not what a finalised bucket gives): rescored_batch's way
+    twice = ResultBatch(buckets=pending.buckets, records=pending.records + pending.records[-1:],
+                        influencers=pending.influencers)
+    assert as_written(analysis.rescore_batch(twice, since)) == as_written(
+        rescored_batch(twice, since, analysis.rescore))

@@ -72,7 +72,7 @@ from .features import (
 )
 from .model import SeriesModels
 from .population import PopulationModels, RareModels
-from .results import ResultBatch
+from .results import ResultBatch, rescored_batch
 
 #: The levels of results, each normalised on its own.
 LEVELS = ("record", "influencer", "bucket")
@@ -1384,6 +1384,75 @@ class JobAnalysis:
                 changes.append({"result_type": "bucket", "timestamp": stamp,
                                 "bucket_influencers": new[stamp]})
         return changes
+
+    def rescore_batch(self, batch: ResultBatch, since_ms: int) -> ResultBatch:
+        """``results.rescored_batch(batch, since_ms, self.rescore)``, the same documents: the
+        batch's own results from ``since_ms`` on with today's scores, changed ones copied.
+
+        The batch's documents are rescored where they are, rather than turned into changes
+        and matched back by identity, when no two of them share an identity (the usual
+        case: a bucket is finalised once); otherwise rescored_batch's way."""
+        def eligible(docs: list[dict]) -> list[tuple[int, dict]]:
+            return [(i, doc) for i, doc in enumerate(docs)
+                    if doc["timestamp"] >= since_ms and not doc.get("is_interim")]
+
+        records = [(i, doc) for i, doc in eligible(batch.records) if "raw_score" in doc]
+        influencers = [(i, doc) for i, doc in eligible(batch.influencers)
+                       if "raw_score" in doc]
+        buckets = [(i, doc) for i, doc in eligible(batch.buckets)
+                   if isinstance(doc.get("bucket_influencers"), list)
+                   and doc["bucket_influencers"]]
+        record_keys = [(doc["timestamp"], doc.get("detector_index", 0),
+                        doc.get("partition_field_value"), doc.get("by_field_value"),
+                        doc.get("over_field_value")) for _, doc in records]
+        values = [(doc["influencer_field_name"], doc["influencer_field_value"])
+                  for _, doc in influencers]
+        if (len(set(record_keys)) < len(record_keys)
+                or len({(doc["timestamp"], *value) for (_, doc), value
+                        in zip(influencers, values, strict=True)}) < len(values)
+                or len({doc["timestamp"] for _, doc in buckets}) < len(buckets)):
+            return rescored_batch(batch, since_ms, self.rescore)
+        out = ResultBatch(buckets=list(batch.buckets), records=list(batch.records),
+                          influencers=list(batch.influencers),
+                          replaces_interim=batch.replaces_interim, rows=batch.rows)
+        if records:
+            scopes: dict[tuple, str] = {}
+            for key, (_, doc) in zip(record_keys, records, strict=True):
+                if key[1:] not in scopes:
+                    scopes[key[1:]] = self._record_doc_scope(doc)
+            scores = self.normalisers["record"].normalise(
+                np.array([doc["raw_score"] for _, doc in records]),
+                [scopes[key[1:]] for key in record_keys]).tolist()
+            for (i, doc), score in zip(records, scores, strict=True):
+                if score != doc["record_score"]:
+                    out.records[i] = {**doc, "record_score": score}
+        if influencers:
+            value_scopes = {value: influencer_scope(*value) for value in dict.fromkeys(values)}
+            scores = self.normalisers["influencer"].normalise(
+                np.array([doc["raw_score"] for _, doc in influencers]),
+                [value_scopes[value] for value in values]).tolist()
+            for (i, doc), score in zip(influencers, scores, strict=True):
+                if score != doc["influencer_score"]:
+                    out.influencers[i] = {**doc, "influencer_score": score}
+        if buckets:
+            items = [bi for _, doc in buckets for bi in doc["bucket_influencers"]]
+            scores = self.normalisers["bucket"].normalise(
+                np.array([bi["raw_anomaly_score"] for bi in items]),
+                [bi["influencer_field_name"] for bi in items]).tolist()
+            at = 0
+            for i, doc in buckets:
+                mine = doc["bucket_influencers"]
+                new = scores[at:at + len(mine)]
+                at += len(mine)
+                if new == [bi["anomaly_score"] for bi in mine]:
+                    continue
+                # every bucket influencer of a bucket that moved takes its new score, and
+                # the bucket the largest of them
+                copies = [{**bi, "anomaly_score": score}
+                          for bi, score in zip(mine, new, strict=True)]
+                out.buckets[i] = {**doc, "bucket_influencers": copies,
+                                  "anomaly_score": max(new)}
+        return out
 
     # -- bookkeeping ------------------------------------------------------------------------
 

@@ -362,6 +362,7 @@ class JobService:
             reset_range=reset_range,
             rescore_since=job.analysis.take_renormalisation(),
             rescore=job.analysis.rescore,
+            rescore_batch=job.analysis.rescore_batch,
         )
 
     def _parse_reset(self, reset_start: Any, reset_end: Any) -> tuple[int, int] | None:
