@@ -437,12 +437,15 @@ def test_a_chunk_read_in_the_background_reads_as_fed_and_guards_the_upload():
             chunk = bytearray(body[start:start + 7_000])
             if background:
                 upload.feed_in_background(chunk)
-                chunk[:] = b"x" * len(chunk)  # the chunk was copied: reusing it is fine
                 with pytest.raises(RuntimeError, match="wait"):
                     upload.take_batch()
                 with pytest.raises(RuntimeError, match="wait"):
                     upload.feed(b"{}")
+                with pytest.raises(BufferError):  # held until the read ends
+                    chunk.extend(b"more")
                 upload.wait()
+                chunk[:] = b"x" * len(chunk)  # the chunk was copied: reusing it is fine
+                chunk.extend(b"more")
                 assert not upload.reading
                 upload.wait()  # no read running: returns at once
             else:

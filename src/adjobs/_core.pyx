@@ -913,9 +913,14 @@ cdef class Upload:
     cdef public int64_t problem_line, problem_offset
     cdef public int64_t consumed_at_failure
 
-    # a chunk read on a native thread (feed_in_background): the lock is held until it ends
+    # a chunk read on a native thread (feed_in_background): the lock is held until it ends;
+    # the thread appends the chunk (held by chunk_owner) to the buffer, then reads it
     cdef PyThread_type_lock reading_done
     cdef bint reading_in_background
+    cdef object chunk_owner
+    cdef const uint8_t *chunk_data
+    cdef int64_t chunk_length
+    cdef bint chunk_no_memory
 
     def __cinit__(self):
         self.indexer = sj.adjobs_indexer_new()
@@ -1008,7 +1013,10 @@ cdef class Upload:
 
     def feed_in_background(self, data):
         """Start reading the next chunk (bytes-like) on a native thread and return at once;
-        :meth:`wait` ends the read. The chunk is copied first, so the caller may reuse it.
+        :meth:`wait` ends the read. The thread copies the chunk into the upload's buffer
+        (that copy, and dropping what was read before, are work the caller need not wait
+        for), so the chunk must stay as it is until :meth:`wait` returns; then the caller
+        may reuse it.
 
         The thread never needs the GIL, so the caller's Python code runs meanwhile (the
         service analyses the records of the previous chunk). Until :meth:`wait` returns,
@@ -1016,8 +1024,20 @@ cdef class Upload:
         state: the thread writes them.
         """
         cdef unsigned long thread
-        if not self._take_chunk(data):
+        cdef const uint8_t[::1] view
+        self._check_idle()
+        if self.finished:
+            raise RuntimeError("upload already finished")
+        if self.failure != FAIL_NONE:
             return
+        owner = memoryview(data).cast("B")
+        view = owner
+        if view.shape[0] == 0:
+            return
+        self.chunk_owner = owner
+        self.chunk_data = &view[0]
+        self.chunk_length = view.shape[0]
+        self.chunk_no_memory = False
         PyThread_acquire_lock(self.reading_done, NOWAIT_LOCK)
         self.reading_in_background = True
         thread = PyThread_start_new_thread(<thread_function>_read_in_background, <void *>self)
@@ -1052,6 +1072,11 @@ cdef class Upload:
             PyThread_acquire_lock(self.reading_done, WAIT_LOCK)
         PyThread_release_lock(self.reading_done)
         self.reading_in_background = False
+        self.chunk_owner = None
+        self.chunk_data = NULL
+        self.chunk_length = 0
+        if self.chunk_no_memory:
+            raise MemoryError()  # as feed would have: the chunk was not taken
         self._sync_state()
 
     @property
@@ -2497,7 +2522,10 @@ def parse_number(text: bytes) -> float:
 cdef void _read_in_background(Upload upload) noexcept nogil:
     # The thread of Upload.feed_in_background: plain C on the upload's buffers. Started
     # through a cast to the thread API's void * signature, so it takes no reference.
-    upload._process(False)
+    if upload._append(upload.chunk_data, upload.chunk_length) != 0:
+        upload.chunk_no_memory = True
+    else:
+        upload._process(False)
     PyThread_release_lock(upload.reading_done)
 
 
