@@ -1331,3 +1331,22 @@ def test_an_uploads_own_results_are_rescored_in_place_as_rescored_batch_would():
                         influencers=pending.influencers)
     assert as_written(analysis.rescore_batch(twice, since)) == as_written(
         rescored_batch(twice, since, analysis.rescore))
+
+
+def test_an_analysed_upload_is_read_in_its_own_smaller_chunks(monkeypatch):
+    csv, body = _chunked_csv_job()
+    assert 8192 * 5 < len(csv) < 1 << 20
+    monkeypatch.setattr("adjobs.ingest.ANALYSED_CHUNK_BYTES", 8192)
+
+    def batches(analyse: bool) -> list[int]:
+        with adjobs.JobService(analyse=analyse) as service:
+            service.put_job("job", body)
+            service.open_job("job")
+            sizes: list[int] = []
+            service.add_record_listener("job", lambda times, *_: sizes.append(len(times)))
+            service.post_data("job", csv)
+            return sizes
+
+    analysed = batches(True)
+    assert sum(analysed) == 2700 and len(analysed) == -(-len(csv) // 8192)
+    assert batches(False) == [2700]  # an upload only counted: whole chunks of CHUNK_BYTES

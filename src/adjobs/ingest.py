@@ -20,6 +20,11 @@ from .plan import KIND_CATEGORICAL, KIND_NUMERIC, KIND_TEXT, IngestPlan
 from .timeformat import compile_time_format
 
 CHUNK_BYTES = 1 << 20
+#: The chunks of an analysed upload (at most CHUNK_BYTES): the analysis works through each
+#: chunk's records while the next one is read, and on two cores half-size chunks keep both
+#: busier (farequote: 25.9 ms analysed against 27.3 ms with whole ones; quarter-size chunks
+#: pay more in fixed costs per chunk than they gain, 29.6 ms).
+ANALYSED_CHUNK_BYTES = 1 << 19
 
 
 def plan_for(config: JobConfig) -> IngestPlan:
@@ -46,8 +51,9 @@ def plan_for(config: JobConfig) -> IngestPlan:
     )
 
 
-def iter_chunks(data: Any, *, delimited: bool = False) -> Iterator[bytes | memoryview]:
-    """Byte chunks of ``data``.
+def iter_chunks(data: Any, *, delimited: bool = False,
+                chunk_bytes: int | None = None) -> Iterator[bytes | memoryview]:
+    """Byte chunks of ``data``, of ``chunk_bytes`` (default :data:`CHUNK_BYTES`) or so.
 
     ``data`` may be:
 
@@ -58,23 +64,24 @@ def iter_chunks(data: Any, *, delimited: bool = False) -> Iterator[bytes | memor
     - a mapping (one document) or a list of mappings (documents, sent as NDJSON);
     - any other iterable of ``bytes``/``str`` chunks.
     """
+    size = chunk_bytes or CHUNK_BYTES
     if isinstance(data, str):
         data = _utf8(data)
     if isinstance(data, (bytes, bytearray, memoryview)):
         view = memoryview(data).cast("B")
-        for start in range(0, len(view), CHUNK_BYTES):
-            yield view[start : start + CHUNK_BYTES]
+        for start in range(0, len(view), size):
+            yield view[start : start + size]
         return
     if isinstance(data, os.PathLike):
-        yield from _file_chunks(data)
+        yield from _file_chunks(data, size)
         return
     if hasattr(data, "readinto") or hasattr(data, "read"):
-        yield from _stream_chunks(data)
+        yield from _stream_chunks(data, size)
         return
     if isinstance(data, Mapping):
         data = [data]
     if isinstance(data, Iterable):
-        yield from _iterable_chunks(data, delimited)
+        yield from _iterable_chunks(data, delimited, size)
         return
     raise ApiError(
         400,
@@ -84,7 +91,7 @@ def iter_chunks(data: Any, *, delimited: bool = False) -> Iterator[bytes | memor
     )
 
 
-def _file_chunks(path: os.PathLike) -> Iterator[bytes]:
+def _file_chunks(path: os.PathLike, chunk_bytes: int) -> Iterator[bytes]:
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below, generator-safe
     except OSError as error:
@@ -94,13 +101,14 @@ def _file_chunks(path: os.PathLike) -> Iterator[bytes]:
             f"cannot read data file [{os.fspath(path)}]: {error.strerror or error}",
         ) from error
     with handle:
-        yield from _stream_chunks(handle)
+        yield from _stream_chunks(handle, chunk_bytes)
 
 
-def _stream_chunks(stream: Any) -> Iterator[bytes]:
-    # One reusable buffer: the core copies each chunk into its own padded buffer.
+def _stream_chunks(stream: Any, chunk_bytes: int) -> Iterator[bytes]:
+    # One reusable buffer: the core copies each chunk into its own padded buffer (before the
+    # next chunk is asked for).
     if hasattr(stream, "readinto") and not isinstance(stream, io.TextIOBase):
-        buffer = bytearray(CHUNK_BYTES)
+        buffer = bytearray(chunk_bytes)
         view = memoryview(buffer)
         while True:
             size = stream.readinto(view)
@@ -108,7 +116,7 @@ def _stream_chunks(stream: Any) -> Iterator[bytes]:
                 return
             yield view[:size]
     while True:
-        chunk = stream.read(CHUNK_BYTES)
+        chunk = stream.read(chunk_bytes)
         if not chunk:
             return
         yield chunk.encode("utf-8") if isinstance(chunk, str) else chunk
@@ -131,7 +139,7 @@ def _document_line(document: Mapping) -> bytes:
         return json.dumps(document, separators=(",", ":")).encode() + b"\n"
 
 
-def _iterable_chunks(items: Iterable, delimited: bool) -> Iterator[bytes]:
+def _iterable_chunks(items: Iterable, delimited: bool, chunk_bytes: int) -> Iterator[bytes]:
     pending: list[bytes] = []
     size = 0
     for item in items:
@@ -156,7 +164,7 @@ def _iterable_chunks(items: Iterable, delimited: bool) -> Iterator[bytes]:
             )
         pending.append(line)
         size += len(line)
-        if size >= CHUNK_BYTES:
+        if size >= chunk_bytes:
             yield b"".join(pending)
             pending.clear()
             size = 0

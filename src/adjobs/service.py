@@ -31,7 +31,7 @@ from typing import Any, Self
 
 import numpy as np
 
-from . import _core, results
+from . import _core, ingest, results
 from .analysis import JobAnalysis
 from .config import JobConfig, apply_update, parse_job_config
 from .counts import DataCounts
@@ -390,7 +390,8 @@ class JobService:
         self._move_diagnostics(state, incremental, job.totals)
         upload = _core.Upload(job.plan, state)
         delimited = job.plan.format == "csv"
-        chunks = iter_chunks(data, delimited=delimited)
+        chunks = iter_chunks(data, delimited=delimited, chunk_bytes=(
+            min(ingest.ANALYSED_CHUNK_BYTES, ingest.CHUNK_BYTES) if self.analyse else None))
         if self.analyse:
             self._read_alongside_analysis(job, upload, chunks)
         else:
