@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import os
 import pathlib
 
 import numpy as np
@@ -459,3 +460,32 @@ def test_a_chunk_read_in_the_background_reads_as_fed_and_guards_the_upload():
 
     assert read(True) == read(False)
     assert read(True)[2] == 5000
+
+
+def _native_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_one_reading_thread_serves_an_upload_and_ends_with_it():
+    import gc
+
+    from adjobs.config import parse_job_config
+    from adjobs.ingest import plan_for
+
+    plan = plan_for(parse_job_config("bg", value_job()))
+    body = b"".join(b'{"time":%d,"value":%d}\n' % (1_600_000_000 + i, i) for i in range(3000))
+    before = _native_threads()
+    for finish in (True, False, True):
+        state = _core.JobIngestState(plan.bucket_span_ms, plan.latency_ms)
+        upload = _core.Upload(plan, state)
+        for start in range(0, len(body), 5_000):
+            upload.feed_in_background(body[start:start + 5_000])
+            assert _native_threads() == before + 1  # the same thread, chunk after chunk
+            upload.wait()
+        if finish:
+            upload.finish()
+            assert _native_threads() == before
+            assert upload.take_batch()[0].size == 3000
+        del upload  # an upload dropped before its end stops its thread too
+        gc.collect()
+        assert _native_threads() == before

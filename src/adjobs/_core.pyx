@@ -913,10 +913,15 @@ cdef class Upload:
     cdef public int64_t problem_line, problem_offset
     cdef public int64_t consumed_at_failure
 
-    # a chunk read on a native thread (feed_in_background): the lock is held until it ends;
-    # the thread appends the chunk (held by chunk_owner) to the buffer, then reads it
+    # a chunk read on a native thread (feed_in_background): reading_done is held until it
+    # ends; the thread appends the chunk (held by chunk_owner) to the buffer, then reads it.
+    # One thread reads every chunk of the upload: it waits for work_ready between chunks,
+    # and holds worker_gone until it has stopped (worker_stop, at finish or dealloc).
     cdef PyThread_type_lock reading_done
+    cdef PyThread_type_lock work_ready
+    cdef PyThread_type_lock worker_gone
     cdef bint reading_in_background
+    cdef bint worker_started, worker_stop
     cdef object chunk_owner
     cdef const uint8_t *chunk_data
     cdef int64_t chunk_length
@@ -927,7 +932,9 @@ cdef class Upload:
         if self.indexer == NULL:
             raise MemoryError()
         self.reading_done = PyThread_allocate_lock()
-        if self.reading_done == NULL:
+        self.work_ready = PyThread_allocate_lock()
+        self.worker_gone = PyThread_allocate_lock()
+        if self.reading_done == NULL or self.work_ready == NULL or self.worker_gone == NULL:
             raise MemoryError()
         self.index_base = -1
         self.out_times.item_size = sizeof(int64_t)
@@ -937,7 +944,12 @@ cdef class Upload:
             if self.reading_in_background:  # the thread still uses the buffers freed below
                 with nogil:
                     PyThread_acquire_lock(self.reading_done, WAIT_LOCK)
+            self._stop_worker()
             PyThread_free_lock(self.reading_done)
+        if self.work_ready != NULL:
+            PyThread_free_lock(self.work_ready)
+        if self.worker_gone != NULL:
+            PyThread_free_lock(self.worker_gone)
         sj.adjobs_indexer_free(self.indexer)
         free(self.buf.data)
         free(self.scratch.data)
@@ -1040,11 +1052,31 @@ cdef class Upload:
         self.chunk_no_memory = False
         PyThread_acquire_lock(self.reading_done, NOWAIT_LOCK)
         self.reading_in_background = True
-        thread = PyThread_start_new_thread(<thread_function>_read_in_background, <void *>self)
-        if thread == PYTHREAD_INVALID_THREAD_ID:
-            # No thread to be had: read here instead.
-            with nogil:
-                _read_in_background(self)
+        if not self.worker_started:
+            # work_ready held: the new thread waits for it; worker_gone held until it stops
+            PyThread_acquire_lock(self.work_ready, NOWAIT_LOCK)
+            PyThread_acquire_lock(self.worker_gone, NOWAIT_LOCK)
+            self.worker_stop = False
+            thread = PyThread_start_new_thread(<thread_function>_reading_worker, <void *>self)
+            if thread == PYTHREAD_INVALID_THREAD_ID:
+                PyThread_release_lock(self.worker_gone)
+                # No thread to be had: read here instead.
+                with nogil:
+                    _read_chunk(self)
+                return
+            self.worker_started = True
+        PyThread_release_lock(self.work_ready)  # the chunk is ready
+
+    cdef void _stop_worker(self):
+        """Let the reading thread end, and wait until it has (no chunk is being read)."""
+        if not self.worker_started:
+            return
+        self.worker_stop = True
+        PyThread_release_lock(self.work_ready)
+        with nogil:
+            PyThread_acquire_lock(self.worker_gone, WAIT_LOCK)
+        PyThread_release_lock(self.worker_gone)
+        self.worker_started = False
 
     cdef bint _take_chunk(self, data) except -1:
         """Copy a chunk into the buffer if this upload reads on; whether it does."""
@@ -1099,6 +1131,7 @@ cdef class Upload:
         if self.finished:
             return
         self.finished = True
+        self._stop_worker()
         if self.failure == FAIL_NONE:
             with nogil:
                 self._process(True)
@@ -2519,14 +2552,25 @@ def parse_number(text: bytes) -> float:
     return parse_decimal(<const uint8_t *>PyBytes_AS_STRING(text), len(text))
 
 
-cdef void _read_in_background(Upload upload) noexcept nogil:
-    # The thread of Upload.feed_in_background: plain C on the upload's buffers. Started
-    # through a cast to the thread API's void * signature, so it takes no reference.
+cdef void _read_chunk(Upload upload) noexcept nogil:
+    # A chunk of Upload.feed_in_background: plain C on the upload's buffers.
     if upload._append(upload.chunk_data, upload.chunk_length) != 0:
         upload.chunk_no_memory = True
     else:
         upload._process(False)
     PyThread_release_lock(upload.reading_done)
+
+
+cdef void _reading_worker(Upload upload) noexcept nogil:
+    # The thread of Upload.feed_in_background, one per upload: reads each chunk as it is
+    # handed over, until told to stop. Started through a cast to the thread API's void *
+    # signature, so it takes no reference: the upload waits for it to stop before it goes.
+    while True:
+        PyThread_acquire_lock(upload.work_ready, WAIT_LOCK)
+        if upload.worker_stop:
+            break
+        _read_chunk(upload)
+    PyThread_release_lock(upload.worker_gone)
 
 
 FAILURE_NONE = FAIL_NONE
