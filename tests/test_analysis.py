@@ -1350,3 +1350,48 @@ def test_an_analysed_upload_is_read_in_its_own_smaller_chunks(monkeypatch):
     analysed = batches(True)
     assert sum(analysed) == 2700 and len(analysed) == -(-len(csv) // 8192)
     assert batches(False) == [2700]  # an upload only counted: whole chunks of CHUNK_BYTES
+
+
+def _walk_steps_one_bucket_at_a_time(records, influencers, fields, seen):
+    """The steps of a run written out bucket by bucket, the rule as it reads."""
+    steps = {level: ([], [], []) for level in ("record", "influencer", "bucket")}
+
+    def add(level, *step):
+        for column, value in zip(steps[level], step, strict=True):
+            column.append(value)
+
+    quiet = zeros = 0
+    for kept, found, named, looked in zip(records, influencers, fields, seen, strict=True):
+        if not kept:
+            quiet, zeros = quiet + 1, zeros + looked
+            continue
+        if quiet:
+            add("record", 0, zeros, quiet)
+            add("influencer", 0, zeros, quiet)
+            add("bucket", 0, quiet, quiet)
+            quiet = zeros = 0
+        add("record", kept, max(0, looked - kept), 1)
+        add("influencer", found, max(0, looked - found) if found else looked, 1)
+        add("bucket", named, 0, 1)
+    if quiet:
+        add("record", 0, zeros, quiet)
+        add("influencer", 0, zeros, quiet)
+        add("bucket", 0, quiet, quiet)
+    return steps
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_walk_steps_are_those_written_out_bucket_by_bucket(seed):
+    from adjobs.analysis import _walk_steps
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    records = rng.integers(0, 3, n) * (rng.random(n) < [0.2, 0.5, 0.9][seed % 3])
+    influencers = np.where(records > 0, rng.integers(0, 3, n), 0)
+    fields = np.where(records > 0, 1 + (influencers > 0), 0)
+    seen = rng.integers(0, 20, n)
+    got = _walk_steps(records > 0, records, influencers, fields, seen)
+    expected = _walk_steps_one_bucket_at_a_time(records.tolist(), influencers.tolist(),
+                                                 fields.tolist(), seen.tolist())
+    assert {level: tuple(column.tolist() for column in got[level]) for level in got} == {
+        level: tuple(expected[level]) for level in expected}

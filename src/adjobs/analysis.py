@@ -526,6 +526,46 @@ class _ListedRows:
                    np.asarray(rows.feature_row).tolist())
 
 
+def _walk_steps(scoring_bucket: np.ndarray, records: np.ndarray, influencers: np.ndarray,
+                fields: np.ndarray, seen: np.ndarray) -> dict[str, tuple[np.ndarray, ...]]:
+    """Each level's steps for Normaliser.walk, ``(scores, zeros, buckets)``: a scoring
+    bucket is a step of its own, each run of the other buckets one quiet step. A bucket's
+    zeros are the series it looked at that scored nothing at that level; a quiet run's, all
+    it looked at (the bucket level counts one zero a bucket)."""
+    n = len(scoring_bucket)
+    scoring = np.flatnonzero(scoring_bucket)
+    # the quiet run before each scoring bucket, and the one after the last
+    run_start = np.concatenate([[0], scoring + 1])
+    run_end = np.concatenate([scoring, [n]])
+    quiet = run_end > run_start
+    seen_before = np.concatenate([[0], np.cumsum(seen)])
+    run_buckets = run_end - run_start
+    run_zeros = seen_before[run_end] - seen_before[run_start]
+    # steps in bucket order: quiet run k (if any), then scoring bucket k
+    keep = np.ones(2 * len(scoring) + 1, dtype=bool)
+    keep[0::2] = quiet
+
+    def interleave(run_value: np.ndarray, bucket_value: np.ndarray) -> np.ndarray:
+        out = np.empty(2 * len(scoring) + 1, dtype=np.int64)
+        out[0::2], out[1::2] = run_value, bucket_value
+        return out[keep]
+
+    none = np.zeros(len(run_start), dtype=np.int64)
+    ones = np.ones(len(scoring), dtype=np.int64)
+    kept, found, named = records[scoring], influencers[scoring], fields[scoring]
+    looked = seen[scoring]
+    return {
+        "record": (interleave(none, kept), interleave(run_zeros, np.maximum(0, looked - kept)),
+                   interleave(run_buckets, ones)),
+        "influencer": (interleave(none, found),
+                       interleave(run_zeros, np.where(found > 0,
+                                                      np.maximum(0, looked - found), looked)),
+                       interleave(run_buckets, ones)),
+        "bucket": (interleave(none, named), interleave(run_buckets, np.zeros_like(ones)),
+                   interleave(run_buckets, ones)),
+    }
+
+
 def _record_probabilities(p_single: np.ndarray, p_multi: np.ndarray) -> np.ndarray:
     """:func:`scoring.combine_single_multi` of the cells that can be records (below
     :data:`RECORD_PROBABILITY`), +inf for cells without a probability, and 1 for the others
@@ -686,7 +726,7 @@ class _ScoredRun:
                 np.bincount(np.asarray(self.field_bucket, dtype=np.int64),
                             minlength=n).tolist())
 
-    def walk(self, normalisers: dict[str, scoring.Normaliser], evaluated: list[int]
+    def walk(self, normalisers: dict[str, scoring.Normaliser], evaluated: np.ndarray
              ) -> tuple[dict[str, np.ndarray], bool]:
         """Each level's normaliser stepped through the run (Normaliser.walk), every score
         normalised against the state right after its bucket; whether a step was a big
@@ -695,40 +735,10 @@ class _ScoredRun:
         score 0: they count in the quantiles as zeros."""
         if self.bucket_count == 0:
             return {level: np.empty(0) for level in LEVELS}, False
-        records, influencers, fields = self.counts()
-        # per level: (scores, zeros, buckets) of each step
-        steps: dict[str, tuple[list[int], list[int], list[int]]] = {
-            level: ([], [], []) for level in LEVELS}
-        record_steps, influencer_steps, bucket_steps = (steps[level] for level in LEVELS)
-
-        def add(level_steps: tuple[list[int], list[int], list[int]], scores: int, zeros: int,
-                buckets: int) -> None:
-            level_steps[0].append(scores)
-            level_steps[1].append(zeros)
-            level_steps[2].append(buckets)
-
-        quiet_buckets = quiet_zeros = 0
-        for index in range(self.bucket_count):
-            kept, seen = records[index], evaluated[index]
-            if not kept:
-                quiet_buckets += 1
-                quiet_zeros += seen
-                continue
-            if quiet_buckets:
-                add(record_steps, 0, quiet_zeros, quiet_buckets)
-                add(influencer_steps, 0, quiet_zeros, quiet_buckets)
-                add(bucket_steps, 0, quiet_buckets, quiet_buckets)
-                quiet_buckets = quiet_zeros = 0
-            add(record_steps, kept, max(0, seen - kept), 1)
-            if influencers[index]:
-                add(influencer_steps, influencers[index], max(0, seen - influencers[index]), 1)
-            else:
-                add(influencer_steps, 0, seen, 1)
-            add(bucket_steps, fields[index], 0, 1)
-        if quiet_buckets:
-            add(record_steps, 0, quiet_zeros, quiet_buckets)
-            add(influencer_steps, 0, quiet_zeros, quiet_buckets)
-            add(bucket_steps, 0, quiet_buckets, quiet_buckets)
+        records, influencers, fields = (np.asarray(count, dtype=np.int64)
+                                        for count in self.counts())
+        seen = np.asarray(evaluated, dtype=np.int64)
+        steps = _walk_steps(records > 0, records, influencers, fields, seen)
         given = {"record": (self.raw, self.scopes),
                  "influencer": (self.influencer_raw, self.influencer_scopes),
                  "bucket": (self.field_raw, self.field_names)}
@@ -1034,8 +1044,7 @@ class JobAnalysis:
         run = self._score_run(found, buckets, codes)
         # Each level is updated and normalised over the whole run at once, each bucket
         # against the state right after it (Normaliser.walk); then the documents.
-        scores, big_change = run.walk(self.normalisers,
-                                      np.asarray(evaluated, dtype=np.int64).tolist())
+        scores, big_change = run.walk(self.normalisers, evaluated)
         self.renormalise |= big_change
         return self._documents(run, found, buckets, event_count, scores, interim)
 

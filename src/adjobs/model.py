@@ -273,12 +273,12 @@ class SeriesModels:
         if buckets.shape != (values.shape[0],):
             raise ValueError("one bucket index per row of values")
         if len(buckets):
-            if np.any(np.diff(buckets) <= 0):
+            if not (buckets[1:] > buckets[:-1]).all():
                 raise ValueError("bucket indices must increase strictly")
             if buckets[0] <= self._last_bucket:
                 raise ValueError(f"bucket {buckets[0]} is not after the last one stepped "
                                  f"({self._last_bucket})")
-        if np.any(np.isinf(values)):
+        if np.isinf(values).any():
             raise ValueError("values must be finite or NaN")
         if counts is None:
             counts = np.empty((0, values.shape[1]))
