@@ -1401,16 +1401,16 @@ class JobAnalysis:
         The batch's documents are rescored where they are, rather than turned into changes
         and matched back by identity, when no two of them share an identity (the usual
         case: a bucket is finalised once); otherwise rescored_batch's way."""
-        def eligible(docs: list[dict]) -> list[tuple[int, dict]]:
-            return [(i, doc) for i, doc in enumerate(docs)
-                    if doc["timestamp"] >= since_ms and not doc.get("is_interim")]
-
-        records = [(i, doc) for i, doc in eligible(batch.records) if "raw_score" in doc]
-        influencers = [(i, doc) for i, doc in eligible(batch.influencers)
-                       if "raw_score" in doc]
-        buckets = [(i, doc) for i, doc in eligible(batch.buckets)
-                   if isinstance(doc.get("bucket_influencers"), list)
-                   and doc["bucket_influencers"]]
+        records = [(i, doc) for i, doc in enumerate(batch.records)
+                   if doc["timestamp"] >= since_ms and not doc.get("is_interim")
+                   and "raw_score" in doc]
+        influencers = [(i, doc) for i, doc in enumerate(batch.influencers)
+                       if doc["timestamp"] >= since_ms and not doc.get("is_interim")
+                       and "raw_score" in doc]
+        # most buckets have no bucket influencers: that is looked at first
+        buckets = [(i, doc) for i, doc in enumerate(batch.buckets)
+                   if doc.get("bucket_influencers") and doc["timestamp"] >= since_ms
+                   and not doc.get("is_interim") and isinstance(doc["bucket_influencers"], list)]
         record_keys = [(doc["timestamp"], doc.get("detector_index", 0),
                         doc.get("partition_field_value"), doc.get("by_field_value"),
                         doc.get("over_field_value")) for _, doc in records]
