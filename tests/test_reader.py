@@ -489,3 +489,63 @@ def test_one_reading_thread_serves_an_upload_and_ends_with_it():
         del upload  # an upload dropped before its end stops its thread too
         gc.collect()
         assert _native_threads() == before
+
+
+def test_chunks_of_every_kind_of_data_start_with_a_first_chunk_of_its_own_size(tmp_path):
+    from adjobs.ingest import iter_chunks
+
+    lines = [b'{"n":%d}\n' % i for i in range(3000)]  # about 30 KB
+    body = b"".join(lines)
+    path = tmp_path / "body.ndjson"
+    path.write_bytes(body)
+
+    class Reader:  # read() only, no readinto
+        def __init__(self) -> None:
+            self.stream = io.BytesIO(body)
+
+        def read(self, size: int) -> bytes:
+            return self.stream.read(size)
+
+    kinds = {"bytes": lambda: body, "path": lambda: path,
+             "file": lambda: io.BytesIO(body), "read": Reader, "lines": lambda: iter(lines)}
+    for kind, make in kinds.items():
+        pieces = [bytes(piece) for piece in iter_chunks(make(), chunk_bytes=8192,
+                                                        first_chunk_bytes=2048)]
+        assert b"".join(pieces) == body, kind
+        sizes = [len(piece) for piece in pieces]
+        if kind == "lines":  # whole lines, gathered up to each size
+            assert 2048 <= sizes[0] < 2048 + 20 and all(8192 <= n < 8192 + 20
+                                                       for n in sizes[1:-1]), sizes
+        else:
+            assert sizes[:4] == [2048, 8192, 8192, 8192] and sum(sizes) == len(body), kind
+    assert list(iter_chunks(b"", first_chunk_bytes=10)) == []
+    assert [len(p) for p in iter_chunks(body[:100], chunk_bytes=64, first_chunk_bytes=512)] \
+        == [64, 36]  # a first chunk is never larger than the others
+
+
+def test_an_analysed_upload_from_a_file_gives_what_the_same_bytes_give(tmp_path):
+    # A file is read into one reused buffer, the first chunk smaller than the others: each
+    # must be read before the buffer is filled again.
+    import adjobs
+
+    rows = [b"time,value"] + [b"%d,%d" % (1_600_000_000 + 60 * i, i % 97) for i in range(90_000)]
+    body = b"\n".join(rows) + b"\n"
+    assert len(body) > 1 << 20
+    path = tmp_path / "data.csv"
+    path.write_bytes(body)
+    config = {"analysis_config": {"bucket_span": "1h", "detectors": [
+                  {"function": "mean", "field_name": "value"}]},
+              "data_description": {"time_field": "time", "time_format": "epoch",
+                                   "format": "delimited", "field_delimiter": ","}}
+    found = []
+    for data in (body, path):
+        with adjobs.JobService() as service:
+            service.put_job("j", config)
+            service.open_job("j")
+            counts = service.post_data("j", data)
+            service.flush_job("j")
+            found.append((counts["processed_record_count"], counts["input_bytes"],
+                          service.get_buckets("j", size=10_000)["buckets"]))
+    assert found[0][0] == found[1][0] == 90_000
+    assert found[0][1] == found[1][1] == len(body)
+    assert found[0][2] == found[1][2] and len(found[0][2]) == 1500

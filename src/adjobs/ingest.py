@@ -25,6 +25,9 @@ CHUNK_BYTES = 1 << 20
 #: busier (farequote: 25.9 ms analysed against 27.3 ms with whole ones; quarter-size chunks
 #: pay more in fixed costs per chunk than they gain, 29.6 ms).
 ANALYSED_CHUNK_BYTES = 1 << 19
+#: The first chunk of an analysed upload: the analysis starts sooner, on half a chunk, while
+#: the reading goes on (farequote: 24.9 ms analysed against 25.6 ms).
+ANALYSED_FIRST_CHUNK_BYTES = 1 << 18
 
 
 def plan_for(config: JobConfig) -> IngestPlan:
@@ -51,9 +54,10 @@ def plan_for(config: JobConfig) -> IngestPlan:
     )
 
 
-def iter_chunks(data: Any, *, delimited: bool = False,
-                chunk_bytes: int | None = None) -> Iterator[bytes | memoryview]:
-    """Byte chunks of ``data``, of ``chunk_bytes`` (default :data:`CHUNK_BYTES`) or so.
+def iter_chunks(data: Any, *, delimited: bool = False, chunk_bytes: int | None = None,
+                first_chunk_bytes: int | None = None) -> Iterator[bytes | memoryview]:
+    """Byte chunks of ``data``, of ``chunk_bytes`` (default :data:`CHUNK_BYTES`) or so, the
+    first of ``first_chunk_bytes`` (default: the same).
 
     ``data`` may be:
 
@@ -65,23 +69,26 @@ def iter_chunks(data: Any, *, delimited: bool = False,
     - any other iterable of ``bytes``/``str`` chunks.
     """
     size = chunk_bytes or CHUNK_BYTES
+    first = min(first_chunk_bytes or size, size)
     if isinstance(data, str):
         data = _utf8(data)
     if isinstance(data, (bytes, bytearray, memoryview)):
         view = memoryview(data).cast("B")
-        for start in range(0, len(view), size):
+        if len(view):
+            yield view[:first]
+        for start in range(first, len(view), size):
             yield view[start : start + size]
         return
     if isinstance(data, os.PathLike):
-        yield from _file_chunks(data, size)
+        yield from _file_chunks(data, size, first)
         return
     if hasattr(data, "readinto") or hasattr(data, "read"):
-        yield from _stream_chunks(data, size)
+        yield from _stream_chunks(data, size, first)
         return
     if isinstance(data, Mapping):
         data = [data]
     if isinstance(data, Iterable):
-        yield from _iterable_chunks(data, delimited, size)
+        yield from _iterable_chunks(data, delimited, size, first)
         return
     raise ApiError(
         400,
@@ -91,7 +98,7 @@ def iter_chunks(data: Any, *, delimited: bool = False,
     )
 
 
-def _file_chunks(path: os.PathLike, chunk_bytes: int) -> Iterator[bytes]:
+def _file_chunks(path: os.PathLike, chunk_bytes: int, first: int) -> Iterator[bytes]:
     try:
         handle = open(path, "rb")  # noqa: SIM115 - closed below, generator-safe
     except OSError as error:
@@ -101,25 +108,24 @@ def _file_chunks(path: os.PathLike, chunk_bytes: int) -> Iterator[bytes]:
             f"cannot read data file [{os.fspath(path)}]: {error.strerror or error}",
         ) from error
     with handle:
-        yield from _stream_chunks(handle, chunk_bytes)
+        yield from _stream_chunks(handle, chunk_bytes, first)
 
 
-def _stream_chunks(stream: Any, chunk_bytes: int) -> Iterator[bytes]:
+def _stream_chunks(stream: Any, chunk_bytes: int, first: int) -> Iterator[bytes]:
     # One reusable buffer: the core copies each chunk into its own padded buffer (before the
     # next chunk is asked for).
     if hasattr(stream, "readinto") and not isinstance(stream, io.TextIOBase):
         buffer = bytearray(chunk_bytes)
         view = memoryview(buffer)
-        while True:
-            size = stream.readinto(view)
-            if not size:
-                return
+        size = stream.readinto(view[:first])
+        while size:
             yield view[:size]
-    while True:
-        chunk = stream.read(chunk_bytes)
-        if not chunk:
-            return
+            size = stream.readinto(view)
+        return
+    chunk = stream.read(first)
+    while chunk:
         yield chunk.encode("utf-8") if isinstance(chunk, str) else chunk
+        chunk = stream.read(chunk_bytes)
 
 
 def _utf8(text: str) -> bytes:
@@ -139,7 +145,8 @@ def _document_line(document: Mapping) -> bytes:
         return json.dumps(document, separators=(",", ":")).encode() + b"\n"
 
 
-def _iterable_chunks(items: Iterable, delimited: bool, chunk_bytes: int) -> Iterator[bytes]:
+def _iterable_chunks(items: Iterable, delimited: bool, chunk_bytes: int,
+                     first: int) -> Iterator[bytes]:
     pending: list[bytes] = []
     size = 0
     for item in items:
@@ -164,9 +171,10 @@ def _iterable_chunks(items: Iterable, delimited: bool, chunk_bytes: int) -> Iter
             )
         pending.append(line)
         size += len(line)
-        if size >= chunk_bytes:
+        if size >= first:
             yield b"".join(pending)
             pending.clear()
             size = 0
+            first = chunk_bytes
     if pending:
         yield b"".join(pending)

@@ -390,8 +390,9 @@ class JobService:
         self._move_diagnostics(state, incremental, job.totals)
         upload = _core.Upload(job.plan, state)
         delimited = job.plan.format == "csv"
-        chunks = iter_chunks(data, delimited=delimited, chunk_bytes=(
-            min(ingest.ANALYSED_CHUNK_BYTES, ingest.CHUNK_BYTES) if self.analyse else None))
+        chunks = iter_chunks(data, delimited=delimited, **(
+            {"chunk_bytes": min(ingest.ANALYSED_CHUNK_BYTES, ingest.CHUNK_BYTES),
+             "first_chunk_bytes": ingest.ANALYSED_FIRST_CHUNK_BYTES} if self.analyse else {}))
         if self.analyse:
             self._read_alongside_analysis(job, upload, chunks)
         else:
