@@ -1174,10 +1174,13 @@ class JobAnalysis:
         # Every level's items are in bucket order, as its scores are (Normaliser.walk).
         at_record = at_influencer = at_field = 0
         listed = run.listed
+        quiet = self._bucket_doc(0, 0.0, 0, interim, [])
         for index, bucket in enumerate(buckets.tolist()):
             count = events.get(bucket, 0)
             if not records[index]:
-                batch.buckets.append(self._bucket_doc(bucket, 0.0, count, interim, []))
+                # a bucket with nothing unusual: its document but for time and count
+                batch.buckets.append({**quiet, "timestamp": bucket, "event_count": count,
+                                      "bucket_influencers": []})
                 continue
             for i in range(at_record, at_record + records[index]):
                 d = run.detector[i]
