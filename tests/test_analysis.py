@@ -158,6 +158,19 @@ def _everything(service, job_id: str) -> dict:
     }
 
 
+def _listened(csv: bytes, body: dict, analyse: bool) -> tuple[list[int], dict]:
+    """The records per batch handed to a listener while ``csv`` is posted, and then
+    everything the job holds after a flush."""
+    with adjobs.JobService(analyse=analyse) as service:
+        service.put_job("job", body)
+        service.open_job("job")
+        sizes: list[int] = []
+        service.add_record_listener("job", lambda times, *_: sizes.append(len(times)))
+        service.post_data("job", csv)
+        service.flush_job("job")
+        return sizes, _everything(service, "job")
+
+
 def test_the_analysis_gets_each_chunk_as_read_with_the_results_of_the_whole_upload(
     monkeypatch,
 ):
@@ -165,14 +178,7 @@ def test_the_analysis_gets_each_chunk_as_read_with_the_results_of_the_whole_uplo
 
     def analysed(chunk_bytes: int, analyse: bool = True) -> tuple[list[int], dict]:
         monkeypatch.setattr("adjobs.ingest.CHUNK_BYTES", chunk_bytes)
-        with adjobs.JobService(analyse=analyse) as service:
-            service.put_job("job", body)
-            service.open_job("job")
-            sizes: list[int] = []
-            service.add_record_listener("job", lambda times, *_: sizes.append(len(times)))
-            service.post_data("job", csv)
-            service.flush_job("job")
-            return sizes, _everything(service, "job")
+        return _listened(csv, body, analyse)
 
     # The analysis works through each chunk while the next one is read.
     chunk_sizes, per_chunk = analysed(4096)
@@ -1338,18 +1344,11 @@ def test_an_analysed_upload_is_read_in_its_own_smaller_chunks(monkeypatch):
     assert 8192 * 5 < len(csv) < 1 << 20
     monkeypatch.setattr("adjobs.ingest.ANALYSED_CHUNK_BYTES", 8192)
 
-    def batches(analyse: bool) -> list[int]:
-        with adjobs.JobService(analyse=analyse) as service:
-            service.put_job("job", body)
-            service.open_job("job")
-            sizes: list[int] = []
-            service.add_record_listener("job", lambda times, *_: sizes.append(len(times)))
-            service.post_data("job", csv)
-            return sizes
-
-    analysed = batches(True)
+    monkeypatch.setattr("adjobs.ingest.CHUNK_BYTES", 1 << 20)
+    analysed, _ = _listened(csv, body, analyse=True)
     assert sum(analysed) == 2700 and len(analysed) == -(-len(csv) // 8192)
-    assert batches(False) == [2700]  # an upload only counted: whole chunks of CHUNK_BYTES
+    # an upload only counted: whole chunks of CHUNK_BYTES
+    assert _listened(csv, body, analyse=False)[0] == [2700]
 
 
 def _walk_steps_one_bucket_at_a_time(records, influencers, fields, seen):
