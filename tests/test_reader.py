@@ -8,6 +8,8 @@ import itertools
 import math
 import os
 import pathlib
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -462,8 +464,15 @@ def test_a_chunk_read_in_the_background_reads_as_fed_and_guards_the_upload():
     assert read(True)[2] == 5000
 
 
-def _native_threads() -> int:
-    return len(os.listdir("/proc/self/task"))
+def _native_threads(expected: int | None = None) -> int:
+    """The process's threads; with ``expected``, given a moment to get there (a thread that
+    has stopped its work still has to exit)."""
+    for _ in range(100):
+        count = len(os.listdir("/proc/self/task"))
+        if expected is None or count == expected:
+            break
+        time.sleep(0.01)
+    return count
 
 
 def test_one_reading_thread_serves_an_upload_and_ends_with_it():
@@ -484,11 +493,11 @@ def test_one_reading_thread_serves_an_upload_and_ends_with_it():
             upload.wait()
         if finish:
             upload.finish()
-            assert _native_threads() == before
+            assert _native_threads(before) == before
             assert upload.take_batch()[0].size == 3000
         del upload  # an upload dropped before its end stops its thread too
         gc.collect()
-        assert _native_threads() == before
+        assert _native_threads(before) == before
 
 
 def test_chunks_of_every_kind_of_data_start_with_a_first_chunk_of_its_own_size(tmp_path):
@@ -549,3 +558,103 @@ def test_an_analysed_upload_from_a_file_gives_what_the_same_bytes_give(tmp_path)
     assert found[0][0] == found[1][0] == 90_000
     assert found[0][1] == found[1][1] == len(body)
     assert found[0][2] == found[1][2] and len(found[0][2]) == 1500
+
+
+def _bg_upload():
+    from adjobs.config import parse_job_config
+    from adjobs.ingest import plan_for
+
+    plan = plan_for(parse_job_config("bg", value_job()))
+    state = _core.JobIngestState(plan.bucket_span_ms, plan.latency_ms)
+    body = b"".join(b'{"time":%d,"value":%d}\n' % (1_600_000_000 + i, i) for i in range(6000))
+    return plan, state, body
+
+
+def test_a_process_forked_between_chunks_reads_on_without_its_parents_thread():
+    plan, state, body = _bg_upload()
+    upload = _core.Upload(plan, state)
+    upload.feed_in_background(body[:50_000])
+    upload.wait()  # the reading thread is started, and idle
+    child = os.fork()
+    if child == 0:  # the child has no such thread: it starts its own, and ends
+        status = 1
+        try:
+            upload.feed_in_background(body[50_000:])
+            upload.wait()
+            upload.finish()
+            status = 0 if upload.processed_record_count == 6000 else 2
+        finally:
+            os._exit(status)
+    for _ in range(200):
+        done, code = os.waitpid(child, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(code) == 0
+    upload.feed_in_background(body[50_000:])  # the parent's own thread goes on
+    upload.wait()
+    upload.finish()
+    assert upload.processed_record_count == 6000
+
+
+def test_an_upload_dropped_in_a_reference_cycle_mid_read_waits_for_its_thread():
+    import gc
+
+    plan, _, body = _bg_upload()
+
+    class Kept(_core.Upload):
+        pass
+
+    before = _native_threads()
+    for _ in range(20):
+        upload = Kept(plan, _core.JobIngestState(plan.bucket_span_ms, plan.latency_ms))
+        upload.itself = upload  # only the cycle collector frees it, while it reads
+        upload.feed_in_background(bytearray(body))
+        del upload
+        gc.collect()
+    assert _native_threads(before) == before
+
+
+def test_an_upload_given_up_holds_no_thread_while_kept():
+    plan, state, body = _bg_upload()
+    before = _native_threads()
+    upload = _core.Upload(plan, state)
+    upload.feed_in_background(body)
+    with pytest.raises(RuntimeError, match="wait"):
+        upload.close()
+    upload.wait()
+    assert _native_threads() == before + 1
+    upload.close()
+    assert _native_threads(before) == before
+    upload.feed_in_background(body[:100])  # it can still go on: a thread anew
+    upload.wait()
+    upload.finish()
+    assert _native_threads(before) == before
+
+
+def test_an_analysed_upload_whose_source_fails_leaves_no_thread_behind_its_error():
+    import adjobs
+
+    _, _, body = _bg_upload()
+
+    def failing():
+        yield body[:200_000]
+        yield body[200_000:]
+        raise OSError("the source broke")
+
+    before = _native_threads()
+    with adjobs.JobService() as service:
+        service.put_job("j", value_job())
+        service.open_job("j")
+        kept = []
+        for _ in range(5):
+            try:
+                service.post_data("j", failing())
+            except OSError as error:
+                kept.append(error)  # with its traceback, and the upload in it
+        assert len(kept) == 5 and _native_threads(before) == before
+        assert service.get_job_stats("j")["jobs"][0]["data_counts"]["processed_record_count"] == 0

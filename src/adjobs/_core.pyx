@@ -15,6 +15,7 @@
 # (`_tol_*`), a byte-level reader that is the authority on the rules, and takes back
 # control at the next document that stage 1 indexed consistently.
 
+cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.pythread cimport (
     NOWAIT_LOCK,
@@ -28,6 +29,7 @@ from cpython.pythread cimport (
     PyThread_type_lock,
 )
 from libc.math cimport NAN, log
+from posix.unistd cimport getpid
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc, strtod
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
@@ -819,6 +821,7 @@ cdef struct Cursor:
     bint final
 
 
+@cython.no_gc_clear  # __dealloc__ first waits for a read still going, which uses the fields
 cdef class Upload:
     """Reads one upload (streamed in chunks) and counts its records.
 
@@ -922,6 +925,7 @@ cdef class Upload:
     cdef PyThread_type_lock worker_gone
     cdef bint reading_in_background
     cdef bint worker_started, worker_stop
+    cdef int worker_pid  # the process the thread runs in (a forked child has no such thread)
     cdef object chunk_owner
     cdef const uint8_t *chunk_data
     cdef int64_t chunk_length
@@ -941,7 +945,10 @@ cdef class Upload:
 
     def __dealloc__(self):
         if self.reading_done != NULL:
-            if self.reading_in_background:  # the thread still uses the buffers freed below
+            # the thread still uses the buffers freed below (unless the process forked: then
+            # it is the parent's)
+            if self.reading_in_background and not (self.worker_started
+                                                   and self.worker_pid != getpid()):
                 with nogil:
                     PyThread_acquire_lock(self.reading_done, WAIT_LOCK)
             self._stop_worker()
@@ -1046,6 +1053,7 @@ cdef class Upload:
         view = owner
         if view.shape[0] == 0:
             return
+        self._forget_thread_of_parent()
         self.chunk_owner = owner
         self.chunk_data = &view[0]
         self.chunk_length = view.shape[0]
@@ -1065,10 +1073,35 @@ cdef class Upload:
                     _read_chunk(self)
                 return
             self.worker_started = True
+            self.worker_pid = getpid()
         PyThread_release_lock(self.work_ready)  # the chunk is ready
+
+    def close(self):
+        """Stop the reading thread (:meth:`finish` does too): for an upload given up before
+        its end, so that it holds no thread while it is kept (an error refers to it)."""
+        self._check_idle()
+        self._stop_worker()
+
+    cdef int _forget_thread_of_parent(self) except -1:
+        """In a process forked while this upload had a reading thread, that thread is not
+        there: start afresh (its locks may be held for good: no thread here waits on them,
+        and new ones are made)."""
+        if not self.worker_started or self.worker_pid == getpid():
+            return 0
+        PyThread_free_lock(self.work_ready)
+        PyThread_free_lock(self.worker_gone)
+        self.work_ready = PyThread_allocate_lock()
+        self.worker_gone = PyThread_allocate_lock()
+        self.worker_started = False
+        if self.work_ready == NULL or self.worker_gone == NULL:
+            raise MemoryError()
+        return 0
 
     cdef void _stop_worker(self):
         """Let the reading thread end, and wait until it has (no chunk is being read)."""
+        if self.worker_started and self.worker_pid != getpid():
+            self.worker_started = False  # forked: the thread is the parent's
+            return
         if not self.worker_started:
             return
         self.worker_stop = True
@@ -1100,6 +1133,9 @@ cdef class Upload:
         """End the read :meth:`feed_in_background` started (at once if none runs)."""
         if not self.reading_in_background:
             return
+        if self.worker_started and self.worker_pid != getpid():
+            raise RuntimeError("the process forked while a chunk of this upload was being "
+                               "read: the read cannot end here")
         with nogil:
             PyThread_acquire_lock(self.reading_done, WAIT_LOCK)
         PyThread_release_lock(self.reading_done)

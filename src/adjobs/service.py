@@ -394,7 +394,11 @@ class JobService:
             {"chunk_bytes": min(ingest.ANALYSED_CHUNK_BYTES, ingest.CHUNK_BYTES),
              "first_chunk_bytes": ingest.ANALYSED_FIRST_CHUNK_BYTES} if self.analyse else {}))
         if self.analyse:
-            self._read_alongside_analysis(job, upload, chunks)
+            try:
+                self._read_alongside_analysis(job, upload, chunks)
+            except BaseException:
+                upload.close()  # the error may be kept, with the upload it refers to
+                raise
         else:
             self._read(job, upload, chunks)
         self._account(upload, incremental, job.totals)
@@ -471,8 +475,8 @@ class JobService:
             if waiting is None:  # nothing to analyse meanwhile: no thread to start
                 upload.feed(chunk)
             else:
-                upload.feed_in_background(chunk)
                 try:
+                    upload.feed_in_background(chunk)
                     job.analysis.add_records(*waiting)
                     # Time the commit would spend, spent while waiting for the reading.
                     results.encode_rows(job.config.job_id, job.analysis.pending,
