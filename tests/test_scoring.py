@@ -919,3 +919,33 @@ def test_scope_names_are_kept_as_numpy_str_arrays_hold_them():
     with pytest.raises(ValueError, match="one scope per raw score"):
         _scope_list(["a"], 2)
 
+
+
+def test_the_walk_lays_out_its_histogram_from_the_keys_held_and_the_new_scores():
+    from adjobs import _normaliser, scoring
+
+    rules = scoring.Normaliser(900)._rules
+    raw = np.array([0.0004, 2.5, 2.5004, 0.0, 99.9996])  # keys 0, 2500, 2500, 0, 99_999.6+
+    held_keys, held_counts = np.array([7, 2500, 30_000]), np.array([2, 1, 4])
+
+    def walk(keys=held_keys, counts=held_counts, entries=(5,), zeros=(3,), ages=(1,)):
+        return _normaliser.walk_raw(rules, keys, counts, raw, np.zeros(5, dtype=np.int64),
+                                    np.array(entries), np.array(zeros), np.array(ages),
+                                    np.ones(1, dtype=np.uint8), np.zeros(1), np.zeros(1, np.int64),
+                                    50, scoring.TAIL_FRACTION)
+
+    scores, big, keys, counts = walk()
+    discretised = np.floor(raw * scoring.DISCRETISATION_FACTOR + 0.5).astype(np.int64)
+    assert keys.tolist() == sorted({0, *held_keys.tolist(), *discretised.tolist()})
+    # every score is counted under its key, the 3 zeros under 0, the held counts kept
+    expected = dict(zip(held_keys.tolist(), held_counts.tolist(), strict=True))
+    for key in [*discretised.tolist(), 0, 0, 0]:
+        expected[key] = expected.get(key, 0) + 1
+    assert dict(zip(keys.tolist(), counts.tolist(), strict=True)) == expected
+    assert len(scores) == 5 and len(big) == 1
+    with pytest.raises(ValueError, match="ascend"):
+        walk(keys=held_keys[::-1].copy())
+    with pytest.raises(ValueError, match="steps"):
+        walk(entries=(4,))
+    with pytest.raises(ValueError, match="one count per key"):
+        walk(counts=held_counts[:2].copy())

@@ -19,12 +19,11 @@ class Rules:
     @property
     def noise_knot(self) -> float: ...
 
-def walk(
+def walk_raw(
     rules: Rules,
-    counts: NDArray[np.int64],
-    keys: NDArray[np.int64],
-    entry_key: NDArray[np.int64],
-    entry_raw: NDArray[np.float64],
+    held_keys: NDArray[np.int64],
+    held_counts: NDArray[np.int64],
+    raw: NDArray[np.float64],
     entry_scope: NDArray[np.int64],
     step_entries: NDArray[np.int64],
     step_zeros: NDArray[np.int64],
@@ -34,7 +33,7 @@ def walk(
     scope_age: NDArray[np.int64],
     forget_after: int,
     tail_fraction: float,
-) -> tuple[NDArray[np.float64], NDArray[np.bool_]]: ...
+) -> tuple[NDArray[np.float64], NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]: ...
 def scores(
     rules: Rules,
     raw: NDArray[np.float64],

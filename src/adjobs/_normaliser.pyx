@@ -9,13 +9,15 @@
 # Normaliser.normalise scores against the current state with the same C function
 # (normalised_score), so batched and bucket-by-bucket scores are bit-identical.
 #
-# Shape (as _core and _model): `walk` checks arguments, then one `with nogil:` block runs
-# `noexcept nogil` kernels that report failure by status code.
+# Shape (as _core and _model): `walk_raw` checks arguments, then `with nogil:` blocks run
+# `noexcept nogil` kernels that report failure by status code. It also lays out the dense
+# histogram the walk needs (the keys held, 0 and the new scores' keys), which with numpy
+# cost more than the walk itself for the few dozen scores of a chunk's buckets.
 
 cimport cython
-from libc.math cimport ceil, exp, fmax, fmin, isnan, log1p, pow, rint, sqrt
+from libc.math cimport ceil, exp, floor, fmax, fmin, isnan, log1p, pow, rint, sqrt
 from libc.stdint cimport int64_t, uint8_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, qsort
 
 import numpy as np
 
@@ -300,44 +302,113 @@ cdef class Rules:
         return self.rules.noise_knot
 
 
-def walk(Rules rules, counts, keys, entry_key, entry_raw, entry_scope, step_entries,
-         step_zeros, step_age, present, scope_max, scope_age, int64_t forget_after,
-         double tail_fraction):
+cdef int compare_int64(const void* a, const void* b) noexcept nogil:
+    cdef int64_t x = (<const int64_t*>a)[0], y = (<const int64_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef int64_t find_key(const int64_t* keys, int64_t n, int64_t key) noexcept nogil:
+    """The position of ``key`` in the ascending ``keys`` (it is there)."""
+    cdef int64_t lo = 0, hi = n - 1, mid
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if keys[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+def walk_raw(Rules rules, held_keys, held_counts, raw, entry_scope, step_entries, step_zeros,
+             step_age, present, scope_max, scope_age, int64_t forget_after,
+             double tail_fraction):
     """Step a normaliser's state through buckets and normalise every score against the
     state right after its step; see adjobs.scoring.Normaliser.walk.
 
-    ``counts`` (per key of the ascending ``keys``, ``keys[0] == 0``), ``present``,
-    ``scope_max`` and ``scope_age`` (per scope) are updated in place. Returns the scores
-    (per entry) and per step whether it was a big change.
-    """
-    cdef int64_t n_steps = len(step_entries), n_entries = len(entry_key)
-    if len(keys) == 0 or keys[0] != 0 or len(counts) != len(keys):
-        raise ValueError("keys must start with 0 and have one count each")
-    if len(entry_raw) != n_entries or len(entry_scope) != n_entries:
+    The state's histogram comes as held (ascending ``held_keys`` with their positive
+    ``held_counts``), the scores as they are: each is discretised, and the keys held, 0 and
+    the new ones make the dense histogram walked. Returns ``(scores, big, keys, counts)``:
+    per entry its score, per step whether it was a big change, and the keys left with
+    scores. ``present``, ``scope_max`` and ``scope_age`` (per scope) are updated in place."""
+    cdef const int64_t[::1] hk = np.ascontiguousarray(held_keys, dtype=np.int64)
+    cdef const int64_t[::1] hc = np.ascontiguousarray(held_counts, dtype=np.int64)
+    cdef const double[::1] r = np.ascontiguousarray(raw, dtype=np.float64)
+    cdef const int64_t[::1] es = np.ascontiguousarray(entry_scope, dtype=np.int64)
+    cdef const int64_t[::1] se = np.ascontiguousarray(step_entries, dtype=np.int64)
+    cdef const int64_t[::1] sz = np.ascontiguousarray(step_zeros, dtype=np.int64)
+    cdef const int64_t[::1] sa = np.ascontiguousarray(step_age, dtype=np.int64)
+    cdef uint8_t[::1] pres = present
+    cdef double[::1] smax = scope_max
+    cdef int64_t[::1] age = scope_age
+    cdef int64_t n_entries = r.shape[0], n_held = hk.shape[0], n_steps = se.shape[0]
+    cdef int64_t n_scopes = pres.shape[0], i, j, n_new = 0, n_keys = 0, total = 0, a, b
+    cdef int status = OK
+    if hc.shape[0] != n_held:
+        raise ValueError("one count per key held")
+    if es.shape[0] != n_entries:
         raise ValueError("one raw score and scope per entry")
-    if (len(step_zeros) != n_steps or len(step_age) != n_steps
-            or int(np.sum(step_entries)) != n_entries or np.any(np.asarray(step_entries) < 0)):
+    if sz.shape[0] != n_steps or sa.shape[0] != n_steps:
         raise ValueError("steps do not match the entries")
-    if len(scope_max) != len(present) or len(scope_age) != len(present):
+    if smax.shape[0] != n_scopes or age.shape[0] != n_scopes:
         raise ValueError("one max and age per scope")
-    if n_entries and (np.min(entry_key) < 0 or np.max(entry_key) >= len(keys)
-                      or np.min(entry_scope) < 0 or np.max(entry_scope) >= len(present)):
-        raise ValueError("entry key or scope out of range")
+    for i in range(n_steps):
+        if se[i] < 0:
+            raise ValueError("steps do not match the entries")
+        total += se[i]
+    if total != n_entries:
+        raise ValueError("steps do not match the entries")
+    for i in range(n_entries):
+        if es[i] < 0 or es[i] >= n_scopes:
+            raise ValueError("entry key or scope out of range")
+    for i in range(1, n_held):
+        if hk[i] <= hk[i - 1]:
+            raise ValueError("keys held must ascend")
+    entry_key_array = np.empty(n_entries, dtype=np.int64)
+    keys_array = np.empty(n_held + n_entries + 1, dtype=np.int64)
+    cdef int64_t[::1] ek = entry_key_array, keys = keys_array
+    new_array = np.empty(n_entries + 1, dtype=np.int64)
+    cdef int64_t[::1] fresh = new_array
+    with nogil:
+        # as np.floor(raw * DISCRETISATION_FACTOR + 0.5).astype(np.int64)
+        for i in range(n_entries):
+            ek[i] = <int64_t>floor(r[i] * rules.rules.discretisation + 0.5)
+            fresh[i] = ek[i]
+        fresh[n_entries] = 0
+        n_new = n_entries + 1
+        qsort(&fresh[0], n_new, sizeof(int64_t), compare_int64)
+        # merge the held keys with the new ones, each key once
+        a = b = 0
+        while a < n_held or b < n_new:
+            if b >= n_new or (a < n_held and hk[a] <= fresh[b]):
+                j = hk[a]
+                a += 1
+            else:
+                j = fresh[b]
+                b += 1
+            if n_keys == 0 or keys[n_keys - 1] != j:
+                keys[n_keys] = j
+                n_keys += 1
+        for i in range(n_entries):
+            ek[i] = find_key(&keys[0], n_keys, ek[i])
+    counts_array = np.zeros(n_keys, dtype=np.int64)
+    cdef int64_t[::1] counts = counts_array
+    with nogil:
+        for i in range(n_held):
+            counts[find_key(&keys[0], n_keys, hk[i])] = hc[i]
     scores = np.zeros(n_entries, dtype=np.float64)
     big = np.zeros(n_steps, dtype=np.uint8)
-    cdef int status
-    cdef int64_t[::1] c = counts, age = scope_age
-    cdef double[::1] o_score = scores, smax = scope_max
-    cdef uint8_t[::1] o_big = big, pres = present
-    cdef const int64_t[::1] k_ = keys, ek = entry_key, es = entry_scope
-    cdef const int64_t[::1] se = step_entries, sz = step_zeros, sa = step_age
-    cdef const double[::1] er = entry_raw
+    cdef double[::1] o_score = scores
+    cdef uint8_t[::1] o_big = big
+    cdef const int64_t[::1] walked = keys_array[:n_keys]
     with nogil:
-        status = walk_steps(&rules.rules, c, k_, ek, er, es, se, sz, sa, pres, smax, age,
-                            forget_after, tail_fraction, o_score, o_big)
+        status = walk_steps(&rules.rules, counts, walked, ek, r, es, se, sz, sa, pres, smax,
+                            age, forget_after, tail_fraction, o_score, o_big)
     if status == NO_MEMORY:
         raise MemoryError("no memory for the normaliser walk")
-    return scores, big.astype(bool)
+    kept = counts_array > 0
+    return scores, big.astype(bool), keys_array[:n_keys][kept], counts_array[kept]
 
 
 def scores(Rules rules, raw, discretised, cap, int64_t n, int64_t zeros, int64_t noise_key,

@@ -900,11 +900,6 @@ class Normaliser:
         step_buckets = np.ascontiguousarray(step_buckets, dtype=np.int64)
         if step_buckets.size and step_buckets.min() < 1:
             raise ValueError("every step stands for at least one bucket")
-        d = _discretise(raw)
-        # The kernel walks a dense histogram over the keys held or about to be.
-        keys = np.unique(np.concatenate([np.zeros(1, dtype=np.int64), self._keys, d]))
-        counts = np.zeros(keys.size, dtype=np.int64)
-        counts[np.searchsorted(keys, self._keys)] = self._counts
         # The scopes held, then the new ones, numbered in that order (a dict: the scopes
         # are few, the entries many).
         held = self._scopes.tolist()
@@ -919,12 +914,11 @@ class Normaliser:
         scope_age = np.zeros(len(number), dtype=np.int64)
         present[:len(held)], scope_max[:len(held)], scope_age[:len(held)] = (
             1, self._scope_max, self._scope_age)
-        scores, big = _normaliser.walk(
-            self._rules, counts, keys, np.searchsorted(keys, d).astype(np.int64), raw,
-            entry_scope, step_scores, step_zeros, step_buckets, present, scope_max, scope_age,
-            self.forget_after, TAIL_FRACTION)
-        kept = counts > 0
-        self._keys, self._counts = keys[kept], counts[kept]
+        # The kernel discretises the scores and walks a dense histogram over the keys held
+        # or about to be; the keys left with scores come back.
+        scores, big, self._keys, self._counts = _normaliser.walk_raw(
+            self._rules, self._keys, self._counts, raw, entry_scope, step_scores, step_zeros,
+            step_buckets, present, scope_max, scope_age, self.forget_after, TAIL_FRACTION)
         names = list(number)
         alive = sorted((i for i in np.flatnonzero(present).tolist()), key=names.__getitem__)
         self._scopes = (np.array([names[i] for i in alive], dtype=str) if alive
