@@ -375,8 +375,13 @@ class _DetectorAnalysis:
         impact = scoring.multi_bucket_impact(
             p_single[hit_bucket, chosen], p_multi[hit_bucket, chosen]
         )
-        actual = np.stack([values[hit_bucket, columns + j] for j in range(k)], axis=1)
-        typical = np.stack([out["typical"][hit_bucket, columns + j] for j in range(k)], axis=1)
+        if k == 1:
+            actual = values[hit_bucket, columns][:, None]
+            typical = out["typical"][hit_bucket, columns][:, None]
+        else:
+            actual = np.stack([values[hit_bucket, columns + j] for j in range(k)], axis=1)
+            typical = np.stack([out["typical"][hit_bucket, columns + j] for j in range(k)],
+                               axis=1)
         # Back from model columns to series keys and to the feature rows behind them.
         column_key = {column: key for key, column in self.series.items()}
         keys = np.array([column_key[c] for c in columns.tolist()], dtype=np.int64)
@@ -714,8 +719,8 @@ class _ScoredRun:
         """Raw scores of every level, in one call (elementwise: as level by level)."""
         levels = (self.probability, self.influencer_probability, self.field_probability)
         raw = np.atleast_1d(scoring.raw_score(np.concatenate(levels)))
-        ends = np.cumsum([len(level) for level in levels])
-        self.raw, self.influencer_raw, self.field_raw = np.split(raw, ends[:2])
+        first, second = len(levels[0]), len(levels[0]) + len(levels[1])
+        self.raw, self.influencer_raw, self.field_raw = raw[:first], raw[first:second], raw[second:]
 
     def counts(self) -> tuple[list[int], list[int], list[int]]:
         """Records, influencers and bucket influencers per bucket of the run."""
