@@ -294,3 +294,19 @@ def test_influence_alternatives_take_each_value_out_or_alone():
     codes, values, _ = influence_alternatives("mean", True, columns, numeric[:2], None,
                                               np.array([0, 1]), np.array([7, 7]))
     assert codes.tolist() == [7] and np.isnan(values[0])
+
+
+def test_stable_groups_are_lexsorts_order_and_its_runs_of_equal_keys():
+    from adjobs.features import stable_groups
+
+    rng = np.random.default_rng(3)
+    for keys in ([rng.integers(-1, 4, 300).astype(np.int32), rng.integers(0, 50, 300)],
+                 [rng.integers(0, 3, 300).astype(float), rng.integers(0, 5, 300)],  # floats
+                 [np.array([2**40, 0, 2**40]), np.array([2**30, 5, 2**30])]):  # too wide to pack
+        order, starts = stable_groups(keys)
+        assert order.tolist() == np.lexsort(keys).tolist()
+        rows = np.stack([key[order] for key in keys], axis=1)
+        changes = [0] + [i for i in range(1, len(rows)) if (rows[i] != rows[i - 1]).any()]
+        assert starts.tolist() == changes
+    order, starts = stable_groups([np.zeros(0, dtype=np.int64)])
+    assert order.tolist() == [] and starts.tolist() == []

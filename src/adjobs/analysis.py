@@ -67,7 +67,7 @@ from .features import (
     influence_alternatives,
     influencer_shares,
     side_of,
-    stable_order,
+    stable_groups,
     statistics_of,
 )
 from .model import SeriesModels
@@ -598,15 +598,13 @@ def _unique_series(features: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for split, size in zip(triples, sizes, strict=True):
         packed = packed * size + (split.astype(np.int64) + 1)
     # np.unique(packed, return_index=True, return_inverse=True), from the same stable
-    # order but sorted by stable_order (a radix sort for the usual few thousand series).
-    order = stable_order([packed])
-    ordered = packed[order]
-    starts = np.empty(len(ordered), dtype=bool)
-    starts[:1] = True
-    np.not_equal(ordered[1:], ordered[:-1], out=starts[1:])
+    # order but sorted by stable_groups (a radix sort for the usual few thousand series).
+    order, starts = stable_groups([packed])
     first_row = order[starts]
-    inverse = np.empty(len(ordered), dtype=np.intp)
-    inverse[order] = np.cumsum(starts) - 1
+    new_series = np.zeros(len(order), dtype=np.intp)
+    new_series[starts] = 1
+    inverse = np.empty(len(order), dtype=np.intp)
+    inverse[order] = np.cumsum(new_series) - 1
     unique = np.stack([split[first_row] for split in triples], axis=1)
     return unique, first_row, inverse
 
