@@ -1429,7 +1429,8 @@ class JobAnalysis:
             return rescored_batch(batch, since_ms, self.rescore)
         out = ResultBatch(buckets=list(batch.buckets), records=list(batch.records),
                           influencers=list(batch.influencers),
-                          replaces_interim=batch.replaces_interim, rows=batch.rows)
+                          replaces_interim=bool(getattr(batch, "replaces_interim", False)),
+                          rows=getattr(batch, "rows", None) or {})
         if records:
             scopes: dict[tuple, str] = {}
             for key, (_, doc) in zip(record_keys, records, strict=True):
