@@ -13,6 +13,14 @@ from hypothesis import strategies as st
 from adjobs import _jsontext, results
 
 
+
+#: A job of each airline's mean response time, influenced by the airline.
+AIRLINE_MEANS = {
+    "analysis_config": {"bucket_span": "10m", "influencers": ["airline"],
+                        "detectors": [{"function": "mean", "field_name": "responsetime",
+                                       "partition_field_name": "airline"}]},
+    "data_description": {"time_field": "time", "time_format": "epoch"}}
+
 def _json_module(value):
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
@@ -105,11 +113,7 @@ def test_an_analysed_uploads_documents_are_all_written_by_the_compiled_encoder()
             lines.append(json.dumps({"time": 1_600_000_000 + 600 * bucket, "airline": airline,
                                      "responsetime": value}))
     with adjobs.JobService() as service:
-        service.put_job("j", {
-            "analysis_config": {"bucket_span": "10m", "influencers": ["airline"],
-                                "detectors": [{"function": "mean", "field_name": "responsetime",
-                                               "partition_field_name": "airline"}]},
-            "data_description": {"time_field": "time", "time_format": "epoch"}})
+        service.put_job("j", AIRLINE_MEANS)
         service.open_job("j")
         service.post_data("j", "\n".join(lines))
         service.flush_job("j")
@@ -187,11 +191,7 @@ def test_an_analysed_uploads_rows_are_the_python_functions_rows(monkeypatch):
              "responsetime": rng.normal(100.0, 5.0) + (300.0 if (b, airline) == (200, "ÉLY") else 0)}
             for b in range(260) for airline in ("AAL", "ÉLY", "KLM")]
     with adjobs.JobService() as service:
-        service.put_job("j", {
-            "analysis_config": {"bucket_span": "10m", "influencers": ["airline"],
-                                "detectors": [{"function": "mean", "field_name": "responsetime",
-                                               "partition_field_name": "airline"}]},
-            "data_description": {"time_field": "time", "time_format": "epoch"}})
+        service.put_job("j", AIRLINE_MEANS)
         service.open_job("j")
         service.post_data("j", docs)
     (batch,) = written
