@@ -12,8 +12,6 @@ from hypothesis import strategies as st
 
 from adjobs import _jsontext, results
 
-
-
 #: A job of each airline's mean response time, influenced by the airline.
 AIRLINE_MEANS = {
     "analysis_config": {"bucket_span": "10m", "influencers": ["airline"],
