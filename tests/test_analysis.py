@@ -1299,15 +1299,12 @@ def test_known_series_are_looked_up_by_their_codes_and_new_ones_go_the_long_way(
     assert detector._known_columns(_Triples(*[np.zeros(0, np.int32)] * 3)).tolist() == []
 
 
-def test_an_uploads_own_results_are_rescored_in_place_as_rescored_batch_would():
+def _pending_of(body: dict, docs: list[dict]):
+    """A JobAnalysis fed the records the core reads of ``docs``, its pending batch taken."""
     from adjobs.analysis import JobAnalysis
     from adjobs.config import parse_job_config
-    from adjobs.results import ResultBatch, rescored_batch
 
-    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"},
-                  influencers=("host",))
-    docs = metric_data(buckets=300, spike=(250, "b", 5.0))
-    with adjobs.JobService() as service:  # the records the core reads, to analyse by hand
+    with adjobs.JobService() as service:
         service.put_job("r", body)
         service.open_job("r")
         batches = []
@@ -1318,15 +1315,24 @@ def test_an_uploads_own_results_are_rescored_in_place_as_rescored_batch_would():
     analysis.names = names
     for batch in batches:
         analysis.add_records(*batch)
+    return analysis, analysis.take_pending()
+
+
+def test_an_uploads_own_results_are_rescored_in_place_as_rescored_batch_would():
+    from adjobs.results import ResultBatch, rescored_batch
+
+    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"},
+                  influencers=("host",))
+    analysis, pending = _pending_of(body, metric_data(buckets=300, spike=(250, "b", 5.0)))
     since = analysis.take_renormalisation()
     assert since is not None  # the spike raised the maxima: scores are due to move
-    pending = analysis.take_pending()
 
     def as_written(batch):
         return [batch.buckets, batch.records, batch.influencers]
 
     expected = rescored_batch(pending, since, analysis.rescore)
     got = analysis.rescore_batch(pending, since)
+    assert analysis._rescore_runs(pending, since) is not None  # from the run scores
     assert as_written(got) == as_written(expected)
     moved = sum(a is not b for a, b in zip(got.records, pending.records, strict=True))
     assert 0 < moved < len(pending.records)  # some moved, and only those are copies
@@ -1337,6 +1343,55 @@ def test_an_uploads_own_results_are_rescored_in_place_as_rescored_batch_would():
                         influencers=pending.influencers)
     assert as_written(analysis.rescore_batch(twice, since)) == as_written(
         rescored_batch(twice, since, analysis.rescore))
+
+
+@pytest.mark.parametrize("detectors", [
+    [{"function": "mean", "field_name": "rt", "partition_field_name": "host"}],
+    [{"function": "high_count", "by_field_name": "host"}],
+    [{"function": "mean", "field_name": "rt", "over_field_name": "host"}],
+    [{"function": "max", "field_name": "rt", "partition_field_name": "host"},
+     {"function": "low_count"}],
+])
+@pytest.mark.parametrize("since_bucket", [0, 200, 290])
+def test_a_taken_batch_is_rescored_from_its_run_scores_as_from_its_documents(detectors,
+                                                                            since_bucket):
+    body = config(detectors[0], influencers=("host",))
+    body["analysis_config"]["detectors"] = detectors
+    analysis, pending = _pending_of(body, metric_data(buckets=300, spike=(250, "b", 5.0)))
+    since = T0 * 1000 + since_bucket * SPAN * 1000
+    fast = analysis._rescore_runs(pending, since)
+    assert fast is not None  # the batch finalise made: read from its scores
+    analysis._taken = None  # now the documents' way
+    slow = analysis.rescore_batch(pending, since)
+    for name in ("buckets", "records", "influencers"):
+        got, expected, before = (getattr(b, name) for b in (fast, slow, pending))
+        assert got == expected
+        # the same documents copied: unchanged ones are the batch's own
+        assert [a is b for a, b in zip(got, before, strict=True)] == [
+            a is b for a, b in zip(expected, before, strict=True)]
+    moved = [b["timestamp"] for a, b in zip(fast.buckets, pending.buckets, strict=True)
+             if a is not b]
+    assert all(stamp >= since for stamp in moved)  # none before the window
+    if since_bucket > 250:
+        assert moved == []  # the buckets after the spike keep their scores
+
+
+def test_run_scores_give_way_when_two_codes_have_one_name_or_the_batch_changed():
+    from adjobs.results import ResultBatch
+
+    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"},
+                  influencers=("host",))
+    analysis, pending = _pending_of(body, metric_data(buckets=300, spike=(250, "b", 5.0)))
+    assert analysis._rescore_runs(pending, 0) is not None
+    # "b" and "c" read alike: identities of values could clash, the scores cannot tell
+    names = list(analysis.names)
+    analysis.names[names.index("c")] = "b"
+    assert analysis._rescore_runs(pending, 0) is None
+    analysis.names = names
+    # another batch, or this one with documents added since: the documents' way
+    assert analysis._rescore_runs(ResultBatch(buckets=list(pending.buckets)), 0) is None
+    pending.records.append(dict(pending.records[-1]))
+    assert analysis._rescore_runs(pending, 0) is None
 
 
 def test_an_analysed_upload_is_read_in_its_own_smaller_chunks(monkeypatch):

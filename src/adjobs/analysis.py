@@ -203,6 +203,8 @@ class _DetectorAnalysis:
         #: The first model column of every series by its packed split codes, and the sizes
         #: the codes were packed with (_known_columns); None until needed again.
         self._column_table: tuple[np.ndarray, tuple[int, int, int]] | None = None
+        #: (the series dict, its size, _series_columns' answer) as last listed.
+        self._series_listing: tuple[dict, int, np.ndarray, dict] | None = None
         categorical = list(config.categorical_fields)
         splits = {detector.partition_field_name, detector.by_field_name,
                   detector.over_field_name}
@@ -231,6 +233,16 @@ class _DetectorAnalysis:
         }
         self.models = type(self.models).from_state(state["models"])
         self._column_table = None
+
+    def _series_columns(self) -> tuple[np.ndarray, dict[int, tuple[int, int, int]]]:
+        """Every series' first model column, ascending, and the series of each such column:
+        listed again only after series were added (a series keeps its column)."""
+        listing = self._series_listing
+        if listing is None or listing[0] is not self.series or listing[1] != len(self.series):
+            columns = np.array(sorted(self.series.values()), dtype=np.int64)
+            key_of = {column: key for key, column in self.series.items()}
+            listing = self._series_listing = (self.series, len(self.series), columns, key_of)
+        return listing[2], listing[3]
 
     @property
     def series_count(self) -> int:
@@ -354,9 +366,12 @@ class _DetectorAnalysis:
         out = self.models.step(values, buckets // span_ms, counts=counts)
         p_single, p_multi = out["p_single"], out["p_multi"]
         # A series is as unusual as its most unusual statistic, corrected for k looks.
-        series_columns = np.array(sorted(self.series.values()), dtype=np.int64)
+        series_columns, column_key = self._series_columns()
         if k == 1:
-            p = _record_probabilities(p_single[:, series_columns], p_multi[:, series_columns])
+            # one column per series: all of them, in order, unless some are not series
+            every = len(series_columns) == n_columns
+            p = _record_probabilities(p_single if every else p_single[:, series_columns],
+                                      p_multi if every else p_multi[:, series_columns])
             worst = np.zeros(p.shape, dtype=np.intp)
         else:
             combined = scoring.combine_single_multi(p_single, p_multi)
@@ -383,7 +398,6 @@ class _DetectorAnalysis:
             typical = np.stack([out["typical"][hit_bucket, columns + j] for j in range(k)],
                                axis=1)
         # Back from model columns to series keys and to the feature rows behind them.
-        column_key = {column: key for key, column in self.series.items()}
         keys = np.array([column_key[c] for c in columns.tolist()], dtype=np.int64)
         # Feature rows are unique per (bucket, column): look the hits up by that key.
         modelled = np.flatnonzero(known)
@@ -712,6 +726,7 @@ class _ScoredRun:
         self.field_bucket: list[int] = []
         self.field_names: list[str] = []
         self.field_probability = np.empty(0)
+        self._counts: tuple[list[int], list[int], list[int]] | None = None
 
     def raw_scores(self) -> None:
         """Raw scores of every level, in one call (elementwise: as level by level)."""
@@ -721,13 +736,16 @@ class _ScoredRun:
         self.raw, self.influencer_raw, self.field_raw = raw[:first], raw[first:second], raw[second:]
 
     def counts(self) -> tuple[list[int], list[int], list[int]]:
-        """Records, influencers and bucket influencers per bucket of the run."""
-        n = self.bucket_count
-        return (np.bincount(self.bucket, minlength=n).tolist(),
-                np.bincount(np.asarray(self.influencer_bucket, dtype=np.int64),
-                            minlength=n).tolist(),
-                np.bincount(np.asarray(self.field_bucket, dtype=np.int64),
-                            minlength=n).tolist())
+        """Records, influencers and bucket influencers per bucket of the run (counted once:
+        the run is complete when they are asked for)."""
+        if self._counts is None:
+            n = self.bucket_count
+            self._counts = (np.bincount(self.bucket, minlength=n).tolist(),
+                            np.bincount(np.asarray(self.influencer_bucket, dtype=np.int64),
+                                        minlength=n).tolist(),
+                            np.bincount(np.asarray(self.field_bucket, dtype=np.int64),
+                                        minlength=n).tolist())
+        return self._counts
 
     def walk(self, normalisers: dict[str, scoring.Normaliser], evaluated: np.ndarray
              ) -> tuple[dict[str, np.ndarray], bool]:
@@ -752,6 +770,60 @@ class _ScoredRun:
             scores[level], big = normalisers[level].walk(raw, scopes, *steps[level])
             big_change |= bool(big.any())
         return scores, big_change
+
+
+@dataclass
+class _RunScores:
+    """What rescoring needs of the finalised documents of one run, as arrays in the order of
+    the documents (:meth:`JobAnalysis.rescore_batch` reads these rather than the documents,
+    which by then are scattered through memory): the time, raw score, score as written and
+    scope of every record and influencer; the buckets with bucket influencers and those."""
+
+    bucket_count: int
+    record_time: np.ndarray
+    record_raw: np.ndarray
+    record_score: np.ndarray
+    record_scopes: list[str]
+    #: (detector, partition code, by code, over code) of every record: its identity.
+    record_codes: np.ndarray
+    influencer_time: np.ndarray
+    influencer_raw: np.ndarray
+    influencer_score: np.ndarray
+    influencer_scopes: list[str]
+    influencer_keys: list[tuple[str, int]]
+    #: Positions in the run of the buckets with bucket influencers, their times and how
+    #: many bucket influencers each has.
+    scored_bucket: np.ndarray
+    scored_time: np.ndarray
+    field_count: np.ndarray
+    field_raw: np.ndarray
+    field_score: np.ndarray
+    field_names: list[str]
+
+    @classmethod
+    def of(cls, run: _ScoredRun, found: list[_Rows], buckets: np.ndarray,
+           scores: dict[str, np.ndarray]) -> _RunScores:
+        fields = np.asarray(run.counts()[2], dtype=np.int64)
+        detector = np.asarray(run.detector, dtype=np.int64)
+        row = np.asarray(run.row, dtype=np.int64)
+        codes = np.empty((len(detector), 4), dtype=np.int64)
+        codes[:, 0] = detector
+        for d, rows in enumerate(found):
+            mine = np.flatnonzero(detector == d)
+            if len(mine):
+                for j, split in enumerate((rows.partition, rows.by, rows.over), start=1):
+                    codes[mine, j] = np.asarray(split, dtype=np.int64)[row[mine]]
+        scored = np.flatnonzero(fields > 0)
+        return cls(
+            bucket_count=len(buckets),
+            record_time=buckets[run.bucket], record_raw=run.raw,
+            record_score=scores["record"], record_scopes=run.scopes, record_codes=codes,
+            influencer_time=buckets[np.asarray(run.influencer_bucket, dtype=np.int64)],
+            influencer_raw=run.influencer_raw, influencer_score=scores["influencer"],
+            influencer_scopes=run.influencer_scopes, influencer_keys=run.influencer_keys,
+            scored_bucket=scored, scored_time=buckets[scored], field_count=fields[scored],
+            field_raw=run.field_raw,
+            field_score=scores["bucket"], field_names=run.field_names)
 
 
 #: The first bytes of a state blob written by :func:`_pack_state`. Blobs written before it
@@ -844,6 +916,10 @@ class JobAnalysis:
         #: Records of buckets not finalised yet, as chunks of (times, numeric, codes).
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.pending = ResultBatch()
+        #: The scores of pending's documents, a run at a time (finalise), and those of the
+        #: batch take_pending last gave out; for rescore_batch.
+        self._pending_scores: list[_RunScores] = []
+        self._taken: tuple[ResultBatch, list[_RunScores]] | None = None
         #: A normaliser's maximum grew by more than 10%: older scores are re-normalised at
         #: the next commit (A.6).
         self.renormalise = False
@@ -929,9 +1005,10 @@ class JobAnalysis:
         times, numeric, codes = self._take_before(boundary)
         buckets = self._bucket_range(self.next_bucket, boundary, times)
         events = event_counts(times, self.span_ms)
-        results = self._analyse(buckets, times, numeric, codes, events, interim=False)
+        results, scores = self._analyse(buckets, times, numeric, codes, events, interim=False)
         results.replaces_interim = True
         self.pending.extend(results)
+        self._pending_scores.append(scores)
         self.next_bucket = boundary
         self._learn_bucket_counts(buckets, *events)
         elapsed_ms = (time.perf_counter() - started) * 1e3
@@ -980,8 +1057,8 @@ class JobAnalysis:
         try:
             for detector in self.detectors:
                 detector.incomplete_bucket = incomplete
-            results = self._analyse(buckets, times, numeric, codes,
-                                    event_counts(times, self.span_ms), interim=True)
+            results, _ = self._analyse(buckets, times, numeric, codes,
+                                       event_counts(times, self.span_ms), interim=True)
         finally:
             for detector, state in zip(self.detectors, saved, strict=True):
                 detector.incomplete_bucket = None
@@ -1022,7 +1099,8 @@ class JobAnalysis:
         events: tuple[np.ndarray, np.ndarray],
         *,
         interim: bool,
-    ) -> ResultBatch:
+    ) -> tuple[ResultBatch, _RunScores]:
+        """The documents of ``buckets`` and their scores (:class:`_RunScores`)."""
         weights = numeric[:, self.summary_column] if self.summary_column >= 0 else None
         used = [self.model_bytes()]
 
@@ -1049,7 +1127,8 @@ class JobAnalysis:
         # against the state right after it (Normaliser.walk); then the documents.
         scores, big_change = run.walk(self.normalisers, evaluated)
         self.renormalise |= big_change
-        return self._documents(run, found, buckets, event_count, scores, interim)
+        return (self._documents(run, found, buckets, event_count, scores, interim),
+                _RunScores.of(run, found, buckets, scores))
 
     def _bucket_doc(self, bucket: int, score: float, event_count: int, interim: bool,
                     bucket_influencers: list[dict]) -> dict:
@@ -1406,7 +1485,12 @@ class JobAnalysis:
 
         The batch's documents are rescored where they are, rather than turned into changes
         and matched back by identity, when no two of them share an identity (the usual
-        case: a bucket is finalised once); otherwise rescored_batch's way."""
+        case: a bucket is finalised once); otherwise rescored_batch's way. The batch
+        take_pending gave out last, as finalise made it, is rescored from its scores
+        (:meth:`_rescore_runs`) without reading its documents."""
+        fast = self._rescore_runs(batch, since_ms)
+        if fast is not None:
+            return fast
         records = [(i, doc) for i, doc in enumerate(batch.records)
                    if doc["timestamp"] >= since_ms and not doc.get("is_interim")
                    and "raw_score" in doc]
@@ -1470,10 +1554,89 @@ class JobAnalysis:
                                   "anomaly_score": max(new)}
         return out
 
+    def _rescore_runs(self, batch: ResultBatch, since_ms: int) -> ResultBatch | None:
+        """:meth:`rescore_batch` of the batch take_pending last gave out, from the scores of
+        its runs (_RunScores): the same documents, the same copies. None if ``batch`` is not
+        that batch as finalise made it, or if two of its documents could share an identity
+        (the scores name documents by position, rescored_batch by identity)."""
+        if self._taken is None or self._taken[0] is not batch:
+            return None
+        runs = self._taken[1]
+        if (sum(run.bucket_count for run in runs) != len(batch.buckets)
+                or sum(len(run.record_time) for run in runs) != len(batch.records)
+                or sum(len(run.influencer_time) for run in runs) != len(batch.influencers)):
+            return None  # the batch changed since (interim results joined it)
+
+        def joined(name: str, dtype: Any = np.float64) -> np.ndarray:
+            return (np.concatenate([getattr(run, name) for run in runs]) if runs
+                    else np.empty(0, dtype=dtype))
+
+        record_codes = (np.concatenate([run.record_codes for run in runs]) if runs
+                        else np.empty((0, 4), dtype=np.int64))
+        influencer_keys = [key for run in runs for key in run.influencer_keys]
+        # Identities are values; documents are named by codes: one value per code used.
+        used = set(record_codes[:, 1:].ravel().tolist()) | {c for _, c in influencer_keys}
+        if len({self._name(code) for code in used}) < len(used):
+            return None
+        record_time = joined("record_time", np.int64)
+        influencer_time = joined("influencer_time", np.int64)
+        bucket_time = joined("scored_time", np.int64)
+        if (len(set(zip(record_time.tolist(), *record_codes.T.tolist()))) < len(record_time)
+                or len(set(zip(influencer_time.tolist(), influencer_keys))) < len(influencer_keys)
+                or len(set(bucket_time.tolist())) < len(bucket_time)):
+            return None
+        out = ResultBatch(buckets=list(batch.buckets), records=list(batch.records),
+                          influencers=list(batch.influencers),
+                          replaces_interim=bool(getattr(batch, "replaces_interim", False)),
+                          rows=getattr(batch, "rows", None) or {})
+        for level, stamps, docs, scopes in (
+                ("record", record_time, out.records,
+                 [scope for run in runs for scope in run.record_scopes]),
+                ("influencer", influencer_time, out.influencers,
+                 [scope for run in runs for scope in run.influencer_scopes])):
+            chosen = np.flatnonzero(stamps >= since_ms)
+            if not len(chosen):
+                continue
+            scores = self.normalisers[level].normalise(
+                joined(f"{level}_raw")[chosen], [scopes[i] for i in chosen.tolist()])
+            moved = scores != joined(f"{level}_score")[chosen]
+            score_name = f"{level}_score"
+            for i, score in zip(chosen[moved].tolist(), scores[moved].tolist(), strict=True):
+                docs[i] = {**docs[i], score_name: score}
+        # buckets with bucket influencers, by position in the batch
+        offsets = np.cumsum([0] + [run.bucket_count for run in runs])
+        scored = (np.concatenate([run.scored_bucket + offset
+                                  for run, offset in zip(runs, offsets.tolist(), strict=False)])
+                  if runs else np.empty(0, dtype=np.int64))
+        field_count = joined("field_count", np.int64)
+        chosen = bucket_time >= since_ms
+        if chosen.any():
+            field_chosen = np.repeat(chosen, field_count)
+            names = [name for run in runs for name in run.field_names]
+            scores = self.normalisers["bucket"].normalise(
+                joined("field_raw")[field_chosen],
+                [name for name, keep in zip(names, field_chosen.tolist(), strict=True) if keep])
+            counts = field_count[chosen]
+            starts = np.cumsum(counts) - counts
+            moved = np.logical_or.reduceat(scores != joined("field_score")[field_chosen], starts)
+            new = scores.tolist()
+            for i, start, count in zip(scored[chosen][moved].tolist(),
+                                       starts[moved].tolist(), counts[moved].tolist(),
+                                       strict=True):
+                doc = out.buckets[i]
+                mine = new[start:start + count]
+                # every bucket influencer of a bucket that moved takes its new score, and
+                # the bucket the largest of them
+                copies = [{**bi, "anomaly_score": score}
+                          for bi, score in zip(doc["bucket_influencers"], mine, strict=True)]
+                out.buckets[i] = {**doc, "bucket_influencers": copies, "anomaly_score": max(mine)}
+        return out
+
     # -- bookkeeping ------------------------------------------------------------------------
 
     def take_pending(self) -> ResultBatch:
         pending, self.pending = self.pending, ResultBatch()
+        self._taken, self._pending_scores = (pending, self._pending_scores), []
         return pending
 
     def model_bytes(self) -> int:

@@ -192,12 +192,15 @@ def _empty(statistics: int) -> Features:
 
 def _split_codes(codes: np.ndarray, column: int, n: int) -> np.ndarray:
     if column < 0:
-        return np.full(n, -1, dtype=np.int32)
+        # -1 throughout, read only: a view of one value, not n of them
+        return np.broadcast_to(np.int32(-1), (n,))
     return codes[:, column]
 
 
 #: Packed sort keys stay below this, clear of int64 overflow.
 _PACKED_KEY_LIMIT = 2**62
+#: The unsigned types packed keys narrow to, each with the number of values it holds.
+_NARROW_KEYS = ((np.uint8, 1 << 8), (np.uint16, 1 << 16))
 
 
 def stable_order(keys: list[np.ndarray]) -> np.ndarray:
@@ -244,7 +247,7 @@ def _packed(keys: list[np.ndarray]) -> np.ndarray | None:
     product reaches 2**62)."""
     if not keys or len(keys[0]) == 0 or any(key.dtype.kind != "i" for key in keys):
         return None
-    packed = np.zeros(len(keys[0]), dtype=np.int64)
+    packed = None
     scale = 1
     for key in keys:  # least significant first, as lexsort takes them
         low, high = int(key.min()), int(key.max())
@@ -252,12 +255,21 @@ def _packed(keys: list[np.ndarray]) -> np.ndarray | None:
         if scale * width >= _PACKED_KEY_LIMIT:
             return None
         if width > 1:
-            packed += (key.astype(np.int64) - low) * scale
+            term = key.astype(np.int64)  # a copy, worked on in place
+            term -= low
+            if scale > 1:
+                term *= scale
+            if packed is None:
+                packed = term
+            else:
+                packed += term
         scale *= width
+    if packed is None:
+        packed = np.zeros(len(keys[0]), dtype=np.int64)
     # numpy's stable sort is a radix sort for 8- and 16-bit keys: several times faster
     # than its merge sort on int64 (packed keys are usually small: buckets x series).
-    for narrow in (np.uint8, np.uint16):
-        if scale <= np.iinfo(narrow).max + 1:
+    for narrow, values in _NARROW_KEYS:
+        if scale <= values:
             return packed.astype(narrow)
     return packed
 

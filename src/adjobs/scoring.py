@@ -390,16 +390,17 @@ def grouped_least_extreme_probabilities(flat: Any, sizes: Any) -> np.ndarray:
     starts = (np.cumsum(sizes) - sizes)[filled]
     minima = np.ones(len(sizes), dtype=np.float64)
     minima[filled] = np.minimum.reduceat(flat, starts)
-    for n in np.unique(sizes[filled]).tolist():
-        rows = np.flatnonzero((sizes == n) & (minima < 1.0))
+    unusual = minima < 1.0
+    for n in sorted({n for n in sizes.tolist() if n > 0}):
+        rows = np.flatnonzero((sizes == n) & unusual)
         if len(rows) == 0:
             continue
         x = minima[rows].tolist()
         if n == 1:
             # The one term is ln x (C(1, 1) = 1, (1 - x)^0 = 1) and its exp(0) is exactly 1:
             # the same arithmetic without the matrix.
-            for row, v in zip(rows.tolist(), x, strict=True):
-                out[row] = max(math.exp(min(math.log(v), 0.0)), SMALLEST_PROBABILITY)
+            out[rows] = [max(math.exp(min(math.log(v), 0.0)), SMALLEST_PROBABILITY)
+                         for v in x]
             continue
         log_x = np.array([math.log(v) for v in x])
         log_1mx = np.array([math.log1p(-v) for v in x])
@@ -407,9 +408,9 @@ def grouped_least_extreme_probabilities(flat: Any, sizes: Any) -> np.ndarray:
         terms = log_choose + k * log_x[:, None] + rest * log_1mx[:, None]
         top = terms.max(axis=1)
         sums = np.sum(np.exp(terms - top[:, None]), axis=1)
-        for row, t, total in zip(rows.tolist(), top.tolist(), sums.tolist(), strict=True):
-            log_p = -math.inf if t == -math.inf else t + math.log(total)
-            out[row] = max(math.exp(min(log_p, 0.0)), SMALLEST_PROBABILITY)
+        out[rows] = [max(math.exp(min(-math.inf if t == -math.inf else t + math.log(total),
+                                      0.0)), SMALLEST_PROBABILITY)
+                     for t, total in zip(top.tolist(), sums.tolist(), strict=True)]
     return out
 
 
@@ -779,6 +780,9 @@ class Normaliser:
         self._scopes = np.zeros(0, dtype="<U1")
         self._scope_max = np.zeros(0, dtype=np.float64)
         self._scope_age = np.zeros(0, dtype=np.int64)
+        #: ``(scope table, its names as a list, name -> position)`` of the last table
+        #: :meth:`_scope_numbers` listed: a walk that changes no scope keeps the table.
+        self._scope_cache: tuple[np.ndarray, list[str], dict[str, int]] | None = None
         #: Whether the last :meth:`update` raised some scope's max raw score by more than
         #: ``BIG_CHANGE_FACTOR`` (a new scope with a positive score counts): renormalise.
         self.big_change = False
@@ -799,6 +803,15 @@ class Normaliser:
         """The remembered max raw score of ``scope``, or None if unknown or forgotten."""
         idx, found = self._lookup(np.asarray([scope], dtype=str))
         return float(self._scope_max[idx[0]]) if found[0] else None
+
+    def _scope_numbers(self) -> tuple[list[str], dict[str, int]]:
+        """The scopes held, as a list and numbered in that order; listed once per table."""
+        cached = self._scope_cache
+        if cached is None or cached[0] is not self._scopes:
+            held = self._scopes.tolist()
+            cached = self._scope_cache = (self._scopes, held,
+                                          dict(zip(held, range(len(held)), strict=True)))
+        return cached[1], cached[2]
 
     def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Index of each key in the sorted scope table and whether it is there."""
@@ -902,11 +915,12 @@ class Normaliser:
             raise ValueError("every step stands for at least one bucket")
         # The scopes held, then the new ones, numbered in that order (a dict: the scopes
         # are few, the entries many).
-        held = self._scopes.tolist()
-        number = dict(zip(held, range(len(held)), strict=True))
+        held, number = self._scope_numbers()
         names = _scope_list(scopes, raw.size)
         new = [name for name in dict.fromkeys(names) if name not in number]  # in order
-        number.update(zip(new, range(len(number), len(number) + len(new)), strict=True))
+        if new:
+            number = dict(number)
+            number.update(zip(new, range(len(number), len(number) + len(new)), strict=True))
         entry_scope = np.fromiter(map(number.__getitem__, names), dtype=np.int64,
                                   count=raw.size)
         present = np.zeros(len(number), dtype=np.uint8)
@@ -919,11 +933,15 @@ class Normaliser:
         scores, big, self._keys, self._counts = _normaliser.walk_raw(
             self._rules, self._keys, self._counts, raw, entry_scope, step_scores, step_zeros,
             step_buckets, present, scope_max, scope_age, self.forget_after, TAIL_FRACTION)
-        names = list(number)
-        alive = sorted((i for i in np.flatnonzero(present).tolist()), key=names.__getitem__)
-        self._scopes = (np.array([names[i] for i in alive], dtype=str) if alive
-                        else np.zeros(0, dtype="<U1"))
-        self._scope_max, self._scope_age = scope_max[alive], scope_age[alive]
+        if not new and present.all():
+            # The same scopes, in the same order: the table (and its listing) stays.
+            self._scope_max, self._scope_age = scope_max, scope_age
+        else:
+            names = held + new
+            alive = sorted(np.flatnonzero(present).tolist(), key=names.__getitem__)
+            self._scopes = (np.array([names[i] for i in alive], dtype=str) if alive
+                            else np.zeros(0, dtype="<U1"))
+            self._scope_max, self._scope_age = scope_max[alive], scope_age[alive]
         if step_buckets.size:
             self.big_change = bool(big[-1])
         return scores, big
@@ -951,7 +969,7 @@ class Normaliser:
         j = min(int(np.searchsorted(cum[1:], q * n, side="left")), self._keys.size - 1)
         zeros = int(self._counts[0]) if self._keys[0] == 0 else 0
         below = cum[np.searchsorted(self._keys, d, side="left")]
-        held = dict(zip(self._scopes.tolist(), self._scope_max.tolist(), strict=True))
+        held = dict(zip(self._scope_numbers()[0], self._scope_max.tolist(), strict=True))
         scope_max = np.fromiter(map(held.get, _scope_list(scopes, raw.size), _ZEROS),
                                 dtype=np.float64, count=raw.size)
         tail_k, tail_u, tail_excess = self._tail(n, zeros)
