@@ -32,4 +32,4 @@ annotate:
 	$(PYTHON) -m cython -a -3 --cplus -I ext src/adjobs/_core.pyx -o build/_core_annotated.cpp
 
 clean:
-	rm -rf build dist src/*.egg-info src/adjobs/_core.cpp src/adjobs/_core.html src/adjobs/_normaliser.c src/adjobs/_jsontext.c src/adjobs/_jsontext.cpp src/adjobs/*.so
+	rm -rf build dist src/*.egg-info src/adjobs/_core.cpp src/adjobs/_core.html src/adjobs/_normaliser.c src/adjobs/_grouping.c src/adjobs/_jsontext.c src/adjobs/_jsontext.cpp src/adjobs/*.so

@@ -63,9 +63,9 @@ def c_extension(name: str) -> Extension:
     )
 
 
-# The time-series model kernel (adjobs.model) and the normaliser's bucket-by-bucket state
-# walk (adjobs.scoring).
-kernels = [c_extension("_model"), c_extension("_normaliser")]
+# The time-series model kernel (adjobs.model), the normaliser's bucket-by-bucket state
+# walk (adjobs.scoring) and the grouping of records by small integer keys (adjobs.features).
+kernels = [c_extension("_model"), c_extension("_normaliser"), c_extension("_grouping")]
 # The JSON text of result documents (adjobs.results): C++17 for std::to_chars, which writes
 # floats' shortest digits (ext/adjobs_float.h).
 kernels.append(Extension(

@@ -296,6 +296,44 @@ def test_influence_alternatives_take_each_value_out_or_alone():
     assert codes.tolist() == [7] and np.isnan(values[0])
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(-40, 40), st.integers(1, 30), st.booleans(),
+                          st.booleans()), min_size=1, max_size=4),
+       st.integers(1, 400), st.integers(0, 2**32 - 1))
+def test_the_counting_sort_gives_numpys_stable_order_and_runs(columns, n, seed):
+    from adjobs import _grouping
+
+    rng = np.random.default_rng(seed)
+    keys = []
+    for low, width, wide, strided in columns:
+        values = rng.integers(low, low + width, 2 * n).astype(np.int64 if wide else np.int32)
+        keys.append(values[::2] if strided else values[:n])
+    grouped = _grouping.stable_groups(keys)
+    assert grouped is not None  # at most 30**4 values: counted
+    order, first = grouped
+    assert order.tolist() == np.lexsort(keys).tolist()
+    rows = np.stack([key[order] for key in keys], axis=1)
+    assert first.tolist() == [0] + [i for i in range(1, n) if (rows[i] != rows[i - 1]).any()]
+
+
+def test_the_counting_sort_leaves_wide_ranges_other_dtypes_and_no_records_to_numpy():
+    from adjobs import _grouping
+
+    wide = np.array([0, _grouping.MAX_KEY_VALUES], dtype=np.int64)  # 2**20 + 1 values
+    assert _grouping.stable_groups([wide]) is None
+    # ranges that multiply past the limit, each small
+    assert _grouping.stable_groups([np.arange(2000, dtype=np.int32)] * 2) is None
+    assert _grouping.stable_groups([np.zeros(3, dtype=np.int16)]) is None
+    assert _grouping.stable_groups([np.zeros(3)]) is None  # floats
+    assert _grouping.stable_groups([np.zeros(0, dtype=np.int64)]) is None
+    assert _grouping.stable_groups([np.zeros(3, dtype=np.int64)] * 5) is None  # five columns
+    # up to four records' worth of values per record is counted, however many values
+    many = np.arange(2 * _grouping.MAX_KEY_VALUES, dtype=np.int64)[::-1].copy()
+    order, first = _grouping.stable_groups([many])
+    assert order[:3].tolist() == [len(many) - 1, len(many) - 2, len(many) - 3]
+    assert len(first) == len(many)
+
+
 def test_stable_groups_are_lexsorts_order_and_its_runs_of_equal_keys():
     from adjobs.features import stable_groups
 

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _grouping
 from .config import Detector, JobConfig
 
 #: Functions whose feature is a count of records.
@@ -219,6 +220,10 @@ def stable_order(keys: list[np.ndarray]) -> np.ndarray:
 def stable_groups(keys: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """:func:`stable_order` of ``keys`` and where each run of equal keys starts in it (0
     first; empty for no rows)."""
+    # small key ranges (the usual case): counted in C, the same order
+    grouped = _grouping.stable_groups(keys)
+    if grouped is not None:
+        return grouped
     packed = _packed(keys)
     if packed is None:
         order = np.lexsort(keys)
