@@ -1436,7 +1436,7 @@ def _walk_steps_one_bucket_at_a_time(records, influencers, fields, seen):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_walk_steps_are_those_written_out_bucket_by_bucket(seed):
-    from adjobs.analysis import _walk_steps
+    from adjobs._normaliser import level_steps
 
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 40))
@@ -1444,8 +1444,14 @@ def test_walk_steps_are_those_written_out_bucket_by_bucket(seed):
     influencers = np.where(records > 0, rng.integers(0, 3, n), 0)
     fields = np.where(records > 0, 1 + (influencers > 0), 0)
     seen = rng.integers(0, 20, n)
-    got = _walk_steps(records > 0, records, influencers, fields, seen)
+    # the kernel takes the bucket of every record, influencer and bucket influencer
+    got, counts = level_steps(*(np.repeat(np.arange(n), c) for c in (records, influencers,
+                                                                      fields)), seen)
     expected = _walk_steps_one_bucket_at_a_time(records.tolist(), influencers.tolist(),
                                                  fields.tolist(), seen.tolist())
-    assert {level: tuple(column.tolist() for column in got[level]) for level in got} == {
+    assert {level: tuple(column.tolist() for column in steps)
+            for level, steps in zip(expected, got, strict=True)} == {
         level: tuple(expected[level]) for level in expected}
+    assert counts.tolist() == [records.tolist(), influencers.tolist(), fields.tolist()]
+    with pytest.raises(ValueError, match="outside the run"):
+        level_steps([n], [], [], seen)

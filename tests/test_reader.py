@@ -527,6 +527,15 @@ def test_chunks_of_every_kind_of_data_start_with_a_first_chunk_of_its_own_size(t
                                                        for n in sizes[1:-1]), sizes
         else:
             assert sizes[:4] == [2048, 8192, 8192, 8192] and sum(sizes) == len(body), kind
+        # growing from the first to chunk_bytes, by half each time
+        grown = [len(piece) for piece in iter_chunks(make(), chunk_bytes=8192,
+                                                     first_chunk_bytes=2048, growth=1.5)]
+        expected = [2048, 3072, 4608, 6912, 8192]
+        if kind == "lines":
+            assert all(want <= n < want + 20 for n, want in zip(grown, expected, strict=False))
+        else:
+            assert grown[:5] == expected and sum(grown) == len(body), kind
+            assert grown[5:] == [len(body) - sum(expected)], kind  # the rest, under 8192
     assert list(iter_chunks(b"", first_chunk_bytes=10)) == []
     assert [len(p) for p in iter_chunks(body[:100], chunk_bytes=64, first_chunk_bytes=512)] \
         == [64, 36]  # a first chunk is never larger than the others

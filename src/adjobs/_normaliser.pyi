@@ -1,3 +1,5 @@
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -48,3 +50,9 @@ def scores(
     tail_u: int,
     tail_excess: int,
 ) -> NDArray[np.float64]: ...
+def level_steps(
+    records: Sequence[int] | NDArray[np.int64],
+    influencers: Sequence[int] | NDArray[np.int64],
+    fields: Sequence[int] | NDArray[np.int64],
+    seen: NDArray[np.int64],
+) -> tuple[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]], NDArray[np.int64]]: ...

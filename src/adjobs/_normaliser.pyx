@@ -442,3 +442,52 @@ def scores(Rules rules, raw, discretised, cap, int64_t n, int64_t zeros, int64_t
                 c[i] if capped else cap_from_raw(&rules.rules, r[i]),
                 n, zeros, noise_key, b[i], m[i], tail_k, tail_u, tail_excess)
     return out
+
+
+def level_steps(records, influencers, fields, seen):
+    """The steps of Normaliser.walk for each level of a run of buckets, ``(scores, zeros,
+    buckets)`` per level (record, influencer, bucket), and the run's records, influencers
+    and bucket influencers per bucket.
+
+    ``records``, ``influencers`` and ``fields``: the bucket (position in the run) of each
+    record, influencer and bucket influencer; ``seen``: per bucket, the series it looked at.
+    A bucket with records is a step of its own; each run of the others is one quiet step.
+    Its zeros are the series that scored nothing at the level: at the record level those it
+    looked at less its records; at the influencer level less its influencers, or all it
+    looked at if it has none; at the bucket level none (a quiet run counts one a bucket)."""
+    cdef const int64_t[::1] looked = np.ascontiguousarray(seen, dtype=np.int64)
+    cdef Py_ssize_t n = looked.shape[0], b, run = 0, steps = 0, k
+    cdef int64_t run_zeros = 0, x
+    counts = np.zeros((3, n), dtype=np.int64)
+    cdef int64_t[:, ::1] count = counts
+    for k, positions in enumerate((records, influencers, fields)):
+        for x in positions:
+            if x < 0 or x >= n:
+                raise ValueError("a bucket position outside the run")
+            count[k, x] += 1
+    # at most one quiet run before each scoring bucket and one after the last
+    out = np.zeros((9, 2 * n + 1), dtype=np.int64)
+    cdef int64_t[:, ::1] o = out
+    with nogil:
+        for b in range(n + 1):
+            if b < n and count[0, b] == 0:
+                run += 1
+                run_zeros += looked[b]
+                continue
+            if run:  # the quiet run that ends here
+                o[1, steps] = o[4, steps] = run_zeros
+                o[7, steps] = o[2, steps] = o[5, steps] = o[8, steps] = run
+                steps += 1
+                run = 0
+                run_zeros = 0
+            if b == n:
+                break
+            o[0, steps] = count[0, b]
+            o[1, steps] = max(0, looked[b] - count[0, b])
+            o[3, steps] = count[1, b]
+            o[4, steps] = max(0, looked[b] - count[1, b]) if count[1, b] > 0 else looked[b]
+            o[6, steps] = count[2, b]
+            o[2, steps] = o[5, steps] = o[8, steps] = 1
+            steps += 1
+    levels = out[:, :steps]
+    return (levels[0:3], levels[3:6], levels[6:9]), counts

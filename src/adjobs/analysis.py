@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _jsontext, scoring
+from . import _jsontext, _normaliser, scoring
 from .config import Detector, JobConfig
 from .features import (
     COUNT_FUNCTIONS,
@@ -545,46 +545,6 @@ class _ListedRows:
                    np.asarray(rows.feature_row).tolist())
 
 
-def _walk_steps(scoring_bucket: np.ndarray, records: np.ndarray, influencers: np.ndarray,
-                fields: np.ndarray, seen: np.ndarray) -> dict[str, tuple[np.ndarray, ...]]:
-    """Each level's steps for Normaliser.walk, ``(scores, zeros, buckets)``: a scoring
-    bucket is a step of its own, each run of the other buckets one quiet step. A bucket's
-    zeros are the series it looked at that scored nothing at that level; a quiet run's, all
-    it looked at (the bucket level counts one zero a bucket)."""
-    n = len(scoring_bucket)
-    scoring = np.flatnonzero(scoring_bucket)
-    # the quiet run before each scoring bucket, and the one after the last
-    run_start = np.concatenate([[0], scoring + 1])
-    run_end = np.concatenate([scoring, [n]])
-    quiet = run_end > run_start
-    seen_before = np.concatenate([[0], np.cumsum(seen)])
-    run_buckets = run_end - run_start
-    run_zeros = seen_before[run_end] - seen_before[run_start]
-    # steps in bucket order: quiet run k (if any), then scoring bucket k
-    keep = np.ones(2 * len(scoring) + 1, dtype=bool)
-    keep[0::2] = quiet
-
-    def interleave(run_value: np.ndarray, bucket_value: np.ndarray) -> np.ndarray:
-        out = np.empty(2 * len(scoring) + 1, dtype=np.int64)
-        out[0::2], out[1::2] = run_value, bucket_value
-        return out[keep]
-
-    none = np.zeros(len(run_start), dtype=np.int64)
-    ones = np.ones(len(scoring), dtype=np.int64)
-    kept, found, named = records[scoring], influencers[scoring], fields[scoring]
-    looked = seen[scoring]
-    return {
-        "record": (interleave(none, kept), interleave(run_zeros, np.maximum(0, looked - kept)),
-                   interleave(run_buckets, ones)),
-        "influencer": (interleave(none, found),
-                       interleave(run_zeros, np.where(found > 0,
-                                                      np.maximum(0, looked - found), looked)),
-                       interleave(run_buckets, ones)),
-        "bucket": (interleave(none, named), interleave(run_buckets, np.zeros_like(ones)),
-                   interleave(run_buckets, ones)),
-    }
-
-
 def _record_probabilities(p_single: np.ndarray, p_multi: np.ndarray) -> np.ndarray:
     """:func:`scoring.combine_single_multi` of the cells that can be records (below
     :data:`RECORD_PROBABILITY`), +inf for cells without a probability, and 1 for the others
@@ -756,10 +716,11 @@ class _ScoredRun:
         score 0: they count in the quantiles as zeros."""
         if self.bucket_count == 0:
             return {level: np.empty(0) for level in LEVELS}, False
-        records, influencers, fields = (np.asarray(count, dtype=np.int64)
-                                        for count in self.counts())
-        seen = np.asarray(evaluated, dtype=np.int64)
-        steps = _walk_steps(records > 0, records, influencers, fields, seen)
+        levels, counts = _normaliser.level_steps(self.bucket, self.influencer_bucket,
+                                                 self.field_bucket, evaluated)
+        if self._counts is None:
+            self._counts = tuple(counts.tolist())
+        steps = dict(zip(LEVELS, levels, strict=True))
         given = {"record": (self.raw, self.scopes),
                  "influencer": (self.influencer_raw, self.influencer_scopes),
                  "bucket": (self.field_raw, self.field_names)}
@@ -767,7 +728,8 @@ class _ScoredRun:
         big_change = False
         for level in LEVELS:
             raw, scopes = given[level]
-            scores[level], big = normalisers[level].walk(raw, scopes, *steps[level])
+            # raw scores as raw_score gives them, steps as level_steps does
+            scores[level], big = normalisers[level].walk_checked(raw, scopes, *steps[level])
             big_change |= bool(big.any())
         return scores, big_change
 

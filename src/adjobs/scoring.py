@@ -907,12 +907,19 @@ class Normaliser:
         the step ``(0, zeros, buckets)``: the scores are identical to such calls bucket by
         bucket, and so is the state afterwards (:attr:`big_change` is the last step's).
         """
-        raw = _raw_scores(raw_scores)
-        step_scores = np.ascontiguousarray(step_scores, dtype=np.int64)
-        step_zeros = np.ascontiguousarray(step_zeros, dtype=np.int64)
         step_buckets = np.ascontiguousarray(step_buckets, dtype=np.int64)
         if step_buckets.size and step_buckets.min() < 1:
             raise ValueError("every step stands for at least one bucket")
+        return self.walk_checked(_raw_scores(raw_scores), scopes,
+                                 np.ascontiguousarray(step_scores, dtype=np.int64),
+                                 np.ascontiguousarray(step_zeros, dtype=np.int64), step_buckets)
+
+    def walk_checked(self, raw: np.ndarray, scopes: Any, step_scores: np.ndarray,
+                     step_zeros: np.ndarray, step_buckets: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`walk` of arguments known to be as it makes them: raw scores a 1-D float64
+        array in [0, MAX_RAW_SCORE] (as :func:`raw_score` gives them), the steps int64
+        arrays of at least one bucket each (the scopes are checked here, as there)."""
         # The scopes held, then the new ones, numbered in that order (a dict: the scopes
         # are few, the entries many).
         held, number = self._scope_numbers()

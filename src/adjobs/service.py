@@ -392,7 +392,8 @@ class JobService:
         delimited = job.plan.format == "csv"
         chunks = iter_chunks(data, delimited=delimited, **(
             {"chunk_bytes": min(ingest.ANALYSED_CHUNK_BYTES, ingest.CHUNK_BYTES),
-             "first_chunk_bytes": ingest.ANALYSED_FIRST_CHUNK_BYTES} if self.analyse else {}))
+             "first_chunk_bytes": ingest.ANALYSED_FIRST_CHUNK_BYTES,
+             "growth": ingest.ANALYSED_CHUNK_GROWTH} if self.analyse else {}))
         if self.analyse:
             try:
                 self._read_alongside_analysis(job, upload, chunks)
