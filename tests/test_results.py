@@ -567,6 +567,26 @@ def test_rewriting_a_result_replaces_it(db):
     assert scores(results.get_influencers(db, J)["influencers"], "influencer_score") == [20.0]
 
 
+def test_a_batch_is_written_in_groups_of_rows_each_in_its_place(db):
+    from adjobs.results import _ROWS_PER_INSERT
+
+    n = 2 * _ROWS_PER_INSERT + 5  # two whole groups and five rows on their own
+    # a bucket written twice in the batch: the later one stays, as row by row
+    buckets = [bucket(T0 + i * H, float(i)) for i in range(n)] + [bucket(T0, 99.0)]
+    records = [record(T0 + i * H, float(i), by=f"b{i}") for i in range(n)]
+    write(db, buckets=buckets, records=records,
+          influencers=[influencer(T0 + i * H, float(i)) for i in range(n)])
+    got = results.get_buckets(db, J, size=100)["buckets"]
+    assert stamps(got) == [T0 + i * H for i in range(n)]
+    assert scores(got, "anomaly_score") == [99.0] + [float(i) for i in range(1, n)]
+    assert values_of(results.get_records(db, J, size=100, sort="timestamp", desc=False)["records"]) == [
+        (f"b{i}", float(i)) for i in range(n)]
+    assert results.get_influencers(db, J, size=100)["count"] == n
+    # rows in the order written (ties in a sort fall back to it)
+    assert [row[0] for row in db.execute(
+        "SELECT timestamp FROM result_records ORDER BY rowid")] == [T0 + i * H for i in range(n)]
+
+
 def test_record_identity_is_detector_and_split_values(db):
     write(db, records=[
         record(T0, 1.0), record(T0, 2.0, det=1), record(T0, 3.0, by=""), record(T0, 4.0, by="a"),

@@ -1218,26 +1218,30 @@ class JobAnalysis:
         # Every level's items are in bucket order, as its scores are (Normaliser.walk).
         at_record = at_influencer = at_field = 0
         listed = run.listed
+        job_id, span_s, name_of = self.job_id, self.span_s, self._name
+        detectors = [analysis.detector for analysis in self.detectors]
+        add_bucket, add_record = batch.buckets.append, batch.records.append
+        add_influencer = batch.influencers.append
         quiet = self._bucket_doc(0, 0.0, 0, interim, [])
         for index, bucket in enumerate(buckets.tolist()):
             count = events.get(bucket, 0)
             if not records[index]:
                 # a bucket with nothing unusual: its document but for time and count
-                batch.buckets.append({**quiet, "timestamp": bucket, "event_count": count,
-                                      "bucket_influencers": []})
+                add_bucket({**quiet, "timestamp": bucket, "event_count": count,
+                            "bucket_influencers": []})
                 continue
             for i in range(at_record, at_record + records[index]):
                 d = run.detector[i]
-                batch.records.append(self._record(
-                    bucket, self.detectors[d].detector, found[d], listed[d], run.row[i],
+                add_record(self._record(
+                    bucket, detectors[d], found[d], listed[d], run.row[i],
                     probability[i], raw[i], record_score[i], run.influencers[i], interim))
             at_record += records[index]
             for i in range(at_influencer, at_influencer + influencers[index]):
                 name, code = run.influencer_keys[i]
-                value = self._name(code)
-                batch.influencers.append(
+                value = name_of(code)
+                add_influencer(
                     {
-                        "job_id": self.job_id,
+                        "job_id": job_id,
                         "result_type": "influencer",
                         "influencer_field_name": name,
                         "influencer_field_value": value,
@@ -1246,7 +1250,7 @@ class JobAnalysis:
                         "initial_influencer_score": influencer_score[i],
                         "probability": influencer_probability[i],
                         "raw_score": influencer_raw[i],
-                        "bucket_span": self.span_s,
+                        "bucket_span": span_s,
                         "is_interim": interim,
                         "timestamp": bucket,
                     }
@@ -1254,7 +1258,7 @@ class JobAnalysis:
             at_influencer += influencers[index]
             bucket_influencers = [
                 {
-                    "job_id": self.job_id,
+                    "job_id": job_id,
                     "result_type": "bucket_influencer",
                     "influencer_field_name": run.field_names[i],
                     "initial_anomaly_score": field_score[i],
@@ -1262,15 +1266,15 @@ class JobAnalysis:
                     "raw_anomaly_score": field_raw[i],
                     "probability": field_probability[i],
                     "timestamp": bucket,
-                    "bucket_span": self.span_s,
+                    "bucket_span": span_s,
                     "is_interim": interim,
                 }
                 for i in range(at_field, at_field + fields[index])
             ]
+            # the largest of its bucket influencers' scores (those just listed)
+            score = max(field_score[at_field:at_field + fields[index]])
             at_field += fields[index]
-            score = max(doc["anomaly_score"] for doc in bucket_influencers)
-            batch.buckets.append(self._bucket_doc(bucket, score, count, interim,
-                                                  bucket_influencers))
+            add_bucket(self._bucket_doc(bucket, score, count, interim, bucket_influencers))
         return batch
 
     def _influencers_of(
@@ -1338,15 +1342,16 @@ class JobAnalysis:
         }
         if detector.field_name:
             doc["field_name"] = detector.field_name
-        for kind, name, codes in (
-            ("partition_field", detector.partition_field_name, listed.partition),
-            ("by_field", detector.by_field_name, listed.by),
-            ("over_field", detector.over_field_name, listed.over),
+        for name_key, value_key, name, codes in (
+            ("partition_field_name", "partition_field_value", detector.partition_field_name,
+             listed.partition),
+            ("by_field_name", "by_field_value", detector.by_field_name, listed.by),
+            ("over_field_name", "over_field_value", detector.over_field_name, listed.over),
         ):
             if name:
                 value = self._name(codes[r])
-                doc[f"{kind}_name"] = name
-                doc[f"{kind}_value"] = value
+                doc[name_key] = name
+                doc[value_key] = value
                 doc[name] = value
         if influencers:
             grouped: dict[str, list[str]] = {}

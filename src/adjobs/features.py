@@ -193,9 +193,25 @@ def _empty(statistics: int) -> Features:
 
 def _split_codes(codes: np.ndarray, column: int, n: int) -> np.ndarray:
     if column < 0:
-        # -1 throughout, read only: a view of one value, not n of them
-        return np.broadcast_to(np.int32(-1), (n,))
+        return _no_split(n)
     return codes[:, column]
+
+
+#: -1 for every record of a split the detector does not have: one read-only array, sliced
+#: (grown when a batch is larger, up to _NO_SPLIT_HELD records), not a new one per batch.
+_NO_SPLIT = np.full(0, -1, dtype=np.int32)
+_NO_SPLIT_HELD = 1 << 20
+
+
+def _no_split(n: int) -> np.ndarray:
+    global _NO_SPLIT
+    if n > _NO_SPLIT_HELD:
+        return np.full(n, -1, dtype=np.int32)
+    if len(_NO_SPLIT) < n:
+        codes = np.full(min(max(n, 2 * len(_NO_SPLIT)), _NO_SPLIT_HELD), -1, dtype=np.int32)
+        codes.flags.writeable = False
+        _NO_SPLIT = codes
+    return _NO_SPLIT[:n]
 
 
 #: Packed sort keys stay below this, clear of int64 overflow.

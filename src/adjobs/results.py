@@ -380,27 +380,42 @@ def write_results(db: sqlite3.Connection, job_id: str, batch: Any) -> None:
                     [(job_id, stamp) for stamp in replaced],
                 )
     if buckets:
-        db.executemany(
-            "INSERT OR REPLACE INTO result_buckets (job_id, timestamp, anomaly_score,"
-            " initial_anomaly_score, event_count, is_interim, doc) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            _rows(job_id, buckets, made, _BUCKETS),
-        )
+        _insert(db, "INSERT OR REPLACE INTO result_buckets (job_id, timestamp, anomaly_score,"
+                " initial_anomaly_score, event_count, is_interim, doc)",
+                _rows(job_id, buckets, made, _BUCKETS))
     if records:
-        db.executemany(
-            "INSERT OR REPLACE INTO result_records (job_id, timestamp, ident, detector_index,"
-            " record_score, initial_record_score, probability, raw_score, is_interim,"
-            " partition_field_value, by_field_value, over_field_value, field_name, function,"
-            " doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _rows(job_id, records, made, _RECORDS),
-        )
+        _insert(db, "INSERT OR REPLACE INTO result_records (job_id, timestamp, ident,"
+                " detector_index, record_score, initial_record_score, probability, raw_score,"
+                " is_interim, partition_field_value, by_field_value, over_field_value,"
+                " field_name, function, doc)",
+                _rows(job_id, records, made, _RECORDS))
     if influencers:
-        db.executemany(
-            "INSERT OR REPLACE INTO result_influencers (job_id, timestamp,"
-            " influencer_field_name, influencer_field_value, influencer_score,"
-            " initial_influencer_score, probability, raw_score, is_interim, doc)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            _rows(job_id, influencers, made, _INFLUENCERS),
-        )
+        _insert(db, "INSERT OR REPLACE INTO result_influencers (job_id, timestamp,"
+                " influencer_field_name, influencer_field_value, influencer_score,"
+                " initial_influencer_score, probability, raw_score, is_interim, doc)",
+                _rows(job_id, influencers, made, _INFLUENCERS))
+
+
+#: Rows one INSERT writes: SQLite runs one statement of many rows faster than as many
+#: statements (farequote's 833 result rows: 2.39 -> 1.97 ms), and 16 rows of at most 15
+#: columns stay within the oldest SQLite's 999 parameters.
+_ROWS_PER_INSERT = 16
+
+
+def _insert(db: sqlite3.Connection, insert: str, rows: list[tuple]) -> None:
+    """``insert`` (``INSERT ... (columns)``) of ``rows`` in order, _ROWS_PER_INSERT a
+    statement (the rows past the last whole group one at a time)."""
+    if not rows:
+        return
+    one = "(" + ", ".join(["?"] * len(rows[0])) + ")"
+    whole = len(rows) - len(rows) % _ROWS_PER_INSERT
+    if whole:
+        flat = itertools.chain.from_iterable
+        db.executemany(f"{insert} VALUES " + ", ".join([one] * _ROWS_PER_INSERT),
+                       [tuple(flat(rows[i:i + _ROWS_PER_INSERT]))
+                        for i in range(0, whole, _ROWS_PER_INSERT)])
+    if whole < len(rows):
+        db.executemany(f"{insert} VALUES {one}", rows[whole:])
 
 
 def delete_interim(db: sqlite3.Connection, job_id: str) -> int:
