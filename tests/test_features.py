@@ -327,6 +327,8 @@ def test_the_counting_sort_leaves_wide_ranges_other_dtypes_and_no_records_to_num
     assert _grouping.stable_groups([np.zeros(3)]) is None  # floats
     assert _grouping.stable_groups([np.zeros(0, dtype=np.int64)]) is None
     assert _grouping.stable_groups([np.zeros(3, dtype=np.int64)] * 5) is None  # five columns
+    extremes = np.array([np.iinfo(np.int64).min, 0, np.iinfo(np.int64).max])
+    assert _grouping.stable_groups([extremes]) is None  # a range past int64's reach
     # up to four records' worth of values per record is counted, however many values
     many = np.arange(2 * _grouping.MAX_KEY_VALUES, dtype=np.int64)[::-1].copy()
     order, first = _grouping.stable_groups([many])

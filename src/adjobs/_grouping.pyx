@@ -12,7 +12,7 @@
 # `noexcept nogil` kernels that report failure by status code.
 
 cimport cython
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 
 import numpy as np
@@ -136,7 +136,11 @@ def stable_groups(keys):
             column_range(&columns[j], n, &low, &high)
             columns[j].low = low
             columns[j].scale = scale
-            if high - low >= limit or scale * (high - low + 1) > limit:
+            # (as unsigned: keys spanning most of int64 would overflow a signed difference)
+            if <uint64_t>high - <uint64_t>low >= <uint64_t>limit:
+                scale = -1
+                break
+            if scale * (high - low + 1) > limit:
                 scale = -1
                 break
             scale *= high - low + 1
