@@ -1361,7 +1361,7 @@ def test_a_taken_batch_is_rescored_from_its_run_scores_as_from_its_documents(det
     since = T0 * 1000 + since_bucket * SPAN * 1000
     fast = analysis._rescore_runs(pending, since)
     assert fast is not None  # the batch finalise made: read from its scores
-    analysis._taken = None  # now the documents' way
+    pending.scores = None  # now the documents' way
     slow = analysis.rescore_batch(pending, since)
     for name in ("buckets", "records", "influencers"):
         got, expected, before = (getattr(b, name) for b in (fast, slow, pending))

@@ -536,6 +536,11 @@ def test_chunks_of_every_kind_of_data_start_with_a_first_chunk_of_its_own_size(t
         else:
             assert grown[:5] == expected and sum(grown) == len(body), kind
             assert grown[5:] == [len(body) - sum(expected)], kind  # the rest, under 8192
+    # no growth, or growth without bound: straight to chunk_bytes after the first
+    for growth in (0.5, float("nan"), float("inf"), 1e308):
+        assert [len(p) for p in iter_chunks(body[:300], chunk_bytes=128,
+                                            first_chunk_bytes=16, growth=growth)] \
+            == [16, 128, 128, 28], growth
     assert list(iter_chunks(b"", first_chunk_bytes=10)) == []
     assert [len(p) for p in iter_chunks(body[:100], chunk_bytes=64, first_chunk_bytes=512)] \
         == [64, 36]  # a first chunk is never larger than the others

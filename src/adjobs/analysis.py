@@ -878,10 +878,9 @@ class JobAnalysis:
         #: Records of buckets not finalised yet, as chunks of (times, numeric, codes).
         self._chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.pending = ResultBatch()
-        #: The scores of pending's documents, a run at a time (finalise), and those of the
-        #: batch take_pending last gave out; for rescore_batch.
+        #: The scores of pending's documents, a run at a time (finalise); take_pending hands
+        #: them out with the batch (its ``scores``), for rescore_batch.
         self._pending_scores: list[_RunScores] = []
-        self._taken: tuple[ResultBatch, list[_RunScores]] | None = None
         #: A normaliser's maximum grew by more than 10%: older scores are re-normalised at
         #: the next commit (A.6).
         self.renormalise = False
@@ -1452,8 +1451,8 @@ class JobAnalysis:
 
         The batch's documents are rescored where they are, rather than turned into changes
         and matched back by identity, when no two of them share an identity (the usual
-        case: a bucket is finalised once); otherwise rescored_batch's way. The batch
-        take_pending gave out last, as finalise made it, is rescored from its scores
+        case: a bucket is finalised once); otherwise rescored_batch's way. A batch
+        take_pending gave out, as finalise made it, is rescored from the scores it carries
         (:meth:`_rescore_runs`) without reading its documents."""
         fast = self._rescore_runs(batch, since_ms)
         if fast is not None:
@@ -1522,13 +1521,15 @@ class JobAnalysis:
         return out
 
     def _rescore_runs(self, batch: ResultBatch, since_ms: int) -> ResultBatch | None:
-        """:meth:`rescore_batch` of the batch take_pending last gave out, from the scores of
-        its runs (_RunScores): the same documents, the same copies. None if ``batch`` is not
-        that batch as finalise made it, or if two of its documents could share an identity
-        (the scores name documents by position, rescored_batch by identity)."""
-        if self._taken is None or self._taken[0] is not batch:
+        """:meth:`rescore_batch` of a batch take_pending gave out, from the scores of its runs
+        (_RunScores) it carries: the same documents, the same copies. None if ``batch``
+        carries none of this analysis's, or has other documents than finalise made (interim
+        ones joined it), or if two of its documents could share an identity (the scores name
+        documents by position, rescored_batch by identity)."""
+        scores = getattr(batch, "scores", None)
+        if scores is None or scores[0] is not self:
             return None
-        runs = self._taken[1]
+        runs = scores[1]
         if (sum(run.bucket_count for run in runs) != len(batch.buckets)
                 or sum(len(run.record_time) for run in runs) != len(batch.records)
                 or sum(len(run.influencer_time) for run in runs) != len(batch.influencers)):
@@ -1603,7 +1604,8 @@ class JobAnalysis:
 
     def take_pending(self) -> ResultBatch:
         pending, self.pending = self.pending, ResultBatch()
-        self._taken, self._pending_scores = (pending, self._pending_scores), []
+        # the scores go with the batch (and are freed with it), as this analysis's
+        pending.scores, self._pending_scores = (self, self._pending_scores), []
         return pending
 
     def model_bytes(self) -> int:

@@ -112,7 +112,8 @@ def _chunk_sizes(first: int, size: int, growth: float) -> Iterator[int]:
     current = first
     while True:
         yield current
-        current = min(size, max(current + 1, int(current * growth))) if growth > 1 else size
+        grown = current * growth  # a float: an unbounded growth is no overflow
+        current = size if not growth > 1 or grown >= size else max(current + 1, int(grown))
 
 
 def _file_chunks(path: os.PathLike, chunk_bytes: int, sizes: Iterator[int]

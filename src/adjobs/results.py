@@ -186,6 +186,9 @@ class ResultBatch:
     #: copy, with no row yet), so its row stays right.
     rows: dict[int, tuple[str, Mapping[str, Any], tuple]] = field(
         default_factory=dict, repr=False, compare=False)
+    #: What the analysis that made the batch knows of its documents' scores, for its own
+    #: rescoring (opaque here; a batch others joined no longer matches it, and it says so).
+    scores: Any = field(default=None, repr=False, compare=False)
 
     def extend(self, other: ResultBatch) -> None:
         self.buckets.extend(other.buckets)
