@@ -1394,6 +1394,31 @@ def test_run_scores_give_way_when_two_codes_have_one_name_or_the_batch_changed()
     assert analysis._rescore_runs(pending, 0) is None
 
 
+def test_a_flush_that_changes_nothing_stores_the_state_committed_last(monkeypatch):
+    from adjobs.analysis import JobAnalysis
+
+    packed = []
+    get_state = JobAnalysis.get_state
+    monkeypatch.setattr(JobAnalysis, "get_state",
+                        lambda self: packed.append(1) or get_state(self))
+    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"})
+    with adjobs.JobService() as service:
+        service.put_job("j", body)
+        service.open_job("j")
+        service.post_data("j", metric_data(buckets=50))
+        assert len(packed) == 1  # the upload's commit
+        service.flush_job("j")  # the buckets before the latest record's: finalised already
+        assert len(packed) == 1
+        job = service._open["j"]
+        assert service._store.load_analysis("j")[0] == job.analysis_state == get_state(
+            job.analysis)  # the state stored is the analysis's, to the byte
+        service.flush_job("j", advance_time=str(T0 + 60 * SPAN))  # finalises the last one
+        assert len(packed) == 2
+        assert service._store.load_analysis("j")[0] == get_state(job.analysis)
+        service.flush_job("j", calc_interim=True)  # interim results: packed again
+        assert len(packed) == 3
+
+
 def test_an_analysed_upload_is_read_in_its_own_smaller_chunks(monkeypatch):
     csv, body = _chunked_csv_job()
     assert 8192 * 5 < len(csv) < 1 << 20

@@ -351,13 +351,17 @@ class JobService:
 
     @staticmethod
     def _analysis_commit(job: _OpenJob, reset_range: tuple[int, int] | None = None,
-                         interim: Any = None) -> AnalysisCommit:
+                         interim: Any = None, state: bytes | None = None) -> AnalysisCommit:
+        """What the store commits of the job's analysis; ``state``: its state, when it is
+        known to be that (the one committed last, for an analysis that has not changed)."""
         pending = job.analysis.take_pending()
         if interim is not None:
             pending.extend(interim)
+        # the stats first: they update the peak model size, which the state holds
+        stats = job.analysis.stats()
         return AnalysisCommit(
-            state=job.analysis.get_state(),
-            stats=job.analysis.stats(),
+            state=job.analysis.get_state() if state is None else state,
+            stats=stats,
             results=pending,
             reset_range=reset_range,
             rescore_since=job.analysis.take_renormalisation(),
@@ -611,6 +615,7 @@ class JobService:
             finalized = job.last_finalized_bucket_end
             latest = job.totals.latest_record_timestamp
             analysis = job.analysis
+            before = (analysis.next_bucket, analysis.bucket_count)
             if latest is not None:
                 # Every bucket before the latest record's bucket is complete.
                 finalized = max(finalized or 0, latest // span * span)
@@ -625,7 +630,13 @@ class JobService:
                 if finalized:
                     analysis.finalise(finalized)
                 interim = analysis.interim() if calc_interim else None
-                commit = self._analysis_commit(job, interim=interim)
+                # Nothing skipped, finalised or scored as interim (which may note a memory
+                # limit): the analysis is as the last commit left it, and so is its state
+                # (not packed again).
+                unchanged = (interim is None and job.analysis_state is not None
+                             and (analysis.next_bucket, analysis.bucket_count) == before)
+                commit = self._analysis_commit(
+                    job, interim=interim, state=job.analysis_state if unchanged else None)
                 self._store.save_finalized(job_id, finalized, commit)
             except BaseException:
                 _roll_back_analysis(job)
