@@ -552,7 +552,8 @@ def _record_probabilities(p_single: np.ndarray, p_multi: np.ndarray) -> np.ndarr
     lower = np.fmin(p_single, p_multi)  # NaN only where both are
     p = np.where(np.isnan(lower), np.inf, 1.0)
     could = lower < RECORD_PROBABILITY
-    p[could] = scoring.combine_single_multi(p_single[could], p_multi[could])
+    if could.any():  # (most buckets of a quiet series have none)
+        p[could] = scoring.combine_single_multi(p_single[could], p_multi[could])
     return p
 
 
