@@ -697,15 +697,10 @@ class _ScoredRun:
         self.raw, self.influencer_raw, self.field_raw = raw[:first], raw[first:second], raw[second:]
 
     def counts(self) -> tuple[list[int], list[int], list[int]]:
-        """Records, influencers and bucket influencers per bucket of the run (counted once:
-        the run is complete when they are asked for)."""
+        """Records, influencers and bucket influencers per bucket of the run, as :meth:`walk`
+        counted them (with its steps)."""
         if self._counts is None:
-            n = self.bucket_count
-            self._counts = (np.bincount(self.bucket, minlength=n).tolist(),
-                            np.bincount(np.asarray(self.influencer_bucket, dtype=np.int64),
-                                        minlength=n).tolist(),
-                            np.bincount(np.asarray(self.field_bucket, dtype=np.int64),
-                                        minlength=n).tolist())
+            raise RuntimeError("a run's counts are known once it is walked")
         return self._counts
 
     def walk(self, normalisers: dict[str, scoring.Normaliser], evaluated: np.ndarray
@@ -716,11 +711,11 @@ class _ScoredRun:
         are one quiet step per run of them. The series (or values) that were not unusual
         score 0: they count in the quantiles as zeros."""
         if self.bucket_count == 0:
+            self._counts = ([], [], [])
             return {level: np.empty(0) for level in LEVELS}, False
         levels, counts = _normaliser.level_steps(self.bucket, self.influencer_bucket,
                                                  self.field_bucket, evaluated)
-        if self._counts is None:
-            self._counts = tuple(counts.tolist())
+        self._counts = tuple(counts.tolist())
         steps = dict(zip(LEVELS, levels, strict=True))
         given = {"record": (self.raw, self.scopes),
                  "influencer": (self.influencer_raw, self.influencer_scopes),
