@@ -698,9 +698,11 @@ class _ScoredRun:
 
     def counts(self) -> tuple[list[int], list[int], list[int]]:
         """Records, influencers and bucket influencers per bucket of the run, as :meth:`walk`
-        counted them (with its steps)."""
+        counts them with its steps (counted so here if it has not walked yet)."""
         if self._counts is None:
-            raise RuntimeError("a run's counts are known once it is walked")
+            self._counts = tuple(_normaliser.level_steps(
+                self.bucket, self.influencer_bucket, self.field_bucket,
+                np.zeros(self.bucket_count, dtype=np.int64))[1].tolist())
         return self._counts
 
     def walk(self, normalisers: dict[str, scoring.Normaliser], evaluated: np.ndarray
