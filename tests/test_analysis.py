@@ -1345,6 +1345,56 @@ def test_an_uploads_own_results_are_rescored_in_place_as_rescored_batch_would():
         rescored_batch(twice, since, analysis.rescore))
 
 
+def test_renormalisation_writes_only_the_big_changes_as_es_does(monkeypatch):
+    # ES's renormaliser rewrites a result only for a big change of its score (another
+    # severity band, 1.5 or more, or below a third of the other): smaller ones are not worth
+    # a write. A bucket is rewritten when one of its bucket influencers changed that much.
+    from adjobs.results import ResultBatch, rescored_batch
+
+    body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"},
+                  influencers=("host",))
+    analysis, _ = _pending_of(body, metric_data(buckets=60))
+    fresh = {"record": [11.4, 11.5, 25.1], "influencer": [0.34, 0.3],
+             "bucket": [11.0, 30.0, 11.0, 11.0]}
+    for level, scores in fresh.items():
+        monkeypatch.setattr(analysis.normalisers[level], "normalise",
+                            lambda raw, scopes=None, probabilities=None, s=scores: np.array(s))
+    stamp = T0 * 1000
+    records = [{"result_type": "record", "timestamp": stamp + i, "detector_index": 0,
+                "partition_field_value": host, "record_score": old, "raw_score": 1.0,
+                "is_interim": False}
+               for i, (host, old) in enumerate([("a", 10.0), ("b", 10.0), ("c", 24.9)])]
+    influencers = [{"result_type": "influencer", "timestamp": stamp, "raw_score": 1.0,
+                    "influencer_field_name": "host", "influencer_field_value": host,
+                    "influencer_score": 1.0, "is_interim": False} for host in "ab"]
+    buckets = [{"result_type": "bucket", "timestamp": stamp + i, "anomaly_score": 10.0,
+                "is_interim": False, "bucket_influencers": [
+                    {"influencer_field_name": name, "anomaly_score": 10.0,
+                     "raw_anomaly_score": 1.0} for name in ("bucket_time", "host")]}
+               for i in range(2)]
+    identity = {"result_type": "record", "detector_index": 0}
+    assert analysis.rescore(buckets + records + influencers) == [
+        {**identity, "timestamp": stamp + 1, "partition_field_value": "b", "record_score": 11.5},
+        {**identity, "timestamp": stamp + 2, "partition_field_value": "c", "record_score": 25.1},
+        {"result_type": "influencer", "timestamp": stamp, "influencer_field_name": "host",
+         "influencer_field_value": "b", "influencer_score": 0.3},
+        # the first bucket: its host influencer moved; its time influencer keeps its score
+        {"result_type": "bucket", "timestamp": stamp, "bucket_influencers": [
+            {"influencer_field_name": "bucket_time", "anomaly_score": 10.0},
+            {"influencer_field_name": "host", "anomaly_score": 30.0}]},
+    ]
+    # The upload's own results, rescored in memory, take the same scores.
+    batch = ResultBatch(buckets=buckets, records=records, influencers=influencers)
+    got, expected = analysis.rescore_batch(batch, 0), rescored_batch(batch, 0, analysis.rescore)
+    for name in ("buckets", "records", "influencers"):
+        assert getattr(got, name) == getattr(expected, name)
+    assert [doc["record_score"] for doc in got.records] == [10.0, 11.5, 25.1]
+    assert [doc["influencer_score"] for doc in got.influencers] == [1.0, 0.3]
+    assert [doc["anomaly_score"] for doc in got.buckets] == [30.0, 10.0]
+    assert [bi["anomaly_score"] for bi in got.buckets[0]["bucket_influencers"]] == [10.0, 30.0]
+    assert got.buckets[1] is buckets[1] and got.records[0] is records[0]  # not rewritten
+
+
 @pytest.mark.parametrize("detectors", [
     [{"function": "mean", "field_name": "rt", "partition_field_name": "host"}],
     [{"function": "high_count", "by_field_name": "host"}],

@@ -25,6 +25,7 @@ from adjobs.scoring import (
     Normaliser,
     aggregate,
     aggregate_groups,
+    big_updates,
     chi2_sf,
     combine_single_multi,
     extreme_probability,
@@ -206,6 +207,26 @@ def test_severity_band_edges():
     assert severity(24.99) == "warning"
     with pytest.raises(ValueError):
         severity(float("nan"))
+
+
+@pytest.mark.parametrize(("old", "new", "big"), [
+    (10.0, 11.4, False),  # the same band, under 1.5, neither below a third of the other
+    (10.0, 11.5, True),  # 1.5 or more
+    (11.5, 10.0, True),
+    (24.9, 25.1, True),  # into another band, by 0.2
+    (74.99, 75.0, True),
+    (99.0, 100.0, True),  # 100 is a band of its own (ES divides as integers)
+    (1.0, 0.34, False),
+    (1.0, 0.33, False),  # 0.33 times the old one is not below it
+    (1.0, 0.32, True),
+    (0.32, 1.0, True),
+    (0.0, 0.5, True),  # anything from 0 is more than three times it
+    (0.0, 0.0, False),
+    (50.0, 50.0, False),
+])
+def test_big_updates_are_the_renormalised_scores_es_writes(old, new, big):
+    assert big_updates(old, new).tolist() == big
+    assert big_updates([old, 50.0], [new, 50.0]).tolist() == [big, False]
 
 
 # ---------------------------------------------------------------------------------------------

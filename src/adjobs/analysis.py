@@ -635,6 +635,18 @@ def _identity(doc: dict) -> dict:
     return {key: doc[key] for key in keys if key in doc}
 
 
+def _big_bucket_updates(old: list[float], fresh: np.ndarray, buckets: list[int]
+                        ) -> tuple[list[float], set[int]]:
+    """Bucket influencers' renormalised scores as ES writes them: each takes its ``fresh``
+    score where that is a big update of its ``old`` one (scoring.big_updates) and keeps the
+    old one elsewhere; a bucket (``buckets`` names each item's) is rewritten when one of its
+    bucket influencers had a big update. Returns the scores and the buckets to rewrite."""
+    big = scoring.big_updates(old, fresh).tolist()
+    scores = [new if changed else was
+              for new, was, changed in zip(fresh.tolist(), old, big, strict=True)]
+    return scores, {bucket for bucket, changed in zip(buckets, big, strict=True) if changed}
+
+
 def _empty_rows(k: int, evaluated: np.ndarray) -> _Rows:
     none = np.empty(0, dtype=np.int64)
     return _Rows(
@@ -1394,7 +1406,8 @@ class JobAnalysis:
     def rescore(self, docs: list[dict]) -> list[dict]:
         """New scores for stored results (``record_score``, ``influencer_score``, bucket
         influencers' ``anomaly_score``) from their raw scores and today's normalisers;
-        only those that changed. ``initial_*`` scores stay as they were."""
+        only those whose change is big (:func:`scoring.big_updates`), the only ones ES's
+        renormaliser writes. ``initial_*`` scores stay as they were."""
         changes: list[dict] = []
         records = [d for d in docs if d["result_type"] == "record" and "raw_score" in d]
         if records:
@@ -1407,10 +1420,9 @@ class JobAnalysis:
                     scopes[key] = self._record_doc_scope(d)
             scores = self.normalisers["record"].normalise(
                 np.array([d["raw_score"] for d in records]), [scopes[key] for key in keys])
-            # As Python floats (the same values): cheaper to compare one at a time.
-            for doc, score in zip(records, scores.tolist(), strict=True):
-                if float(score) != doc["record_score"]:
-                    changes.append({**_identity(doc), "record_score": float(score)})
+            big = scoring.big_updates([d["record_score"] for d in records], scores)
+            for i in np.flatnonzero(big).tolist():
+                changes.append({**_identity(records[i]), "record_score": float(scores[i])})
         influencers = [d for d in docs if d["result_type"] == "influencer" and "raw_score" in d]
         if influencers:
             values = [(d["influencer_field_name"], d["influencer_field_value"])
@@ -1419,19 +1431,20 @@ class JobAnalysis:
             scores = self.normalisers["influencer"].normalise(
                 np.array([d["raw_score"] for d in influencers]),
                 [value_scopes[value] for value in values])
-            for doc, score in zip(influencers, scores.tolist(), strict=True):
-                if float(score) != doc["influencer_score"]:
-                    changes.append({**_identity(doc), "influencer_score": float(score)})
+            big = scoring.big_updates([d["influencer_score"] for d in influencers], scores)
+            for i in np.flatnonzero(big).tolist():
+                changes.append({**_identity(influencers[i]),
+                                "influencer_score": float(scores[i])})
         buckets = [d for d in docs if d["result_type"] == "bucket" and d["bucket_influencers"]]
         items = [(d, bi) for d in buckets for bi in d["bucket_influencers"]]
         if items:
             scores = self.normalisers["bucket"].normalise(
                 np.array([bi["raw_anomaly_score"] for _, bi in items]),
                 [bi["influencer_field_name"] for _, bi in items])
-            scores = scores.tolist()
-            moved = {doc["timestamp"] for (doc, bi), score in zip(items, scores, strict=True)
-                     if score != bi["anomaly_score"]}
-            # A bucket that moved gets all its bucket influencers' new scores.
+            scores, moved = _big_bucket_updates([bi["anomaly_score"] for _, bi in items],
+                                                scores, [doc["timestamp"] for doc, _ in items])
+            # A bucket that moved is written whole: its bucket influencers' scores as they
+            # now stand (the new one where the change was big, the old one elsewhere).
             new: dict[int, list[dict]] = {}
             for (doc, bi), score in zip(items, scores, strict=True):
                 if doc["timestamp"] in moved:
@@ -1486,32 +1499,38 @@ class JobAnalysis:
                     scopes[key[1:]] = self._record_doc_scope(doc)
             scores = self.normalisers["record"].normalise(
                 np.array([doc["raw_score"] for _, doc in records]),
-                [scopes[key[1:]] for key in record_keys]).tolist()
-            for (i, doc), score in zip(records, scores, strict=True):
-                if score != doc["record_score"]:
-                    out.records[i] = {**doc, "record_score": score}
+                [scopes[key[1:]] for key in record_keys])
+            big = scoring.big_updates([doc["record_score"] for _, doc in records], scores)
+            for at in np.flatnonzero(big).tolist():
+                i, doc = records[at]
+                out.records[i] = {**doc, "record_score": float(scores[at])}
         if influencers:
             value_scopes = {value: influencer_scope(*value) for value in dict.fromkeys(values)}
             scores = self.normalisers["influencer"].normalise(
                 np.array([doc["raw_score"] for _, doc in influencers]),
-                [value_scopes[value] for value in values]).tolist()
-            for (i, doc), score in zip(influencers, scores, strict=True):
-                if score != doc["influencer_score"]:
-                    out.influencers[i] = {**doc, "influencer_score": score}
+                [value_scopes[value] for value in values])
+            big = scoring.big_updates([doc["influencer_score"] for _, doc in influencers],
+                                      scores)
+            for at in np.flatnonzero(big).tolist():
+                i, doc = influencers[at]
+                out.influencers[i] = {**doc, "influencer_score": float(scores[at])}
         if buckets:
-            items = [bi for _, doc in buckets for bi in doc["bucket_influencers"]]
-            scores = self.normalisers["bucket"].normalise(
-                np.array([bi["raw_anomaly_score"] for bi in items]),
-                [bi["influencer_field_name"] for bi in items]).tolist()
+            items = [(i, bi) for i, doc in buckets for bi in doc["bucket_influencers"]]
+            scores, moved = _big_bucket_updates(
+                [bi["anomaly_score"] for _, bi in items],
+                self.normalisers["bucket"].normalise(
+                    np.array([bi["raw_anomaly_score"] for _, bi in items]),
+                    [bi["influencer_field_name"] for _, bi in items]),
+                [i for i, _ in items])
             at = 0
             for i, doc in buckets:
                 mine = doc["bucket_influencers"]
                 new = scores[at:at + len(mine)]
                 at += len(mine)
-                if new == [bi["anomaly_score"] for bi in mine]:
+                if i not in moved:
                     continue
-                # every bucket influencer of a bucket that moved takes its new score, and
-                # the bucket the largest of them
+                # a bucket that moved: its bucket influencers as they now stand, and the
+                # bucket the largest of them
                 copies = [{**bi, "anomaly_score": score}
                           for bi, score in zip(mine, new, strict=True)]
                 out.buckets[i] = {**doc, "bucket_influencers": copies,
@@ -1565,7 +1584,7 @@ class JobAnalysis:
                 continue
             scores = self.normalisers[level].normalise(
                 joined(f"{level}_raw")[chosen], [scopes[i] for i in chosen.tolist()])
-            moved = scores != joined(f"{level}_score")[chosen]
+            moved = scoring.big_updates(joined(f"{level}_score")[chosen], scores)
             score_name = f"{level}_score"
             for i, score in zip(chosen[moved].tolist(), scores[moved].tolist(), strict=True):
                 docs[i] = {**docs[i], score_name: score}
@@ -1584,15 +1603,18 @@ class JobAnalysis:
                 [name for name, keep in zip(names, field_chosen.tolist(), strict=True) if keep])
             counts = field_count[chosen]
             starts = np.cumsum(counts) - counts
-            moved = np.logical_or.reduceat(scores != joined("field_score")[field_chosen], starts)
-            new = scores.tolist()
+            stored = joined("field_score")[field_chosen]
+            big = scoring.big_updates(stored, scores)
+            moved = np.logical_or.reduceat(big, starts)
+            # as _big_bucket_updates: the new score where the change is big, else the old
+            new = np.where(big, scores, stored).tolist()
             for i, start, count in zip(scored[chosen][moved].tolist(),
                                        starts[moved].tolist(), counts[moved].tolist(),
                                        strict=True):
                 doc = out.buckets[i]
                 mine = new[start:start + count]
-                # every bucket influencer of a bucket that moved takes its new score, and
-                # the bucket the largest of them
+                # a bucket that moved: its bucket influencers as they now stand, and the
+                # bucket the largest of them
                 copies = [{**bi, "anomaly_score": score}
                           for bi, score in zip(doc["bucket_influencers"], mine, strict=True)]
                 out.buckets[i] = {**doc, "bucket_influencers": copies, "anomaly_score": max(mine)}

@@ -42,6 +42,8 @@ from . import _normaliser
 __all__ = [
     "ATTRIBUTES",
     "BIG_CHANGE_FACTOR",
+    "BIG_UPDATE_RATIO",
+    "BIG_UPDATE_SCORE",
     "DETECTORS",
     "DISCRETISATION_FACTOR",
     "FORGET_AFTER_BUCKETS",
@@ -59,6 +61,7 @@ __all__ = [
     "Normaliser",
     "aggregate",
     "aggregate_groups",
+    "big_updates",
     "chi2_sf",
     "combine_single_multi",
     "extreme_probability",
@@ -90,6 +93,13 @@ MAX_RAW_SCORE = 100.0
 MAX_NORMALISED_SCORE = 100.0
 #: A scope's max raw score growing by more than this factor asks for renormalisation.
 BIG_CHANGE_FACTOR = 1.1
+#: A renormalised score replaces the one stored only when the change is "big" (ES
+#: ``Normalizer.isBigUpdate``, which keeps renormalisation from rewriting results for changes
+#: nobody would see): it moves the score into another severity band (of SEVERITY_BAND), or
+#: by BIG_UPDATE_SCORE or more, or one of the two is below BIG_UPDATE_RATIO of the other.
+BIG_UPDATE_SCORE = 1.5
+BIG_UPDATE_RATIO = 0.33
+SEVERITY_BAND = 25.0
 #: A scope's max raw score is forgotten after this many buckets without a value for it.
 FORGET_AFTER_BUCKETS = 50
 #: Bucket length (s) the percentile knot points are calibrated for.
@@ -247,6 +257,18 @@ def severity(score: Any) -> Any:
         [s < 25.0, s < 50.0, s < 75.0], ["warning", "minor", "major"], default="critical"
     )
     return str(out[()]) if out.ndim == 0 else out
+
+
+def big_updates(old: Any, new: Any) -> np.ndarray:
+    """Whether each renormalised score ``new`` is a big enough change from the stored ``old``
+    to be written (ES ``Normalizer.isBigUpdate``): a change of band (``score // 25``, so 100
+    is a band of its own, as in ES's integer division), a change of at least 1.5, or one score
+    less than 0.33 times the other. Scores are 0..100, so no band arithmetic sees a sign."""
+    old = np.asarray(old, dtype=np.float64)
+    new = np.asarray(new, dtype=np.float64)
+    return ((np.trunc(old / SEVERITY_BAND) != np.trunc(new / SEVERITY_BAND))
+            | (np.abs(old - new) >= BIG_UPDATE_SCORE)
+            | np.where(old > new, old * BIG_UPDATE_RATIO > new, new * BIG_UPDATE_RATIO > old))
 
 
 # --------------------------------------------------------------------------------------------
