@@ -632,18 +632,19 @@ def test_scope_keys_are_fixed_width_and_never_shared_by_different_names():
                              influencer_scope("ip", "1" * 100_000)] if k} == {32}
 
 
-def test_reset_and_reset_range_clear_results():
+def test_reset_job_clears_results_and_a_reset_range_keeps_finalised_ones():
     docs = metric_data(buckets=320, spike=(300, "b", 5.0))
     body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"})
     with adjobs.JobService() as service:
         run_job(service, "reset", body, docs)
         spike_ms = (T0 + 300 * SPAN) * 1000
         assert service.get_records("reset")["records"][0]["timestamp"] == spike_ms
-        # reset_start/reset_end drop the results of that range before the upload.
+        # A finalised bucket cannot be reset (ES has no records left to redo it from): its
+        # results stay, rather than being lost for good.
         service.post_data("reset", [], reset_start=str(spike_ms), reset_end=str(spike_ms + 1))
-        assert service.get_buckets("reset", timestamp=None, start=spike_ms,
-                                   end=spike_ms + 1)["count"] == 0
-        assert service.get_buckets("reset", size=1)["count"] == 318
+        assert service.get_buckets("reset", start=spike_ms, end=spike_ms + 1)["count"] == 1
+        assert service.get_records("reset")["records"][0]["timestamp"] == spike_ms
+        assert service.get_buckets("reset", size=1)["count"] == 319
         service.close_job("reset")
         service.reset_job("reset")
         assert service.get_buckets("reset")["count"] == 0
@@ -652,6 +653,66 @@ def test_reset_and_reset_range_clear_results():
         assert stats["timing_stats"]["bucket_count"] == 0
         assert service.get_jobs("reset")["jobs"][0]["analysis_config"]["detectors"][0][
             "function"] == "mean"
+
+
+def _latency_job(service, job_id: str, latency_buckets: int) -> None:
+    body = config({"function": "mean", "field_name": "rt"})
+    body["analysis_config"]["latency"] = f"{latency_buckets * SPAN}s"
+    service.put_job(job_id, body)
+    service.open_job(job_id)
+    # 48 buckets of three records of about 100
+    service.post_data(job_id, [{"time": T0 + b * SPAN + i, "rt": 100.0 + i}
+                               for b in range(48) for i in range(3)])
+
+
+def test_a_reset_range_inside_the_latency_window_makes_the_bucket_anew():
+    late = T0 + 46 * SPAN  # inside the 3-bucket window behind the latest record
+    with adjobs.JobService() as service:
+        _latency_job(service, "reset", 3)
+        service.post_data("reset", [{"time": late + 30 + i, "rt": 900.0} for i in range(6)])
+        # re-sent: the bucket's own three records, without the six bad ones
+        service.post_data("reset", [{"time": late + i, "rt": 100.0 + i} for i in range(3)],
+                          reset_start=str(late), reset_end=str(late + SPAN))
+        service.flush_job("reset", advance_time=str(T0 + 49 * SPAN))
+        bucket = service.get_buckets("reset", timestamp=late * 1000)["buckets"][0]
+        records = service.get_records("reset", start=late * 1000)["records"]
+    assert bucket["event_count"] == 3
+    assert bucket["anomaly_score"] == 0.0 and records == []
+
+
+def test_a_plain_flush_leaves_the_latency_window_open_for_late_records():
+    late = T0 + 46 * SPAN
+    with adjobs.JobService() as service:
+        _latency_job(service, "late", 3)
+        flushed = service.flush_job("late")
+        # the latest record is in bucket 47: buckets 44 on are inside the window
+        assert flushed["last_finalized_bucket_end"] == (T0 + 44 * SPAN) * 1000
+        service.flush_job("late", calc_interim=True)
+        interim = service.get_buckets("late", start=(T0 + 44 * SPAN) * 1000)["buckets"]
+        assert [b["is_interim"] for b in interim] == [True] * 4
+        counts = service.post_data("late", [{"time": late + i, "rt": 900.0}
+                                            for i in range(20)])
+        assert counts["processed_record_count"] == 20
+        service.flush_job("late", advance_time=str(T0 + 49 * SPAN))
+        bucket = service.get_buckets("late", timestamp=late * 1000)["buckets"][0]
+        record = service.get_records("late")["records"][0]
+    assert bucket["event_count"] == 23 and not bucket["is_interim"]
+    assert record["timestamp"] == late * 1000 and record["actual"][0] > 700
+
+
+def test_advance_time_twice_and_skip_time_before_any_data_finalise_empty_buckets():
+    with adjobs.JobService() as service:
+        _latency_job(service, "twice", 0)
+        assert service.flush_job("twice", advance_time=str(T0 + 60 * SPAN)) == {
+            "flushed": True, "last_finalized_bucket_end": (T0 + 60 * SPAN) * 1000}
+        assert service.flush_job("twice", advance_time=str(T0 + 61 * SPAN)) == {
+            "flushed": True, "last_finalized_bucket_end": (T0 + 61 * SPAN) * 1000}
+        assert service.get_buckets("twice", size=0)["count"] == 61
+        service.put_job("fresh", config({"function": "count"}))
+        service.open_job("fresh")
+        service.flush_job("fresh", skip_time=str(T0))
+        assert service.flush_job("fresh", advance_time=str(T0 + 5 * SPAN)) == {
+            "flushed": True, "last_finalized_bucket_end": (T0 + 5 * SPAN) * 1000}
 
 
 def test_the_memory_limit_stops_new_series_and_says_hard_limit():

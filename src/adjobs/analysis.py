@@ -950,7 +950,11 @@ class JobAnalysis:
         """Remove and return the buffered records of buckets starting before ``boundary``."""
         self._compact()
         if not self._chunks:
-            return np.empty(0, np.int64), np.empty((0, 0)), np.empty((0, 0), np.int32)
+            # No records held (a second advance_time, or skip_time before any data): the
+            # empty arrays keep the ingest core's column counts, which the features index.
+            return (np.empty(0, np.int64),
+                    np.empty((0, len(self.config.numeric_fields)), np.float64),
+                    np.empty((0, len(self.config.categorical_fields)), np.int32))
         times, numeric, codes = self._chunks[0]
         before = times < boundary
         count = int(np.count_nonzero(before))
@@ -1007,6 +1011,25 @@ class JobAnalysis:
             return 1.0
         expected = self.final_count_sum / self.final_count_weight
         return min(max(bucket_records / expected, 0.0), 1.0)
+
+    def reset_buckets(self, start: int, end: int) -> None:
+        """``reset_start``/``reset_end``: forget the records held for the buckets in
+        [``start``, ``end``) (widened to whole buckets) that are not finalised yet, so the
+        data posted next makes them anew. As in ES, a finalised bucket cannot be reset: its
+        records are gone, and so it keeps its results."""
+        if self.next_bucket is None:
+            return
+        first = max(start // self.span_ms * self.span_ms, self.next_bucket)
+        stop = -(-end // self.span_ms) * self.span_ms
+        if first >= stop:
+            return
+        self._compact()
+        if not self._chunks:
+            return
+        times, numeric, codes = self._chunks[0]
+        keep = (times < first) | (times >= stop)
+        if not keep.all():
+            self._chunks = [(times[keep], numeric[keep], codes[keep])] if keep.any() else []
 
     def skip(self, until: int) -> None:
         """``skip_time``: drop the buffered records before ``until``; no results, no learning."""

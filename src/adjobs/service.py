@@ -316,8 +316,11 @@ class JobService:
             reset_range = self._parse_reset(reset_start, reset_end)
             checkpoint = _Checkpoint.of(job)
             try:
+                if reset_range is not None:
+                    # Before the data, as ES tells its native process (spec 6.1).
+                    job.analysis.reset_buckets(*reset_range)
                 response, upload = self._upload(job, data)
-                self._commit(job, reset_range)
+                self._commit(job)
             except BaseException:
                 checkpoint.restore(job)
                 raise
@@ -335,9 +338,9 @@ class JobService:
             pass
         return job_not_open(job_id)
 
-    def _commit(self, job: _OpenJob, reset_range: tuple[int, int] | None = None) -> None:
+    def _commit(self, job: _OpenJob) -> None:
         strings = job.ingest.strings
-        analysis = self._analysis_commit(job, reset_range)
+        analysis = self._analysis_commit(job)
         self._store.commit_upload(
             job.config.job_id,
             job.totals.to_state(),
@@ -350,8 +353,8 @@ class JobService:
         job.analysis_state = analysis.state
 
     @staticmethod
-    def _analysis_commit(job: _OpenJob, reset_range: tuple[int, int] | None = None,
-                         interim: Any = None, state: bytes | None = None) -> AnalysisCommit:
+    def _analysis_commit(job: _OpenJob, interim: Any = None,
+                         state: bytes | None = None) -> AnalysisCommit:
         """What the store commits of the job's analysis; ``state``: its state, when it is
         known to be that (the one committed last, for an analysis that has not changed)."""
         pending = job.analysis.take_pending()
@@ -363,14 +366,13 @@ class JobService:
             state=job.analysis.get_state() if state is None else state,
             stats=stats,
             results=pending,
-            reset_range=reset_range,
             rescore_since=job.analysis.take_renormalisation(),
             rescore=job.analysis.rescore,
             rescore_batch=job.analysis.rescore_batch,
         )
 
     def _parse_reset(self, reset_start: Any, reset_end: Any) -> tuple[int, int] | None:
-        """The ``[start, end)`` (ms) whose results an upload replaces, if any."""
+        """The ``[start, end)`` (ms) of the buckets an upload resets, if any."""
         start = parse_time_param("start", reset_start) if reset_start not in (None, "") else None
         end = parse_time_param("end", reset_end) if reset_end not in (None, "") else None
         if start is not None and end is not None and end < start:
@@ -617,8 +619,10 @@ class JobService:
             analysis = job.analysis
             before = (analysis.next_bucket, analysis.bucket_count)
             if latest is not None:
-                # Every bucket before the latest record's bucket is complete.
-                finalized = max(finalized or 0, latest // span * span)
+                # Every bucket before the latest record's bucket is complete, but those still
+                # inside the latency window may yet receive records: as in ES, only
+                # advance_time finalises them (calc_interim scores them as interim).
+                finalized = max(finalized or 0, (latest - job.plan.latency_ms) // span * span)
             if "skip_time" in parsed:
                 skip = parsed["skip_time"]
                 finalized = max(finalized or 0, -(-skip // span) * span)

@@ -101,8 +101,6 @@ class AnalysisCommit:
     state: bytes
     stats: dict
     results: Any  # an object with buckets, records, influencers (adjobs.results)
-    #: ``(start_ms, end_ms)`` of ``reset_start``/``reset_end``: results dropped first.
-    reset_range: tuple[int, int] | None = None
     #: Re-normalisation (A.6): the stored results from ``rescore_since`` on are passed to
     #: ``rescore``, which returns their new scores.
     rescore_since: int | None = None
@@ -113,8 +111,6 @@ class AnalysisCommit:
 
 
 def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommit) -> None:
-    if analysis.reset_range is not None:
-        delete_results(db, job_id, *analysis.reset_range)
     batch = analysis.results
     if analysis.rescore is not None and analysis.rescore_since is not None:
         # The stored results are rescored before the batch is written and the batch in
