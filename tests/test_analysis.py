@@ -655,6 +655,52 @@ def test_reset_job_clears_results_and_a_reset_range_keeps_finalised_ones():
             "function"] == "mean"
 
 
+@pytest.mark.parametrize(("split", "name"), [
+    ("by_field_name", "timestamp"), ("by_field_name", "record_score"),
+    ("by_field_name", "is_interim"), ("by_field_name", "raw_score"),
+    ("partition_field_name", "detector_index"), ("over_field_name", "job_id"),
+    ("by_field_name", "actual.host"), ("influencer", "result_type"),
+])
+def test_a_field_named_as_a_result_field_never_overwrites_it(split, name):
+    # ES (ReservedFieldNames) leaves such a field out of the top-level keys of results.
+    detector = {"function": "mean", "field_name": "rt"}
+    if split != "influencer":
+        detector[split] = name
+    docs = [{**doc, name: doc["host"]} for doc in metric_data(buckets=80, spike=(70, "b", 6.0))]
+    body = config(detector, influencers=(name,))
+    with adjobs.JobService() as service:
+        run_job(service, "reserved", body, docs, chunks=3)
+        records = service.get_records("reserved")["records"]
+        influencers = service.get_influencers("reserved")["influencers"]
+        buckets = service.get_buckets("reserved", size=0)["count"]
+    assert buckets == 79
+    assert records and influencers
+    for record in records:
+        assert REQUIRED_RECORD <= record.keys()
+        assert isinstance(record["timestamp"], int) and isinstance(record["is_interim"], bool)
+        assert isinstance(record["record_score"], float) and record["result_type"] == "record"
+        assert record["job_id"] == "reserved" and isinstance(record["actual"], list)
+        assert "raw_score" not in record
+    if split != "influencer":
+        assert {record[split.replace("_name", "_value")] for record in records} <= {
+            "a", "b", "c"}
+    assert ("b", 70) in {(value, (r["timestamp"] // 1000 - T0) // SPAN)
+                         for r in records for i in r.get("influencers", [])
+                         for value in i["influencer_field_values"]}
+    for influencer in influencers:
+        assert REQUIRED_INFLUENCER <= influencer.keys()
+        assert influencer["result_type"] == "influencer"
+        assert influencer["influencer_field_name"] == name
+        assert influencer["influencer_field_value"] in {"a", "b", "c"}
+
+
+def test_term_field_names_are_those_es_does_not_reserve():
+    from adjobs.results import is_term_field_name
+    assert is_term_field_name("host") and is_term_field_name("host.actual")
+    assert not is_term_field_name("actual.host") and not is_term_field_name("bucket_span")
+    assert not is_term_field_name("_id") and not is_term_field_name("raw_score")
+
+
 def _latency_job(service, job_id: str, latency_buckets: int) -> None:
     body = config({"function": "mean", "field_name": "rt"})
     body["analysis_config"]["latency"] = f"{latency_buckets * SPAN}s"

@@ -72,7 +72,7 @@ from .features import (
 )
 from .model import SeriesModels
 from .population import PopulationModels, RareModels
-from .results import ResultBatch, rescored_batch
+from .results import ResultBatch, is_term_field_name, rescored_batch
 
 #: The levels of results, each normalised on its own.
 LEVELS = ("record", "influencer", "bucket")
@@ -1271,22 +1271,22 @@ class JobAnalysis:
             for i in range(at_influencer, at_influencer + influencers[index]):
                 name, code = run.influencer_keys[i]
                 value = name_of(code)
-                add_influencer(
-                    {
-                        "job_id": job_id,
-                        "result_type": "influencer",
-                        "influencer_field_name": name,
-                        "influencer_field_value": value,
-                        name: value,
-                        "influencer_score": influencer_score[i],
-                        "initial_influencer_score": influencer_score[i],
-                        "probability": influencer_probability[i],
-                        "raw_score": influencer_raw[i],
-                        "bucket_span": span_s,
-                        "is_interim": interim,
-                        "timestamp": bucket,
-                    }
-                )
+                influencer = {
+                    "job_id": job_id,
+                    "result_type": "influencer",
+                    "influencer_field_name": name,
+                    "influencer_field_value": value,
+                    "influencer_score": influencer_score[i],
+                    "initial_influencer_score": influencer_score[i],
+                    "probability": influencer_probability[i],
+                    "raw_score": influencer_raw[i],
+                    "bucket_span": span_s,
+                    "is_interim": interim,
+                    "timestamp": bucket,
+                }
+                if is_term_field_name(name):
+                    influencer[name] = value
+                add_influencer(influencer)
             at_influencer += influencers[index]
             bucket_influencers = [
                 {
@@ -1384,7 +1384,8 @@ class JobAnalysis:
                 value = self._name(codes[r])
                 doc[name_key] = name
                 doc[value_key] = value
-                doc[name] = value
+                if is_term_field_name(name):
+                    doc[name] = value
         if influencers:
             grouped: dict[str, list[str]] = {}
             for name, code in influencers:
@@ -1394,7 +1395,8 @@ class JobAnalysis:
                 for name, values in grouped.items()
             ]
             for name, values in grouped.items():
-                doc.setdefault(name, values)
+                if is_term_field_name(name):
+                    doc.setdefault(name, values)
         if detector.over_field_name and detector.function != "rare":
             cause = {key: doc[key] for key in ("probability", "function", "function_description",
                                                "typical", "actual") if key in doc}

@@ -68,6 +68,7 @@ __all__ = [
     "DEFAULT_FROM",
     "DEFAULT_SIZE",
     "MAX_RESULT_WINDOW",
+    "RESERVED_FIELD_NAMES",
     "RESULTS_SCHEMA",
     "ResultBatch",
     "create_results_tables",
@@ -79,11 +80,55 @@ __all__ = [
     "get_influencers",
     "get_overall_buckets",
     "get_records",
+    "is_term_field_name",
     "iter_for_renormalisation",
     "record_ident",
     "update_scores",
     "write_results",
 ]
+
+#: The names ES keeps for its own fields (``ReservedFieldNames``): those of every result,
+#: state and stats document it stores, ``raw_score`` (ours, stored with records and
+#: influencers) and the document metadata. A by, over, partition or influencer field with
+#: one of these names (its part before any ``.``) is not copied into results as a
+#: top-level key, as ES does not, so it can never overwrite a result's own field.
+RESERVED_FIELD_NAMES = frozenset([
+    "_id", "_index", "all_field_values", "job_id", "result_type", "timestamp", "is_interim",
+    "bucket_span", "detector_index", "probability", "multi_bucket_impact", "record_score",
+    "initial_record_score", "raw_score", "function", "function_description", "field_name",
+    "typical", "actual", "geo_results", "typical_point", "actual_point", "influencers",
+    "causes", "by_field_name", "by_field_value", "correlated_by_field_value",
+    "partition_field_name", "partition_field_value", "over_field_name", "over_field_value",
+    "anomaly_score", "initial_anomaly_score", "raw_anomaly_score", "bucket_influencers",
+    "event_count", "processing_time_ms", "scheduled_events", "influencer_field_name",
+    "influencer_field_value", "influencer_field_values", "influencer_score",
+    "initial_influencer_score", "category_id", "terms", "regex", "max_matching_length",
+    "examples", "num_matches", "preferred_to_categories", "mlcategory",
+    "processed_record_count", "processed_field_count", "input_bytes", "input_record_count",
+    "input_field_count", "invalid_date_count", "missing_field_count",
+    "out_of_order_timestamp_count", "empty_bucket_count", "sparse_bucket_count",
+    "bucket_count", "latest_record_timestamp", "earliest_record_timestamp",
+    "last_data_time", "latest_empty_bucket_timestamp", "latest_sparse_bucket_timestamp",
+    "model_feature", "model_lower", "model_upper", "model_median", "forecast_lower",
+    "forecast_upper", "forecast_prediction", "forecast_id", "forecast_start_timestamp",
+    "forecast_end_timestamp", "forecast_create_timestamp", "forecast_expiry_timestamp",
+    "forecast_messages", "forecast_progress", "forecast_status", "forecast_memory_bytes",
+    "model_bytes", "peak_model_bytes", "total_by_field_count", "total_over_field_count",
+    "total_partition_field_count", "bucket_allocation_failures_count", "memory_status",
+    "log_time", "description", "snapshot_id", "snapshot_doc_count",
+    "latest_result_time_stamp", "retain", "min_version",
+    "minimum_bucket_processing_time_ms", "maximum_bucket_processing_time_ms",
+    "average_bucket_processing_time_ms", "exponential_average_bucket_processing_time_ms",
+    "exponential_average_calculation_context", "search_count", "total_search_time_ms",
+    "incremental_metric_value_ms", "latest_timestamp", "previous_exponential_average_ms",
+])
+
+
+def is_term_field_name(name: str) -> bool:
+    """Whether a data field's name may be a top-level key of a result (ES
+    ``ReservedFieldNames.isValidFieldName``): not reserved, nor under a reserved name."""
+    return name.split(".", 1)[0] not in RESERVED_FIELD_NAMES
+
 
 #: ES ``PageParams.DEFAULT_FROM`` / ``DEFAULT_SIZE``.
 DEFAULT_FROM = 0
