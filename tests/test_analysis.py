@@ -872,6 +872,32 @@ def test_rare_flags_a_value_never_seen_before():
         ((T0 + 45 * SPAN) * 1000, "999")]
 
 
+def test_settings_not_built_yet_are_a_400_at_put_and_update():
+    rules = [{"actions": ["skip_result"],
+              "conditions": [{"applies_to": "actual", "operator": "lt", "value": 1000}]}]
+    categorised = config({"function": "count", "by_field_name": "mlcategory"})
+    categorised["analysis_config"]["categorization_field_name"] = "message"
+    ruled = config({"function": "mean", "field_name": "rt", "custom_rules": rules})
+    with adjobs.JobService() as service:
+        for job_id, body, reason in (
+            ("categorised", categorised, ("categorization (categorization_field_name, "
+                                          "mlcategory) is not supported by adjobs yet")),
+            ("ruled", ruled, "custom_rules (detector [0]) are not supported by adjobs yet"),
+        ):
+            with pytest.raises(ApiError) as refused:
+                service.put_job(job_id, body)
+            assert refused.value.status == 400
+            assert refused.value.reason == reason
+            assert service.get_jobs("_all")["count"] == 0
+        service.put_job("plain", config({"function": "mean", "field_name": "rt"}))
+        with pytest.raises(ApiError) as refused:
+            service.update_job("plain", {"detectors": [{"detector_index": 0,
+                                                        "custom_rules": rules}]})
+        assert refused.value.status == 400
+        assert "custom_rules" not in service.get_jobs("plain")["jobs"][0][
+            "analysis_config"]["detectors"][0]
+
+
 def test_results_apis_check_their_parameters():
     with adjobs.JobService() as service:
         with pytest.raises(ApiError) as missing:

@@ -50,6 +50,7 @@ __all__ = [
     "Detector",
     "JobConfig",
     "apply_update",
+    "check_supported",
     "parse_job_config",
     "validate_job_id",
 ]
@@ -161,6 +162,23 @@ UNSUPPORTED_FUNCTIONS = frozenset(
 _ALL_FUNCTIONS = (
     _COUNT_WITHOUT_FIELD_FUNCTIONS | _FIELD_NAME_FUNCTIONS | _BY_FIELD_NAME_FUNCTIONS
 )
+
+
+def check_supported(config: JobConfig) -> None:
+    """Refuse, with a 400, a valid ES job whose settings adjobs cannot honour yet:
+    categorization and detector ``custom_rules``. Running it without them would give
+    results that silently differ from ES's (rules that never skip, categories never made)."""
+    if config.categorization_field_name is not None:
+        raise illegal_argument(
+            "categorization (categorization_field_name, mlcategory) is not supported by "
+            "adjobs yet"
+        )
+    for detector in config.detectors:
+        if detector.custom_rules:
+            raise illegal_argument(
+                f"custom_rules (detector [{detector.detector_index}]) are not supported by "
+                "adjobs yet"
+            )
 _EXCLUDE_FREQUENT_VALUES = ("all", "none", "by", "over")
 
 # --------------------------------------------------------------------------- field sets

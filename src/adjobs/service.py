@@ -33,7 +33,7 @@ import numpy as np
 
 from . import _core, ingest, results
 from .analysis import JobAnalysis
-from .config import JobConfig, apply_update, parse_job_config
+from .config import JobConfig, apply_update, check_supported, parse_job_config
 from .counts import DataCounts
 from .errors import ApiError, job_not_found, job_not_open, malformed_json
 from .ingest import iter_chunks, plan_for
@@ -171,6 +171,7 @@ class JobService:
     def put_job(self, job_id: str, body: dict | None = None, **kwargs: Any) -> dict:
         """Create a job (``PUT _ml/anomaly_detectors/<job_id>``)."""
         config = parse_job_config(job_id, {**(body or {}), **kwargs})
+        check_supported(config)
         plan_for(config)  # rejects configs the reader cannot run, before storing them
         self._store.create(job_id, config.to_dict(), DataCounts().to_state())
         return config.to_dict()
@@ -182,11 +183,13 @@ class JobService:
             job = self._open.get(job_id)
             if job is not None:
                 config = apply_update(job.config, update)
+                check_supported(config)
                 self._store.save_config(job_id, config.to_dict())
                 job.config = config
                 return config.to_dict()
             with self._claimed(job_id) as stored:
                 config = apply_update(JobConfig.from_dict(stored.config), update)
+                check_supported(config)
                 self._store.save_config(job_id, config.to_dict())
                 return config.to_dict()
 
