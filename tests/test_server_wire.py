@@ -447,6 +447,40 @@ def test_query_and_body_parameters_are_merged(server):
     assert closed.json() == {"closed": True}
 
 
+def test_results_requests_with_odd_times_and_bodies_are_answered_not_500(server):
+    job = "odd-results"
+    new_job(server.port, job)
+    assert post(server.port, job, ndjson(records(30))).status == 202
+    flushed = request(server.port, "POST", f"{ML}/{job}/_flush")
+    assert flushed.status == 200
+    results = f"{ML}/{job}/results"
+    stamp = (T0 + 3 * HOUR) * 1000
+    # a timestamp in the path and in the query or body: the path's wins (rest-api §5)
+    for path, body in ((f"{results}/buckets/{stamp}?timestamp={T0 * 1000}", b""),
+                       (f"{results}/buckets/{stamp}", json.dumps(
+                           {"timestamp": str(T0 * 1000)}).encode())):
+        answer = request(server.port, "POST", path, body, JSON)
+        assert answer.status == 200, answer.body
+        assert [b["timestamp"] for b in answer.json()["buckets"]] == [stamp]
+    # times past a 64-bit millisecond count: ES's parse error, on every results API
+    for path in (f"{results}/buckets?start=99999999999999999999999",
+                 f"{results}/records?start=-99999999999999999999",
+                 f"{results}/influencers?end=9223372036854775808",
+                 f"{results}/overall_buckets?end=9223372036854775808"):
+        answer = request(server.port, "GET", path)
+        error = assert_es_error(answer, 400, "parse_exception")
+        assert "cannot be parsed as a date or converted to a number" in error["reason"]
+    # the edges themselves are times: no bucket lies past them
+    for query in ("start=9223372036854775807", "end=-9223372036854775808"):
+        answer = request(server.port, "GET", f"{results}/overall_buckets?{query}")
+        assert answer.status == 200 and answer.json()["count"] == 0, answer.body
+    # a body that is not an object of parameters
+    for body, token in ((b"[1, 2]", "START_ARRAY"), (b'"str"', "VALUE")):
+        answer = request(server.port, "POST", f"{results}/buckets", body, JSON)
+        error = assert_es_error(answer, 400, "x_content_parse_exception")
+        assert error["reason"] == f"[1:1] [get_buckets] Expected START_OBJECT but was: {token}"
+
+
 def test_unknown_parameters_are_400_naming_them(server):
     job = "params"
     new_job(server.port, job)

@@ -130,6 +130,12 @@ def match(method: str, path: str) -> tuple[Route, dict[str, str]]:
 
 def merge_params(route: Route, path: str, query: dict[str, str], body: Any) -> dict[str, Any]:
     """Query and body parameters merged (the body wins), each checked against the route."""
+    if body is not None and not isinstance(body, dict) and route.name not in (
+            "put_job", "update_job"):
+        # ES parses a request body as an object of parameters: anything else is refused.
+        token = "START_ARRAY" if isinstance(body, list) else "VALUE"
+        raise ApiError(400, "x_content_parse_exception",
+                       f"[1:1] [{route.name}] Expected START_OBJECT but was: {token}")
     params: dict[str, Any] = {}
     for source in (query, body if isinstance(body, dict) and route.name not in (
             "put_job", "update_job") else {}):
@@ -246,7 +252,8 @@ def call(service: JobService, route: Route, path_params: dict[str, str],
         )
     if name == "get_buckets":
         # The timestamp of the path wins over the body's (rest-api §5).
-        timestamp = path_params.get("timestamp") or params.pop("timestamp", None)
+        in_body = params.pop("timestamp", None)
+        timestamp = path_params.get("timestamp") or in_body
         return service.get_buckets(_job_id(path_params), timestamp, **params)
     if name == "get_records":
         return service.get_records(_job_id(path_params), **params)

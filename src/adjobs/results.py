@@ -1115,6 +1115,12 @@ def _ceil(value: int, interval: int) -> int:
     return -((-value) // interval) * interval
 
 
+def _within_int64(value: int) -> int:
+    """A bound rounded to the span past what SQLite holds, brought back to its edge: no
+    bucket lies beyond it, so the query means the same."""
+    return min(max(value, -(2**63)), 2**63 - 1)
+
+
 def _overall_bucket(
     key: int, span_s: int, score: float, jobs: Sequence[tuple[str, float]], interim: bool
 ) -> dict:
@@ -1209,10 +1215,10 @@ def get_overall_buckets(
     params: list[Any] = [*jobs]
     if start is not None:
         where += " AND timestamp >= ?"
-        params.append(_ceil(int(start), span_ms))
+        params.append(_within_int64(_ceil(int(start), span_ms)))
     if end is not None:
         where += " AND timestamp < ?"
-        params.append(_floor(int(end), span_ms))
+        params.append(_within_int64(_floor(int(end), span_ms)))
     if exclude_interim:
         where += " AND NOT is_interim"
     rows = db.execute(

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +37,7 @@ from . import _core, ingest, results
 from .analysis import JobAnalysis
 from .config import JobConfig, apply_update, check_supported, parse_job_config
 from .counts import DataCounts
-from .errors import ApiError, job_not_found, job_not_open, malformed_json
+from .errors import ApiError, job_not_found, job_not_open, malformed_json, parse_exception
 from .ingest import iter_chunks, plan_for
 from .ownership import Claim, JobOwnership, owned_elsewhere
 from .plan import IngestPlan
@@ -945,13 +947,21 @@ class _ResultsQuery:
 
     @staticmethod
     def time(name: str, value: Any) -> int:
-        """Epoch ms: a number is milliseconds (ES's ``epoch_millis``), else a date."""
+        """Epoch ms: a number is milliseconds (ES's ``epoch_millis``), else a date; one
+        beyond a 64-bit millisecond count (ES's ``long``) is a 400 ``parse_exception``."""
+        millis: int | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return int(value)
-        text = str(value).strip()
-        if text.lstrip("-").isdigit():
-            return int(text)
-        return parse_time_param(name, text)
+            millis = int(value) if math.isfinite(value) else None
+        else:
+            text = str(value).strip()
+            if not re.fullmatch(r"-?\d+", text):
+                return parse_time_param(name, text)
+            millis = int(text)
+        if millis is None or not -(2**63) <= millis < 2**63:
+            raise parse_exception(
+                f"Query param [{name}] with value [{value}] cannot be parsed as a date or "
+                "converted to a number (epoch).")
+        return millis
 
     @staticmethod
     def number(name: str, value: Any, kind: type) -> Any:
