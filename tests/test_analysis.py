@@ -773,10 +773,33 @@ def test_the_memory_limit_stops_new_series_and_says_hard_limit():
         run_job(service, "limited", body, docs)
         stats = service.get_job_stats("limited")["jobs"][0]["model_size_stats"]
     assert stats["memory_status"] == "hard_limit"
-    assert stats["bucket_allocation_failures_count"] >= 1
+    # Hosts past the limit are refused in each finalised bucket (the third is still open):
+    # ES counts buckets.
+    assert stats["bucket_allocation_failures_count"] == 2
     assert 0 < stats["total_partition_field_count"] < 300
     # What is modelled fits: the limit is checked before each new run of buckets.
     assert stats["model_bytes"] < 2 * 1024 * 1024
+    # by how much the last refused allocation went over, as ES reports it
+    assert 0 < stats["model_bytes_exceeded"] < 64 * 1024
+
+
+@pytest.mark.parametrize("uploads", [1, 2, 6])
+def test_allocation_failures_count_buckets_however_the_data_is_posted(uploads):
+    hosts = tuple(f"h{i:03d}" for i in range(300))
+    docs = [{"time": T0 + b * SPAN + i, "rt": 100.0 + i % 7, "host": h}
+            for b in range(6) for i, h in enumerate(hosts)]
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"})
+    body["analysis_limits"] = {"model_memory_limit": "1mb"}
+    with adjobs.JobService() as service:
+        service.put_job("limited", body)
+        service.open_job("limited")
+        for part in np.array_split(np.arange(len(docs)), uploads):
+            service.post_data("limited", [docs[i] for i in part])
+            service.flush_job("limited", calc_interim=True)
+        service.flush_job("limited", advance_time=str(T0 + 6 * SPAN))
+        stats = service.get_job_stats("limited")["jobs"][0]["model_size_stats"]
+    assert stats["bucket_allocation_failures_count"] == 6
+    assert stats["memory_status"] == "hard_limit"
 
 
 @pytest.mark.parametrize(
@@ -1332,7 +1355,8 @@ def test_a_state_of_an_older_version_restores_every_array_and_the_new_one_round_
     assert not new_blob.startswith(b"PK")
     old_meta, old_arrays = _unpack_state(old_blob)
     new_meta, new_arrays = _unpack_state(new_blob)
-    assert new_meta == old_meta
+    # what the older state did not keep, at its start values
+    assert new_meta == {**old_meta, "last_failure_bucket": None, "bytes_exceeded": 0}
     assert list(new_arrays) == list(old_arrays)
     assert "buffer_times" in new_arrays and "d2_m_counts" in new_arrays  # buffered records
     for name, array in old_arrays.items():

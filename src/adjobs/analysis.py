@@ -198,8 +198,9 @@ class _DetectorAnalysis:
             self.models = _ColumnModels(span_s)
         #: (partition, by, over) code triple -> first model column of the series.
         self.series: dict[tuple[int, int, int], int] = {}
-        #: Series not modelled because the memory limit was reached.
-        self.refused = 0
+        #: The buckets (starts, ms) in which a series was not modelled because the memory
+        #: limit was reached, in the run analysed last.
+        self.refused_buckets = np.empty(0, np.int64)
         #: The first model column of every series by its packed split codes, and the sizes
         #: the codes were packed with (_known_columns); None until needed again.
         self._column_table: tuple[np.ndarray, tuple[int, int, int]] | None = None
@@ -334,7 +335,6 @@ class _DetectorAnalysis:
                 column = self.series.get(key)
                 if column is None:
                     if not budget(k * self.models.bytes_per_column):
-                        self.refused += 1
                         first_columns[i] = -1
                         continue
                     column = self.series[key] = self.models.add_series(
@@ -343,6 +343,8 @@ class _DetectorAnalysis:
                 first_columns[i] = column
             row_column = first_columns[inverse]
             self._column_table = None  # series were added (or refused): built anew
+            if (first_columns < 0).any():
+                self.refused_buckets = np.unique(features.bucket[row_column < 0])
         n_columns = self.models.size
         if n_columns == 0 or len(buckets) == 0:
             return _empty_rows(k, np.zeros(len(buckets), dtype=np.int64))
@@ -902,6 +904,10 @@ class JobAnalysis:
         self.memory_limit_bytes = config.model_memory_limit_mb * 1024 * 1024
         self.memory_status = "ok"
         self.allocation_failures = 0
+        #: The latest bucket counted in allocation_failures, and the bytes by which the
+        #: last refused allocation went over the limit.
+        self.last_failure_bucket: int | None = None
+        self.bytes_exceeded = 0
         self.peak_model_bytes = 0
         self.bucket_count = 0
         self.total_processing_ms = 0.0
@@ -1100,19 +1106,28 @@ class JobAnalysis:
 
         def budget(more: int) -> bool:
             if used[0] + more > self.memory_limit_bytes:
+                # ES's model_bytes_exceeded: by how much the last refused allocation went over
+                self.bytes_exceeded = used[0] + more - self.memory_limit_bytes
                 return False
             used[0] += more
             return True
 
-        refused_before = sum(d.refused for d in self.detectors)
+        for detector in self.detectors:
+            detector.refused_buckets = detector.refused_buckets[:0]
         found = [
             detector.analyse(buckets, self.span_ms, times, numeric, codes, weights, budget)
             for detector in self.detectors
         ]
-        if sum(d.refused for d in self.detectors) > refused_before:
-            # ES counts the buckets in which new entities could not be allocated.
+        refused = np.unique(np.concatenate([d.refused_buckets for d in self.detectors]))
+        if len(refused):
+            # ES counts the buckets in which new entities could not be allocated, each once
+            # (an interim run's buckets are not counted again when finalised).
             self.memory_status = "hard_limit"
-            self.allocation_failures += 1
+            if self.last_failure_bucket is not None:
+                refused = refused[refused > self.last_failure_bucket]
+            if len(refused):
+                self.allocation_failures += len(refused)
+                self.last_failure_bucket = int(refused[-1])
         # the records of each bucket that has any: (bucket starts, counts), from event_counts
         event_count = dict(zip(events[0].tolist(), events[1].tolist(), strict=True))
         evaluated = sum(rows.evaluated for rows in found)
@@ -1672,7 +1687,7 @@ class JobAnalysis:
         return {
             "model_bytes": model_bytes,
             "peak_model_bytes": self.peak_model_bytes,
-            "model_bytes_exceeded": max(0, model_bytes - self.memory_limit_bytes),
+            "model_bytes_exceeded": self.bytes_exceeded,
             "total_by_field_count": len(values["by"]),
             "total_over_field_count": len(values["over"]),
             "total_partition_field_count": len(values["partition"]),
@@ -1715,6 +1730,8 @@ class JobAnalysis:
             "average_processing_ms": self.average_processing_ms,
             "memory_status": self.memory_status,
             "allocation_failures": self.allocation_failures,
+            "last_failure_bucket": self.last_failure_bucket,
+            "bytes_exceeded": self.bytes_exceeded,
             "peak_model_bytes": self.peak_model_bytes,
             # floats, not the numpy floats they may be: the same JSON, from the fast writer
             "final_count_sum": float(self.final_count_sum),
@@ -1749,6 +1766,9 @@ class JobAnalysis:
         self.average_processing_ms = meta["average_processing_ms"]
         self.memory_status = meta["memory_status"]
         self.allocation_failures = meta["allocation_failures"]
+        # States saved before these were kept: counted anew from here.
+        self.last_failure_bucket = meta.get("last_failure_bucket")
+        self.bytes_exceeded = meta.get("bytes_exceeded", 0)
         self.peak_model_bytes = meta["peak_model_bytes"]
         # States saved before interim correction existed have no count history yet.
         self.final_count_sum = meta.get("final_count_sum", 0.0)
