@@ -386,3 +386,23 @@ def test_command_line_baselines_json(corpus):
             direct = nab.score_corpus(nab.baseline_scores(kind, corpus), 1.0, p, corpus)
             assert got[kind][p]["normalised"] == direct["normalised"]
             assert got[kind][p]["tp"] == direct["tp"] and got[kind][p]["fp"] == direct["fp"]
+
+
+def test_the_default_nab_directory_of_an_installed_package_is_beside_the_checkout(
+        tmp_path, monkeypatch):
+    # `pip install .` puts the module in site-packages: the README's ../shared is then
+    # found from the checkout it runs in, not from the module's own place.
+    monkeypatch.delenv("ADJOBS_NAB_DIR", raising=False)
+    monkeypatch.delenv("ADJOBS_SHARED_DIR", raising=False)
+    installed = tmp_path / "venv" / "lib" / "python3" / "site-packages" / "adjobs" / "nab.py"
+    monkeypatch.setattr(nab, "__file__", str(installed))
+    (tmp_path / "shared" / "nab").mkdir(parents=True)
+    (tmp_path / "checkout").mkdir()
+    monkeypatch.chdir(tmp_path / "checkout")
+    assert nab.default_root() == tmp_path / "shared" / "nab"
+    # an editable install (the module inside a checkout) finds the data beside that one
+    source = tmp_path / "repo" / "src" / "adjobs" / "nab.py"
+    monkeypatch.setattr(nab, "__file__", str(source))
+    assert nab.default_root() == tmp_path / "shared" / "nab"
+    monkeypatch.setenv("ADJOBS_SHARED_DIR", str(tmp_path / "elsewhere"))
+    assert nab.default_root() == tmp_path / "elsewhere" / "nab"

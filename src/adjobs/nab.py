@@ -263,14 +263,19 @@ class Corpus:
 
 def default_root() -> pathlib.Path:
     """``$ADJOBS_NAB_DIR``, else ``$ADJOBS_SHARED_DIR/nab``, else ``shared/nab`` next to the
-    repository (``<repo>/../shared``)."""
+    repository this module was imported from (``<repo>/../shared``, an editable install),
+    else next to the working directory (``../shared``: a checkout the package was installed
+    from, as the README runs it)."""
     env = os.environ.get("ADJOBS_NAB_DIR")
     if env:
         return pathlib.Path(env)
     shared = os.environ.get("ADJOBS_SHARED_DIR")
     if shared:
         return pathlib.Path(shared) / "nab"
-    return pathlib.Path(__file__).resolve().parents[3] / "shared" / "nab"
+    beside_source = pathlib.Path(__file__).resolve().parents[3] / "shared" / "nab"
+    if beside_source.is_dir():
+        return beside_source
+    return pathlib.Path.cwd().parent / "shared" / "nab"
 
 
 def _read_series(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
