@@ -921,6 +921,37 @@ def test_settings_not_built_yet_are_a_400_at_put_and_update():
             "analysis_config"]["detectors"][0]
 
 
+def test_group_names_expand_to_their_jobs_and_never_clash_with_ids():
+    body = config({"function": "count"})
+    with adjobs.JobService() as service:
+        service.put_job("a1", {**body, "groups": ["g", "web"]})
+        service.put_job("a2", {**body, "groups": ["g"]})
+        service.put_job("b1", body)
+        assert [j["job_id"] for j in service.get_jobs("g")["jobs"]] == ["a1", "a2"]
+        assert [j["job_id"] for j in service.get_jobs("web,b1")["jobs"]] == ["a1", "b1"]
+        assert [j["job_id"] for j in service.get_job_stats("w*")["jobs"]] == ["a1"]
+        for job_id in ("a1", "a2"):
+            service.open_job(job_id)
+        service.close_job("g")
+        assert {j["state"] for j in service.get_job_stats("g")["jobs"]} == {"closed"}
+        with pytest.raises(ApiError) as clash:
+            service.put_job("g", body)  # an id that is a group
+        assert (clash.value.status, clash.value.type) == (
+            400, "resource_already_exists_exception")
+        assert clash.value.reason == ("job and group names must be unique but job [g] and "
+                                      "group [g] have the same name")
+        with pytest.raises(ApiError) as clash:
+            service.put_job("c1", {**body, "groups": ["b1"]})  # a group that is an id
+        assert "[b1]" in clash.value.reason
+        with pytest.raises(ApiError) as clash:
+            service.update_job("b1", {"groups": ["a2"]})
+        assert clash.value.type == "resource_already_exists_exception"
+        assert service.get_jobs("_all")["count"] == 3
+        with pytest.raises(ApiError) as unknown:
+            service.get_jobs("nope")
+        assert unknown.value.status == 404
+
+
 def test_results_apis_check_their_parameters():
     with adjobs.JobService() as service:
         with pytest.raises(ApiError) as missing:

@@ -429,6 +429,12 @@ def test_results_apis_through_the_client(es):
 
     overall = es.ml.get_overall_buckets(job_id=job, top_n=1, overall_score=1)
     assert spike in [b["timestamp"] for b in overall["overall_buckets"]]
+    # a group names its jobs wherever ES takes several (rest-api §1)
+    es.ml.update_job(job_id=job, groups=["web"])
+    by_group = es.ml.get_overall_buckets(job_id="web", top_n=1, overall_score=1)
+    assert by_group["overall_buckets"] == overall["overall_buckets"]
+    assert [j["job_id"] for j in es.ml.get_jobs(job_id="we*")["jobs"]] == [job]
+    assert es.ml.get_job_stats(job_id="web")["jobs"][0]["job_id"] == job
 
     page = es.ml.get_buckets(job_id=job, page={"from": 0, "size": 2}, sort="timestamp")
     assert [b["timestamp"] for b in page["buckets"]] == [T0 * 1000, (T0 + HOUR) * 1000]

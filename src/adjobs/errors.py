@@ -70,6 +70,17 @@ def job_already_exists(job_id: str) -> ApiError:
     )
 
 
+def job_and_group_clash(name: str) -> ApiError:
+    """400 for a job id that is another job's group, or the reverse (ES
+    ``Messages.JOB_AND_GROUP_NAMES_MUST_BE_UNIQUE``): an id expression must mean one thing."""
+    return ApiError(
+        400,
+        "resource_already_exists_exception",
+        f"job and group names must be unique but job [{name}] and group [{name}] have the "
+        "same name",
+    )
+
+
 def job_not_open(job_id: str) -> ApiError:
     """409 for an operation that needs an open job (ES post_data / flush wording)."""
     return ApiError(

@@ -37,7 +37,14 @@ from . import _core, ingest, results
 from .analysis import JobAnalysis
 from .config import JobConfig, apply_update, check_supported, parse_job_config
 from .counts import DataCounts
-from .errors import ApiError, job_not_found, job_not_open, malformed_json, parse_exception
+from .errors import (
+    ApiError,
+    job_and_group_clash,
+    job_not_found,
+    job_not_open,
+    malformed_json,
+    parse_exception,
+)
 from .ingest import iter_chunks, plan_for
 from .ownership import Claim, JobOwnership, owned_elsewhere
 from .plan import IngestPlan
@@ -175,6 +182,7 @@ class JobService:
         config = parse_job_config(job_id, {**(body or {}), **kwargs})
         check_supported(config)
         plan_for(config)  # rejects configs the reader cannot run, before storing them
+        self._check_unique_names(config)
         self._store.create(job_id, config.to_dict(), DataCounts().to_state())
         return config.to_dict()
 
@@ -186,12 +194,14 @@ class JobService:
             if job is not None:
                 config = apply_update(job.config, update)
                 check_supported(config)
+                self._check_unique_names(config)
                 self._store.save_config(job_id, config.to_dict())
                 job.config = config
                 return config.to_dict()
             with self._claimed(job_id) as stored:
                 config = apply_update(JobConfig.from_dict(stored.config), update)
                 check_supported(config)
+                self._check_unique_names(config)
                 self._store.save_config(job_id, config.to_dict())
                 return config.to_dict()
 
@@ -838,25 +848,49 @@ class JobService:
         """Own a closed job for one write: 404 if unknown, 409 if another process has it."""
         return _ClaimedJob(self, job_id)
 
+    def _groups(self) -> dict[str, list[str]]:
+        """Each job group and the ids of its jobs."""
+        groups: dict[str, list[str]] = {}
+        for job_id, config in self._store.load_configs().items():
+            for group in config.get("groups") or ():
+                groups.setdefault(group, []).append(job_id)
+        return groups
+
+    def _check_unique_names(self, config: JobConfig) -> None:
+        """A job id may not be another job's group, nor a group another job's id (ES)."""
+        if config.job_id in self._groups():
+            raise job_and_group_clash(config.job_id)
+        others = set(self._store.job_ids()) - {config.job_id}
+        for group in config.groups:
+            if group in others:
+                raise job_and_group_clash(group)
+
     def _expand(self, expression: str | None, allow_no_match: bool) -> list[str]:
-        """Job ids matching ``_all``, ``*``, wildcards or a comma list (ES order: sorted)."""
+        """Job ids matching ``_all``, ``*``, or a comma list of ids, group names and
+        wildcards over both (ES order: sorted)."""
         known = self._store.job_ids()
         if expression in (None, "", "_all", "*"):
             if not known and not allow_no_match and expression not in (None, ""):
                 raise job_not_found(expression)
             return known
         present = set(known)
+        groups = self._groups()
         matched: set[str] = set()
         for token in (part.strip() for part in str(expression).split(",")):
             if not token:
                 continue
             if "*" in token:
                 hits = [i for i in known if fnmatch.fnmatchcase(i, token)]
+                for group, members in groups.items():
+                    if fnmatch.fnmatchcase(group, token):
+                        hits.extend(members)
                 if not hits and not allow_no_match:
                     raise job_not_found(token)
                 matched.update(hits)
             elif token in present:
                 matched.add(token)
+            elif token in groups:
+                matched.update(groups[token])
             else:
                 raise job_not_found(token)
         return sorted(matched)
