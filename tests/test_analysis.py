@@ -783,6 +783,25 @@ def test_the_memory_limit_stops_new_series_and_says_hard_limit():
     assert 0 < stats["model_bytes_exceeded"] < 64 * 1024
 
 
+def test_values_past_the_table_of_distinct_values_say_hard_limit():
+    from adjobs import _core
+
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"},
+                  influencers=("user",))
+    docs = [{"time": T0 + b * SPAN + i, "rt": 100.0 + i, "host": f"h{i}", "user": f"u{b}"}
+            for b in range(20) for i in range(3)]
+    previous = _core.set_limits(distinct_values=12)
+    try:
+        with adjobs.JobService() as service:
+            run_job(service, "full", body, docs, chunks=2)
+            stats = service.get_job_stats("full")["jobs"][0]["model_size_stats"]
+    finally:
+        _core.set_limits(**previous)
+    # 3 hosts and the first 9 users fill the table; the other users cannot be named
+    assert stats["memory_status"] == "hard_limit"
+    assert stats["total_by_field_count"] == 3
+
+
 @pytest.mark.parametrize("uploads", [1, 2, 6])
 def test_allocation_failures_count_buckets_however_the_data_is_posted(uploads):
     hosts = tuple(f"h{i:03d}" for i in range(300))

@@ -1668,6 +1668,15 @@ class JobAnalysis:
         pending.scores, self._pending_scores = (self, self._pending_scores), []
         return pending
 
+    def note_values_refused(self, refused: int) -> bool:
+        """The job's table of categorical values (``MAX_DISTINCT_VALUES``) refused
+        ``refused`` new values: the entities they name cannot be modelled, which ES would
+        report as its memory limit, ``hard_limit``. Whether the status changed."""
+        if refused <= 0 or self.memory_status == "hard_limit":
+            return False
+        self.memory_status = "hard_limit"
+        return True
+
     def model_bytes(self) -> int:
         return int(sum(d.models.nbytes for d in self.detectors))
 

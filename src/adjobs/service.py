@@ -372,6 +372,8 @@ class JobService:
                          state: bytes | None = None) -> AnalysisCommit:
         """What the store commits of the job's analysis; ``state``: its state, when it is
         known to be that (the one committed last, for an analysis that has not changed)."""
+        if job.analysis.note_values_refused(job.ingest.strings.limit_hits):
+            state = None  # the memory status changed: the state is packed anew
         pending = job.analysis.take_pending()
         if interim is not None:
             pending.extend(interim)
