@@ -279,6 +279,49 @@ def test_a_failing_analysis_waits_for_the_chunk_being_read(monkeypatch):
             "processed_record_count"] == 2700
 
 
+def test_a_rollback_that_cannot_read_the_stored_state_closes_the_job_in_memory(
+        monkeypatch):
+    """The committed analysis state is not kept in memory (it is as big as the models):
+    a failed upload reads it back, and when even that fails the job is closed here, so
+    nothing uncommitted can be built on; reopening continues from the last commit."""
+    docs = metric_data(buckets=40)
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"})
+    with adjobs.JobService() as service:
+        service.put_job("job", body)
+        service.open_job("job")
+        service.post_data("job", docs[:180])
+        committed = service.get_job_stats("job")["jobs"][0]["data_counts"]
+        job = service._open["job"]
+        assert not any(isinstance(value, bytes) and len(value) > 1000
+                       for value in vars(job).values())
+        store = service._store
+        load = store.load_analysis
+
+        def broken(*_):
+            raise OSError("disk gone")
+
+        def failing_data():
+            yield b"".join(json.dumps(d).encode() + b"\n" for d in docs[180:240])
+            raise RuntimeError("client went away")
+
+        monkeypatch.setattr(store, "load_analysis", broken)
+        with pytest.raises(OSError, match="disk gone"):
+            service.post_data("job", failing_data())
+        with pytest.raises(ApiError) as closed:
+            service.post_data("job", docs[180:])
+        assert closed.value.status == 409
+        monkeypatch.setattr(store, "load_analysis", load)
+        service.open_job("job")
+        assert service.get_job_stats("job")["jobs"][0]["data_counts"] == committed
+        service.post_data("job", docs[180:])
+        service.flush_job("job", advance_time=str(T0 + 40 * SPAN))
+        whole = _everything(service, "job")
+    with adjobs.JobService() as service:
+        run_job(service, "job", body, docs)
+        service.flush_job("job", advance_time=str(T0 + 40 * SPAN))
+        assert _everything(service, "job") == whole
+
+
 def test_a_killed_process_continues_from_its_last_acknowledged_upload(tmp_path):
     docs = metric_data(buckets=200, spike=(150, "c", 4.0))
     body = config({"function": "high_mean", "field_name": "rt", "by_field_name": "host"})
@@ -1667,7 +1710,7 @@ def test_a_flush_that_changes_nothing_stores_the_state_committed_last(monkeypatc
         service.flush_job("j")  # the buckets before the latest record's: finalised already
         assert len(packed) == 1
         job = service._open["j"]
-        assert service._store.load_analysis("j")[0] == job.analysis_state == get_state(
+        assert service._store.load_analysis("j")[0] == get_state(
             job.analysis)  # the state stored is the analysis's, to the byte
         service.flush_job("j", advance_time=str(T0 + 60 * SPAN))  # finalises the last one
         assert len(packed) == 2

@@ -136,7 +136,14 @@ class _ColumnModels:
 
     def __init__(self, bucket_span_s: int) -> None:
         self.models = SeriesModels(bucket_span_s)
-        self.first_bucket = np.empty(0, dtype=np.int64)
+        # room for more columns than there are, doubled when full: a job adding series one
+        # by one (a new partition at a time) copies the array O(log n) times, not n times
+        self._first_bucket = np.empty(0, dtype=np.int64)
+
+    @property
+    def first_bucket(self) -> np.ndarray:
+        """The first bucket (start, ms) of every column."""
+        return self._first_bucket[:self.models.n_series]
 
     @property
     def size(self) -> int:
@@ -154,8 +161,12 @@ class _ColumnModels:
         first = self.models.add_series(side)
         for _ in range(statistics - 1):
             self.models.add_series(side)
-        self.first_bucket = np.append(self.first_bucket,
-                                      np.full(statistics, first_bucket, dtype=np.int64))
+        if len(self._first_bucket) < first + statistics:
+            grown = np.empty(max(2 * len(self._first_bucket), first + statistics, 16),
+                             dtype=np.int64)
+            grown[:first] = self._first_bucket[:first]
+            self._first_bucket = grown
+        self._first_bucket[first:first + statistics] = first_bucket
         return first
 
     def step(self, values: np.ndarray, bucket_index: np.ndarray,
@@ -171,7 +182,7 @@ class _ColumnModels:
     @classmethod
     def from_state(cls, state: dict) -> _ColumnModels:
         models = cls.__new__(cls)
-        models.first_bucket = np.asarray(state["first_bucket"], dtype=np.int64)
+        models._first_bucket = np.array(state["first_bucket"], dtype=np.int64)
         models.models = SeriesModels.from_state(
             {k: v for k, v in state.items() if k != "first_bucket"})
         return models

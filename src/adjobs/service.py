@@ -86,8 +86,9 @@ class _OpenJob:
     last_finalized_bucket_end: int | None
     committed_strings: int  # string-table codes below this are in the store
     analysis: JobAnalysis
-    #: The analysis state as last committed: what a cut-off upload rolls back to.
-    analysis_state: bytes | None = None
+    #: Whether the store holds an analysis state of this job (its latest commit's). It is
+    #: not kept in memory too: it is as big as the models, and a failure reads it back.
+    analysis_stored: bool = False
 
 
 @dataclass
@@ -111,21 +112,12 @@ class _Checkpoint:
         )
 
     def restore(self, job: _OpenJob) -> None:
+        """The counts and reading state as they were (the analysis: ``_roll_back_analysis``)."""
         job.totals = self.totals
         job.ingest.latest_ms = self.latest_ms
         job.ingest.earliest_ms = self.earliest_ms
         job.ingest.diagnostics.set_state(self.diagnostics)
         job.ingest.strings.truncate(self.string_count)
-        _roll_back_analysis(job)
-
-
-def _roll_back_analysis(job: _OpenJob) -> None:
-    """Rebuild a job's analysis from its last committed state: every change to the analysis
-    is committed, so that is where it stood before the failed upload or flush."""
-    job.analysis = JobAnalysis(job.config)
-    if job.analysis_state is not None:
-        job.analysis.set_state(job.analysis_state)
-    job.analysis.sync_names(job.ingest.strings)
 
 
 class JobService:
@@ -292,9 +284,11 @@ class JobService:
             ingest.diagnostics.set_state(stored.diagnostics)
         analysis = JobAnalysis(config)
         analysis_state, _ = self._store.load_analysis(job_id)
-        if analysis_state is not None:
+        has_state = analysis_state is not None
+        if has_state:
             analysis.set_state(analysis_state)
         analysis.sync_names(strings)
+        del analysis_state  # as big as the models: not kept (see _OpenJob.analysis_stored)
         now = _now_ms()
         self._store.mark_open(job_id, now, ingest.diagnostics.get_state())
         return _OpenJob(
@@ -307,7 +301,7 @@ class JobService:
             last_finalized_bucket_end=stored.last_finalized_bucket_end,
             committed_strings=stored.string_count,
             analysis=analysis,
-            analysis_state=analysis_state,
+            analysis_stored=has_state,
         )
 
     def post_data(
@@ -338,10 +332,31 @@ class JobService:
                 self._commit(job)
             except BaseException:
                 checkpoint.restore(job)
+                self._roll_back_analysis(job)
                 raise
         if upload.failure:
             raise self._failure_error(upload)
         return response
+
+    def _roll_back_analysis(self, job: _OpenJob) -> None:
+        """Rebuild a job's analysis from the state its last commit stored: every change to
+        the analysis is committed, so that is where it stood before the failed upload or
+        flush."""
+        try:
+            state, _ = self._store.load_analysis(job.config.job_id)
+            analysis = JobAnalysis(job.config)
+            if state is not None:
+                analysis.set_state(state)
+            analysis.sync_names(job.ingest.strings)
+        except BaseException:
+            # The committed state cannot be read back, and what is in memory may hold
+            # uncommitted changes: the job is closed here, and opening it again reads what
+            # was committed.
+            if self._open.get(job.config.job_id) is job:
+                del self._open[job.config.job_id]
+                job.claim.release()
+            raise
+        job.analysis = analysis
 
     def _not_open_here(self, job_id: str) -> ApiError:
         """409 for post/flush on a job not open in this service: "not open" as in ES 6.5+
@@ -365,22 +380,23 @@ class JobService:
             analysis,
         )
         job.committed_strings = len(strings)
-        job.analysis_state = analysis.state
+        job.analysis_stored = True
 
     @staticmethod
     def _analysis_commit(job: _OpenJob, interim: Any = None,
-                         state: bytes | None = None) -> AnalysisCommit:
-        """What the store commits of the job's analysis; ``state``: its state, when it is
-        known to be that (the one committed last, for an analysis that has not changed)."""
+                         unchanged: bool = False) -> AnalysisCommit:
+        """What the store commits of the job's analysis; ``unchanged``: its state is the one
+        stored (by the last commit, of an analysis that has not changed since), which is
+        then neither packed nor written again."""
         if job.analysis.note_values_refused(job.ingest.strings.limit_hits):
-            state = None  # the memory status changed: the state is packed anew
+            unchanged = False  # the memory status changed: the state is packed anew
         pending = job.analysis.take_pending()
         if interim is not None:
             pending.extend(interim)
         # the stats first: they update the peak model size, which the state holds
         stats = job.analysis.stats()
         return AnalysisCommit(
-            state=job.analysis.get_state() if state is None else state,
+            state=None if unchanged else job.analysis.get_state(),
             stats=stats,
             results=pending,
             rescore_since=job.analysis.take_renormalisation(),
@@ -652,17 +668,16 @@ class JobService:
                     analysis.finalise(finalized)
                 interim = analysis.interim() if calc_interim else None
                 # Nothing skipped, finalised or scored as interim (which may note a memory
-                # limit): the analysis is as the last commit left it, and so is its state
-                # (not packed again).
-                unchanged = (interim is None and job.analysis_state is not None
+                # limit): the analysis is as the last commit left it, and so is its stored
+                # state (not packed, nor written, again).
+                unchanged = (interim is None and job.analysis_stored
                              and (analysis.next_bucket, analysis.bucket_count) == before)
-                commit = self._analysis_commit(
-                    job, interim=interim, state=job.analysis_state if unchanged else None)
+                commit = self._analysis_commit(job, interim=interim, unchanged=unchanged)
                 self._store.save_finalized(job_id, finalized, commit)
             except BaseException:
-                _roll_back_analysis(job)
+                self._roll_back_analysis(job)
                 raise
-            job.analysis_state = commit.state
+            job.analysis_stored = True
             job.last_finalized_bucket_end = finalized
         response: dict = {"flushed": True}
         if finalized:

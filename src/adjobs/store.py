@@ -98,7 +98,8 @@ class StoreError(ApiError):
 class AnalysisCommit:
     """What an upload or a flush changed in a job's analysis."""
 
-    state: bytes
+    #: The analysis state; None: the one stored is still right (it is not written again).
+    state: bytes | None
     stats: dict
     results: Any  # an object with buckets, records, influencers (adjobs.results)
     #: Re-normalisation (A.6): the stored results from ``rescore_since`` on are passed to
@@ -128,10 +129,16 @@ def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommi
         else:
             batch = rescored_batch(batch, analysis.rescore_since, analysis.rescore)
     write_results(db, job_id, batch)
-    db.execute(
-        "INSERT OR REPLACE INTO analysis_state (job_id, state, stats) VALUES (?, ?, ?)",
-        (job_id, analysis.state, json.dumps(analysis.stats)),
-    )
+    if analysis.state is None:
+        updated = db.execute("UPDATE analysis_state SET stats = ? WHERE job_id = ?",
+                             (json.dumps(analysis.stats), job_id)).rowcount
+        if updated != 1:
+            raise ValueError(f"no stored analysis state of job [{job_id}] to keep")
+    else:
+        db.execute(
+            "INSERT OR REPLACE INTO analysis_state (job_id, state, stats) VALUES (?, ?, ?)",
+            (job_id, analysis.state, json.dumps(analysis.stats)),
+        )
 
 
 @dataclass
