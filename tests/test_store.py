@@ -946,8 +946,9 @@ def test_a_version_1_store_is_migrated_in_place_and_keeps_its_jobs(tmp_path):
         assert service.get_buckets("old")["count"] == 29
     db = sqlite3.connect(tmp_path / store_module.DATABASE_NAME)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        assert {"analysis_state", "result_buckets", "result_records"} <= tables
+        assert {"analysis_state", "analysis_state_parts", "result_buckets",
+                "result_records"} <= tables
     finally:
         db.close()

@@ -37,7 +37,7 @@ from .results import (
 
 DATABASE_NAME = "adjobs.db"
 #: Bumped whenever the tables change; ``_MIGRATIONS[n]`` upgrades version n to n + 1.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: ``PRAGMA application_id``: "ADJB". Tells our database from any other SQLite file.
 APPLICATION_ID = 0x41444A42
 #: How long a writer waits for another process's transaction before giving up.
@@ -73,7 +73,20 @@ CREATE TABLE analysis_state (
 ) WITHOUT ROWID;
 """
     + RESULTS_SCHEMA,
+    # Version 3: a state longer than one SQLite value may be (SQLITE_MAX_LENGTH, 1e9 bytes:
+    # some 120,000 series) is stored in parts: the first in analysis_state, the others here.
+    2: """
+CREATE TABLE analysis_state_parts (
+    job_id TEXT NOT NULL,
+    part INTEGER NOT NULL,                       -- 1, 2, ...: the state's later parts
+    data BLOB NOT NULL,
+    PRIMARY KEY (job_id, part)
+)
+""",
 }
+#: The longest part of an analysis state stored as one SQLite value: well below SQLite's
+#: own limit of 1e9 bytes a value.
+STATE_PART_BYTES = 256 * 1024 * 1024
 
 
 def _run_script(db: sqlite3.Connection, script: str) -> None:
@@ -134,11 +147,16 @@ def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommi
                              (json.dumps(analysis.stats), job_id)).rowcount
         if updated != 1:
             raise ValueError(f"no stored analysis state of job [{job_id}] to keep")
-    else:
-        db.execute(
-            "INSERT OR REPLACE INTO analysis_state (job_id, state, stats) VALUES (?, ?, ?)",
-            (job_id, analysis.state, json.dumps(analysis.stats)),
-        )
+        return
+    state = memoryview(analysis.state)
+    db.execute(
+        "INSERT OR REPLACE INTO analysis_state (job_id, state, stats) VALUES (?, ?, ?)",
+        (job_id, state[:STATE_PART_BYTES], json.dumps(analysis.stats)),
+    )
+    db.execute("DELETE FROM analysis_state_parts WHERE job_id = ?", (job_id,))
+    for part, start in enumerate(range(STATE_PART_BYTES, len(state), STATE_PART_BYTES), 1):
+        db.execute("INSERT INTO analysis_state_parts (job_id, part, data) VALUES (?, ?, ?)",
+                   (job_id, part, state[start:start + STATE_PART_BYTES]))
 
 
 @dataclass
@@ -416,6 +434,7 @@ class Store:
         with self._write(f"resetting job [{job_id}]") as db:
             db.execute("DELETE FROM job_strings WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM analysis_state WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM analysis_state_parts WHERE job_id = ?", (job_id,))
             delete_results(db, job_id)
             db.execute(
                 "UPDATE jobs SET counts = ?, diagnostics = NULL, last_finalized_bucket_end = NULL,"
@@ -427,18 +446,31 @@ class Store:
         with self._write(f"deleting job [{job_id}]") as db:
             db.execute("DELETE FROM job_strings WHERE job_id = ?", (job_id,))
             db.execute("DELETE FROM analysis_state WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM analysis_state_parts WHERE job_id = ?", (job_id,))
             delete_results(db, job_id)
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
 
     def load_analysis(self, job_id: str) -> tuple[bytes | None, dict | None]:
         """The analysis state blob and stats of a job (``None`` before its first bucket)."""
         with self._lock, self._failures(f"reading job [{job_id}]"):
-            row = self._db.execute(
-                "SELECT state, stats FROM analysis_state WHERE job_id = ?", (job_id,)
-            ).fetchone()
+            # one read transaction: the parts of one commit's state, never of two
+            own = not self._db.in_transaction
+            if own:
+                self._db.execute("BEGIN")
+            try:
+                row = self._db.execute(
+                    "SELECT state, stats FROM analysis_state WHERE job_id = ?", (job_id,)
+                ).fetchone()
+                parts = self._db.execute(
+                    "SELECT data FROM analysis_state_parts WHERE job_id = ? ORDER BY part",
+                    (job_id,)).fetchall()
+            finally:
+                if own and self._db.in_transaction:
+                    self._db.execute("COMMIT")
         if row is None:
             return None, None
-        return bytes(row[0]), json.loads(row[1])
+        state = b"".join([row[0], *(part[0] for part in parts)]) if parts else bytes(row[0])
+        return state, json.loads(row[1])
 
     def load_analysis_stats(self, job_id: str) -> dict | None:
         with self._lock, self._failures(f"reading job [{job_id}]"):
