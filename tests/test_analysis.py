@@ -832,6 +832,92 @@ def test_a_plain_flush_leaves_the_latency_window_open_for_late_records():
     assert record["timestamp"] == late * 1000 and record["actual"][0] > 700
 
 
+def test_reset_and_flush_times_are_whole_seconds_as_es_hands_them_on():
+    b46, b47 = (T0 + 46 * SPAN) * 1000, (T0 + 47 * SPAN) * 1000
+    with adjobs.JobService() as service:
+        _latency_job(service, "seconds", 3)
+        # reset_end a millisecond into bucket 47 is bucket 47's start: only 46 is reset
+        service.post_data("seconds", [], reset_start=str(b46), reset_end=str(b47 + 1))
+        # start and end in the same second: a one-second range, not "end before start"
+        service.post_data("seconds", [], reset_start=str(b46 + 900), reset_end=str(b46 + 100))
+        flushed = service.flush_job("seconds", calc_interim=True, start=str(b47 + 900),
+                                    end=str(b47 + 100))
+        assert flushed["flushed"] is True
+        # interim results for the buckets of [start, end) only
+        interim = service.get_buckets("seconds", exclude_interim=False,
+                                      start=(T0 + 44 * SPAN) * 1000)["buckets"]
+        assert [(b["timestamp"], b["is_interim"]) for b in interim] == [(b47, True)]
+        service.flush_job("seconds", advance_time=str(b47 + SPAN * 1000))
+        counts = {b["timestamp"]: b["event_count"] for b in service.get_buckets(
+            "seconds", start=(T0 + 45 * SPAN) * 1000)["buckets"]}
+        assert counts == {(T0 + 45 * SPAN) * 1000: 3, b46: 0, b47: 3}
+        # skip_time half a second into a bucket start skips to that bucket, no further
+        skipped = service.flush_job("seconds", skip_time=str(b47 + SPAN * 1000 * 5 + 500))
+        assert skipped["last_finalized_bucket_end"] == b47 + SPAN * 1000 * 5
+        # a skip_time past the last bucket a 64-bit time holds goes to that bucket
+        last = service.flush_job("seconds", skip_time=str(2**63 - 1))
+        assert last["last_finalized_bucket_end"] == (2**63 - 1) // (SPAN * 1000) * SPAN * 1000
+
+
+def test_a_rolled_back_upload_leaves_no_refused_values_behind():
+    from adjobs import _core
+
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"})
+    good = [{"time": T0 + b * SPAN + i, "rt": 100.0 + i, "host": f"h{i}"}
+            for b in range(20) for i in range(3)]
+
+    def failing():
+        yield b"".join(json.dumps({"time": T0 + 10 * SPAN + 100 + i, "rt": 1.0,
+                                   "host": f"x{i}"}).encode() + b"\n" for i in range(20))
+        yield b" " * (2 << 20)  # more than a chunk: the records above are read first
+        raise RuntimeError("client went away")
+
+    previous = _core.set_limits(distinct_values=12)
+    try:
+        with adjobs.JobService() as service:
+            service.put_job("full", body)
+            service.open_job("full")
+            service.post_data("full", good[:30])
+            with pytest.raises(RuntimeError):
+                service.post_data("full", failing())
+            service.post_data("full", good[30:])
+            service.flush_job("full")
+            stats = service.get_job_stats("full")["jobs"][0]["model_size_stats"]
+    finally:
+        _core.set_limits(**previous)
+    assert stats["memory_status"] == "ok" and stats["total_by_field_count"] == 3
+
+
+def test_stats_during_an_upload_are_those_of_the_last_commit(monkeypatch):
+    """Another thread may read a job's stats while an upload changes its models (which it
+    once did mid-change, and crashed): they are the last commit's, as ES's model size
+    stats are those of the last results it persisted."""
+    from adjobs.analysis import JobAnalysis
+
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host"})
+    docs = [{"time": T0 + b * SPAN + i, "rt": 100.0, "host": f"h{i if b < 10 else i + 3}"}
+            for b in range(20) for i in range(3)]
+    seen = []
+    with adjobs.JobService() as service:
+        service.put_job("busy", body)
+        service.open_job("busy")
+        service.post_data("busy", docs[:30])
+        committed = service.get_job_stats("busy")["jobs"][0]["model_size_stats"]
+        finalise = JobAnalysis.finalise
+
+        def finalise_and_look(self, boundary):
+            finalise(self, boundary)
+            seen.append(service.get_job_stats("busy")["jobs"][0]["model_size_stats"])
+
+        monkeypatch.setattr(JobAnalysis, "finalise", finalise_and_look)
+        service.post_data("busy", docs[30:])
+        after = service.get_job_stats("busy")["jobs"][0]["model_size_stats"]
+    assert committed["total_by_field_count"] == 3 and after["total_by_field_count"] == 6
+    committed.pop("log_time")
+    assert seen and all({**stats, "log_time": None} == {**committed, "log_time": None}
+                        for stats in seen)
+
+
 def test_advance_time_twice_and_skip_time_before_any_data_finalise_empty_buckets():
     with adjobs.JobService() as service:
         _latency_job(service, "twice", 0)

@@ -435,7 +435,7 @@ def test_query_and_body_parameters_are_merged(server):
     assert accepted.status == 200 and accepted.json()["flushed"] is True
     # Body wins for the same parameter: skip_time from the body, not the query.
     skipped = request(server.port, "POST", f"{flush}?skip_time={T0 * 1000}",
-                      json.dumps({"skip_time": str((T0 + 20 * HOUR) * 1000 + 1)}).encode(),
+                      json.dumps({"skip_time": str((T0 + 20 * HOUR) * 1000 + 1000)}).encode(),
                       JSON)
     assert skipped.json()["last_finalized_bucket_end"] == (T0 + 21 * HOUR) * 1000
     # reset_start/reset_end on _data come from the query.

@@ -1053,15 +1053,26 @@ class JobAnalysis:
         self._take_before(until)
         self.next_bucket = until if self.next_bucket is None else max(self.next_bucket, until)
 
-    def interim(self) -> ResultBatch:
+    def interim(self, start: int | None = None, end: int | None = None) -> ResultBatch:
         """Results for the buckets not finalised yet, from what they hold so far
-        (``calc_interim``). Nothing is learnt; the final results replace them."""
+        (``calc_interim``); with ``start``/``end`` (ms), only for the buckets that overlap
+        [start, end). Nothing is learnt; the final results replace them."""
         if self.next_bucket is None or not self._chunks:
             return ResultBatch(replaces_interim=True)
         self._compact()
         times, numeric, codes = self._chunks[0]
         last = int(times.max()) // self.span_ms * self.span_ms
-        buckets = self._bucket_range(self.next_bucket, last + self.span_ms, times)
+        first, stop = self.next_bucket, last + self.span_ms
+        if start is not None:
+            first = max(first, start // self.span_ms * self.span_ms)
+        if end is not None:
+            stop = min(stop, -(-end // self.span_ms) * self.span_ms)
+        if stop <= first:
+            return ResultBatch(replaces_interim=True)
+        if (first, stop) != (self.next_bucket, last + self.span_ms):
+            inside = (times >= first) & (times < stop)
+            times, numeric, codes = times[inside], numeric[inside], codes[inside]
+        buckets = self._bucket_range(first, stop, times)
         saved = [d.get_state() for d in self.detectors]
         normalisers = {level: n.to_state() for level, n in self.normalisers.items()}
         incomplete = (last, self.completeness(int(np.count_nonzero(times >= last))))

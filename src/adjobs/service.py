@@ -56,6 +56,8 @@ from .timeparams import parse_time_param
 #: per chunk read, memory still bounded. An analysed upload hands each chunk's records to
 #: the analysis as read, to analyse them while the next chunk is read.
 DELIVERY_RECORDS = 1 << 18
+#: The latest time (epoch ms) a 64-bit store can hold.
+_LAST_MS = 2**63 - 1
 
 RecordListener = Callable[[Any, Any, Any], None]
 #: The records of some of an upload, as the ingest core gives them: (times, numeric, codes).
@@ -100,6 +102,9 @@ class _Checkpoint:
     earliest_ms: int | None
     diagnostics: dict
     string_count: int
+    #: new values the table of distinct values refused so far (a rolled-back upload's too
+    #: would say hard_limit for values never counted)
+    refused_values: int
 
     @classmethod
     def of(cls, job: _OpenJob) -> _Checkpoint:
@@ -109,6 +114,7 @@ class _Checkpoint:
             earliest_ms=job.ingest.earliest_ms,
             diagnostics=job.ingest.diagnostics.get_state(),
             string_count=len(job.ingest.strings),
+            refused_values=job.ingest.strings.limit_hits,
         )
 
     def restore(self, job: _OpenJob) -> None:
@@ -118,6 +124,7 @@ class _Checkpoint:
         job.ingest.earliest_ms = self.earliest_ms
         job.ingest.diagnostics.set_state(self.diagnostics)
         job.ingest.strings.truncate(self.string_count)
+        job.ingest.strings.limit_hits = self.refused_values
 
 
 class JobService:
@@ -406,8 +413,11 @@ class JobService:
 
     def _parse_reset(self, reset_start: Any, reset_end: Any) -> tuple[int, int] | None:
         """The ``[start, end)`` (ms) of the buckets an upload resets, if any."""
-        start = parse_time_param("start", reset_start) if reset_start not in (None, "") else None
-        end = parse_time_param("end", reset_end) if reset_end not in (None, "") else None
+        # in whole seconds, as ES hands them to its native process
+        start = (parse_time_param("start", reset_start) // 1000 * 1000
+                 if reset_start not in (None, "") else None)
+        end = (parse_time_param("end", reset_end) // 1000 * 1000
+               if reset_end not in (None, "") else None)
         if start is not None and end is not None and end < start:
             raise ApiError(
                 400,
@@ -602,8 +612,9 @@ class JobService:
         **_: Any,
     ) -> dict:
         """Flush an open job (§6b). Data counts do not change."""
+        # in whole seconds, as ES hands them to its native process
         parsed = {
-            name: parse_time_param(name, value)
+            name: parse_time_param(name, value) // 1000 * 1000
             for name, value in (
                 ("start", start),
                 ("end", end),
@@ -657,16 +668,24 @@ class JobService:
                 # advance_time finalises them (calc_interim scores them as interim).
                 finalized = max(finalized or 0, (latest - job.plan.latency_ms) // span * span)
             if "skip_time" in parsed:
-                skip = parsed["skip_time"]
-                finalized = max(finalized or 0, -(-skip // span) * span)
+                # to the next bucket boundary (the last one there is, for a time past it)
+                skip = min(-(-parsed["skip_time"] // span) * span, _LAST_MS // span * span)
+                finalized = max(finalized or 0, skip)
                 # Skipped buckets give no results and teach the models nothing.
-                analysis.skip(-(-skip // span) * span)
+                analysis.skip(skip)
             if "advance_time" in parsed:
                 finalized = max(finalized or 0, parsed["advance_time"] // span * span)
             try:
                 if finalized:
                     analysis.finalise(finalized)
-                interim = analysis.interim() if calc_interim else None
+                interim = None
+                if calc_interim:
+                    # [start, end) when given (end: a second after start when left out or
+                    # equal, as ES's TimeRange makes it)
+                    first, last = parsed.get("start"), parsed.get("end")
+                    if first is not None and (last is None or last == first):
+                        last = first + 1000
+                    interim = analysis.interim(first, last)
                 # Nothing skipped, finalised or scored as interim (which may note a memory
                 # limit): the analysis is as the last commit left it, and so is its stored
                 # state (not packed, nor written, again).
@@ -756,13 +775,16 @@ class JobService:
 
         A job open here reports its in-memory totals; any other job reports what the
         store holds, which for a job open in another process is its last committed upload.
+        The model and timing stats are always those of the last commit, as ES's are of the
+        last bucket results it persisted: an upload in another thread may be changing the
+        models meanwhile.
         """
         jobs = []
         for one_id in self._expand(job_id, allow_no_match):
             job = self._open.get(one_id)
             if job is not None:
                 jobs.append(self._stats(job.config, job.plan, job.totals, job.opened_at,
-                                        job.analysis.stats()))
+                                        self._store.load_analysis_stats(one_id)))
                 continue
             stored = self._store.load(one_id)
             if stored is None:  # deleted meanwhile
