@@ -6,15 +6,20 @@ the README's job (``mean(responsetime)`` partitioned on airline, influencer airl
 in a fresh in-memory :class:`adjobs.JobService`, then flushes it: once with analysis and
 once with ``analyse=False``, alternating, medians of ``--repeats`` runs after one warm-up
 each. ``ratio`` = analysed seconds / ingest-only seconds; the target is <= 1.5. The report
-also holds the top records and influencers of the analysed run.
+also holds the top records and influencers of the analysed run. ``--breakdown`` adds the
+median time of each stage of the analysed runs (the reading with the analysis alongside,
+the upload's commit and its parts, the flush's commit), timed by wrapping those functions,
+which costs a little: the ratio of such a run is not the one to quote.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench._common import REPO_ROOT, bench_parser, load_average, machine_info, run_and_print
@@ -51,6 +56,48 @@ def one_run(data: bytes, analyse: bool) -> tuple[float, dict]:
     return seconds, top
 
 
+def _stages() -> list[tuple[object, str, str]]:
+    """What ``--breakdown`` times: (owner, function name, stage name)."""
+    from adjobs import analysis, service, store
+
+    return [
+        (service.JobService, "_upload", "upload_read_and_analyse"),
+        (store.Store, "commit_upload", "upload_commit"),
+        (store, "write_results", "commit_write_results"),
+        (analysis.JobAnalysis, "rescore_batch", "commit_rescore"),
+        (analysis.JobAnalysis, "get_state", "commit_pack_state"),
+        (store.Store, "save_finalized", "flush_commit"),
+    ]
+
+
+@contextlib.contextmanager
+def _timed_stages(enabled: bool) -> Iterator[dict[str, float] | None]:
+    """While ``enabled``, a dict of each stage's seconds (summed over its calls) since the
+    caller last cleared it; the functions are put back afterwards."""
+    if not enabled:
+        yield None
+        return
+    saved = []
+    current: dict[str, float] = {}
+    for owner, name, stage in _stages():
+        original = getattr(owner, name)
+        saved.append((owner, name, original))
+
+        def timed(*args, _original=original, _stage=stage, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                current[_stage] = current.get(_stage, 0.0) + time.perf_counter() - start
+
+        setattr(owner, name, timed)
+    try:
+        yield current
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
 def run(options) -> dict:
     data = sorted_farequote()
     load_before = load_average()
@@ -58,13 +105,19 @@ def run(options) -> dict:
     one_run(data, True)
     one_run(data, False)
     top: dict = {}
-    for index in range(options.repeats):
-        order = (True, False) if index % 2 == 0 else (False, True)
-        for analyse in order:
-            seconds, found = one_run(data, analyse)
-            runs["analysed" if analyse else "ingest_only"].append(seconds)
-            if analyse:
-                top = found
+    stages: dict[str, list[float]] = {}
+    with _timed_stages(options.breakdown) as current:
+        for index in range(options.repeats):
+            order = (True, False) if index % 2 == 0 else (False, True)
+            for analyse in order:
+                if current is not None:
+                    current.clear()
+                seconds, found = one_run(data, analyse)
+                runs["analysed" if analyse else "ingest_only"].append(seconds)
+                if analyse:
+                    top = found
+                    for stage, spent in (current or {}).items():
+                        stages.setdefault(stage, []).append(spent)
     analysed = statistics.median(runs["analysed"])
     ingest = statistics.median(runs["ingest_only"])
     ratio = analysed / ingest
@@ -88,6 +141,8 @@ def run(options) -> dict:
             {k: r.get(k) for k in ("timestamp", "influencer_field_value", "influencer_score")}
             for r in top.get("influencers", [])
         ],
+        **({"breakdown_ms": {stage: round(statistics.median(spent) * 1e3, 2)
+                             for stage, spent in stages.items()}} if options.breakdown else {}),
         "load_average": {"before": load_before, "after": load_average()},
         "machine": machine_info(),
     }
@@ -103,6 +158,8 @@ def _print_table(report: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser("bench.analysis", __doc__.split("\n")[0], "3 repeats")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="add the median time of each stage of the analysed runs")
     options = parser.parse_args(argv)
     run_and_print(parser, options, run, _print_table)
 

@@ -1206,6 +1206,28 @@ def test_farequote_sorted_finds_the_aal_incident_as_the_readme_says():
     assert table == got
 
 
+def test_the_analysis_bench_reports_the_ratio_and_each_stage(capsys):
+    from conftest import FAREQUOTE
+
+    from adjobs import service as service_module
+    from bench import analysis as bench_analysis
+
+    upload = service_module.JobService._upload
+    bench_analysis.main(["--json", "--quick", "--breakdown"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["input"] == {"file": str(FAREQUOTE), "bytes": FAREQUOTE.stat().st_size,
+                               "records": 86274}
+    assert len(report["runs"]["analysed"]) == len(report["runs"]["ingest_only"]) == 3
+    assert report["ratio"] == pytest.approx(
+        report["analysed_seconds"] / report["ingest_only_seconds"], abs=0.01)
+    stages = report["breakdown_ms"]
+    assert set(stages) == {"upload_read_and_analyse", "upload_commit", "commit_write_results",
+                           "commit_rescore", "commit_pack_state", "flush_commit"}
+    assert 0 < stages["commit_rescore"] < stages["upload_commit"]
+    assert report["top_records"][0]["partition_field_value"] == "AAL"
+    assert service_module.JobService._upload is upload  # the timers are taken off again
+
+
 def test_records_read_back_by_their_columns_are_renormalised_in_their_partitions_scope():
     # Renormalisation reads stored records by their columns: values, not field names. Their
     # max-score scope must still be their partition's, as when they were first scored, not
