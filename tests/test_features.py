@@ -169,7 +169,8 @@ def test_a_worked_example_of_mean_by_airline():
     ("median", [-1.7e308, 1.7e308], 0.0),
     ("median", [3.0, 4.0], 3.5),  # exact, as ever
     ("sum", [1e308, 1e308], None),  # finite values whose sum overflows: no value
-    ("mean", [1e308, 1e308], None),
+    ("mean", [1e308, 1e308], 1e308),  # ... but their mean is finite, and is the value
+    ("mean", [1.7e308, 1.5e308], 1.6e308),
     ("varp", [1e200, -1e200], None),
     ("sum", [1e308, -1e308], 0.0),
 ])

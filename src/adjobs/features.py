@@ -423,6 +423,14 @@ def _statistic(
         return np.add.reduceat(weighted, first)
     mean = np.add.reduceat(weighted, first) / count
     if statistic == "mean":
+        overflowed = ~np.isfinite(mean)
+        if overflowed.any():
+            # The sum of finite values overflowed (two records of 1e308); their mean is
+            # finite: summed as shares of it (each record's value times its weight's share
+            # of the row's), it cannot overflow, as ES's running mean does not.
+            share = 1.0 / np.repeat(count, size) if w is None else w / np.repeat(count, size)
+            shares = np.add.reduceat(v * share, first)
+            mean = np.where(overflowed, shares, mean)
         return mean
     if statistic == "varp":
         deviation = v - np.repeat(mean, size)
