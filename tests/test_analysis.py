@@ -1216,7 +1216,7 @@ def test_the_analysis_bench_reports_the_ratio_and_each_stage(capsys):
     bench_analysis.main(["--json", "--quick", "--breakdown"])
     report = json.loads(capsys.readouterr().out)
     assert report["input"] == {"file": str(FAREQUOTE), "bytes": FAREQUOTE.stat().st_size,
-                               "records": 86274}
+                               "records": 86274, "uploads": 1}
     assert len(report["runs"]["analysed"]) == len(report["runs"]["ingest_only"]) == 3
     assert report["ratio"] == pytest.approx(
         report["analysed_seconds"] / report["ingest_only_seconds"], abs=0.01)
@@ -1226,6 +1226,11 @@ def test_the_analysis_bench_reports_the_ratio_and_each_stage(capsys):
     assert 0 < stages["commit_rescore"] < stages["upload_commit"]
     assert report["top_records"][0]["partition_field_value"] == "AAL"
     assert service_module.JobService._upload is upload  # the timers are taken off again
+    # in batches, as a client posting them: the same records, the same top record
+    bench_analysis.main(["--json", "--quick", "--uploads", "7"])
+    batched = json.loads(capsys.readouterr().out)
+    assert batched["input"]["records"] == 86274 and batched["input"]["uploads"] == 7
+    assert batched["top_records"][0] == report["top_records"][0]
 
 
 def test_records_read_back_by_their_columns_are_renormalised_in_their_partitions_scope():
