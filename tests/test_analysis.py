@@ -1369,6 +1369,105 @@ def test_a_bigger_anomaly_later_lowers_the_earlier_score_but_not_its_initial_one
     assert bucket["initial_anomaly_score"] == bucket_before["initial_anomaly_score"]
 
 
+def _two_anomalies() -> list[dict]:
+    rng = np.random.default_rng(21)
+    docs = []
+    for b in range(600):
+        rt = float(rng.normal(100, 5))
+        rt = {300: 160.0, 500: 2_000.0}.get(b, rt)  # a clear anomaly, then a far bigger one
+        docs.append({"time": T0 + b * SPAN, "rt": rt})
+    return docs
+
+
+@pytest.mark.parametrize("settle", ["flush", "close"])
+def test_stored_results_are_renormalised_at_the_next_flush_or_close_as_es_does(settle):
+    # ES's flush and close wait for its renormaliser, an upload does not: an upload rescores
+    # its own results, and the stored ones wait for the next flush or close.
+    docs = _two_anomalies()
+    first = (T0 + 300 * SPAN) * 1000
+    with adjobs.JobService() as service:
+        service.put_job("renorm", config({"function": "mean", "field_name": "rt"}))
+        service.open_job("renorm")
+        service.post_data("renorm", docs[:400])
+        before = service.get_records("renorm", start=first, end=first + 1)["records"][0]
+        service.post_data("renorm", docs[400:])
+        waiting = service.get_records("renorm", start=first, end=first + 1)["records"][0]
+        assert service._open["renorm"].analysis.stored_behind
+        if settle == "flush":
+            service.flush_job("renorm")
+        else:
+            service.close_job("renorm")
+        after = service.get_records("renorm", start=first, end=first + 1)["records"][0]
+        if settle == "flush":
+            assert not service._open["renorm"].analysis.stored_behind
+    assert waiting == before
+    assert after["record_score"] < before["record_score"]
+    assert after["initial_record_score"] == before["initial_record_score"]
+
+
+def test_a_job_whose_close_fails_keeps_no_other_job_open(monkeypatch):
+    from adjobs.errors import ApiError as StoreFailure
+
+    service = adjobs.JobService()
+    for job_id in ("a", "b"):
+        service.put_job(job_id, config({"function": "mean", "field_name": "rt"}))
+        service.open_job(job_id)
+        docs = _two_anomalies()
+        service.post_data(job_id, docs[:400])
+        service.post_data(job_id, docs[400:])
+        assert service._open[job_id].analysis.stored_behind  # close has a commit to make
+    save = service._store.save_finalized
+
+    def failing_for_a(job_id, *args):
+        if job_id == "a":
+            raise StoreFailure(500, "store_exception", "disk gone")
+        return save(job_id, *args)
+
+    monkeypatch.setattr(service._store, "save_finalized", failing_for_a)
+    with pytest.raises(StoreFailure, match="disk gone"):
+        service.close()
+    assert list(service._open) == ["a"]  # b closed all the same
+
+
+def test_renormalisation_waiting_at_a_kill_is_done_by_the_next_flush(tmp_path):
+    docs = _two_anomalies()
+    data = tmp_path / "docs.json"
+    data.write_text(json.dumps(docs))
+    body = config({"function": "mean", "field_name": "rt"})
+    script = textwrap.dedent(f"""
+        import json, os, signal
+        import adjobs
+        docs = json.load(open({str(data)!r}))
+        service = adjobs.JobService({str(tmp_path / "store")!r})
+        service.put_job("killed", {body!r})
+        service.open_job("killed")
+        service.post_data("killed", docs[:400])
+        service.post_data("killed", docs[400:])
+        print("ACK", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=False, timeout=120)
+    assert run.returncode == -signal.SIGKILL and run.stdout == "ACK\n", run.stderr
+    first = (T0 + 300 * SPAN) * 1000
+    with adjobs.JobService(tmp_path / "store") as service:
+        service.open_job("killed")
+        assert service._open["killed"].analysis.stored_behind  # committed with the upload
+        waiting = service.get_records("killed", start=first, end=first + 1)["records"][0]
+        service.flush_job("killed")
+        after = service.get_records("killed", start=first, end=first + 1)["records"][0]
+    with adjobs.JobService() as service:
+        service.put_job("whole", body)
+        service.open_job("whole")
+        service.post_data("whole", docs[:400])
+        service.post_data("whole", docs[400:])
+        service.flush_job("whole")
+        expected = service.get_records("whole", start=first, end=first + 1)["records"][0]
+    # as the first upload left it, then as an unbroken run's flush leaves it
+    assert after["record_score"] == expected["record_score"] < waiting["record_score"]
+    assert after["initial_record_score"] == waiting["initial_record_score"]
+
+
 def test_the_demo_incident_is_the_top_record_and_influencer(tmp_path):
     from adjobs import datagen
 
@@ -1605,7 +1704,8 @@ def test_a_state_of_an_older_version_restores_every_array_and_the_new_one_round_
     old_meta, old_arrays = _unpack_state(old_blob)
     new_meta, new_arrays = _unpack_state(new_blob)
     # what the older state did not keep, at its start values
-    assert new_meta == {**old_meta, "last_failure_bucket": None, "bytes_exceeded": 0}
+    assert new_meta == {**old_meta, "last_failure_bucket": None, "bytes_exceeded": 0,
+                        "stored_behind": False, "results_written": True}
     assert list(new_arrays) == list(old_arrays)
     assert "buffer_times" in new_arrays and "d2_m_counts" in new_arrays  # buffered records
     for name, array in old_arrays.items():
@@ -1730,8 +1830,9 @@ def test_an_uploads_own_results_are_rescored_in_place_as_rescored_batch_would():
     body = config({"function": "mean", "field_name": "rt", "partition_field_name": "host"},
                   influencers=("host",))
     analysis, pending = _pending_of(body, metric_data(buckets=300, spike=(250, "b", 5.0)))
-    since = analysis.take_renormalisation()
+    since, stored = analysis.take_renormalisation(settle=False)
     assert since is not None  # the spike raised the maxima: scores are due to move
+    assert not stored  # no commit wrote results before: none are stored to rescore
 
     def as_written(batch):
         return [batch.buckets, batch.records, batch.influencers]

@@ -907,6 +907,12 @@ class JobAnalysis:
         #: A normaliser's maximum grew by more than 10%: older scores are re-normalised at
         #: the next commit (A.6).
         self.renormalise = False
+        #: The results stored by earlier commits wait to be re-normalised: an upload's commit
+        #: rescores its own results, the next flush or close the stored ones too, as ES's
+        #: flush and close wait for its renormaliser and an upload does not.
+        self.stored_behind = False
+        #: Whether a commit has written results (before that, none wait to be rescored).
+        self.results_written = False
         days = config.renormalization_window_days
         self.renormalization_window_ms = (
             days * 86_400_000 if days is not None
@@ -1448,12 +1454,21 @@ class JobAnalysis:
 
     # -- renormalisation ---------------------------------------------------------------------
 
-    def take_renormalisation(self) -> int | None:
-        """If scores must be re-normalised: the start (ms) of the window to rescore."""
-        if not self.renormalise or self.next_bucket is None:
-            return None
-        self.renormalise = False
-        return max(0, self.next_bucket - self.renormalization_window_ms)
+    def take_renormalisation(self, *, settle: bool) -> tuple[int | None, bool]:
+        """For a commit: the start (ms) of the window whose scores are re-normalised, or
+        None; and whether the results stored before are too. They are when ``settle`` (a
+        flush or a close); else only the commit's own results are, and the stored ones
+        wait for the next flush or close (:attr:`stored_behind`)."""
+        if self.next_bucket is None:
+            return None, False
+        since = max(0, self.next_bucket - self.renormalization_window_ms)
+        wanted, self.renormalise = self.renormalise, False
+        if wanted and self.results_written:
+            self.stored_behind = True
+        if settle and self.stored_behind:
+            self.stored_behind = False
+            return since, True
+        return (since if wanted else None), False
 
     def _record_doc_scope(self, doc: dict) -> str:
         """A stored record's max-score scope, as it was scored: the field names come from its
@@ -1761,6 +1776,8 @@ class JobAnalysis:
             "average_processing_ms": self.average_processing_ms,
             "memory_status": self.memory_status,
             "allocation_failures": self.allocation_failures,
+            "stored_behind": self.stored_behind,
+            "results_written": self.results_written,
             "last_failure_bucket": self.last_failure_bucket,
             "bytes_exceeded": self.bytes_exceeded,
             "peak_model_bytes": self.peak_model_bytes,
@@ -1797,7 +1814,10 @@ class JobAnalysis:
         self.average_processing_ms = meta["average_processing_ms"]
         self.memory_status = meta["memory_status"]
         self.allocation_failures = meta["allocation_failures"]
-        # States saved before these were kept: counted anew from here.
+        # States saved before these were kept: counted anew from here; and results were
+        # written, and rescored with every commit then.
+        self.stored_behind = meta.get("stored_behind", False)
+        self.results_written = meta.get("results_written", True)
         self.last_failure_bucket = meta.get("last_failure_bucket")
         self.bytes_exceeded = meta.get("bytes_exceeded", 0)
         self.peak_model_bytes = meta["peak_model_bytes"]

@@ -162,10 +162,20 @@ class JobService:
         return self._store
 
     def close(self) -> None:
-        """Close every job this service has open, then the store."""
-        for job_id in list(self._open):
-            self.close_job(job_id)
-        self._store.close()
+        """Close every job this service has open, then the store. A job that fails to
+        close (its last rescoring cannot be written) does not keep the others open; the
+        first such error is raised once all are done."""
+        failure: BaseException | None = None
+        try:
+            for job_id in list(self._open):
+                try:
+                    self.close_job(job_id)
+                except ApiError as error:  # a store error: the other jobs still close
+                    failure = failure or error
+        finally:
+            self._store.close()
+        if failure is not None:
+            raise failure
 
     def __enter__(self) -> Self:
         return self
@@ -390,25 +400,35 @@ class JobService:
         job.analysis_stored = True
 
     @staticmethod
-    def _analysis_commit(job: _OpenJob, interim: Any = None,
-                         unchanged: bool = False) -> AnalysisCommit:
+    def _analysis_commit(job: _OpenJob, interim: Any = None, unchanged: bool = False,
+                         settle: bool = False) -> AnalysisCommit:
         """What the store commits of the job's analysis; ``unchanged``: its state is the one
         stored (by the last commit, of an analysis that has not changed since), which is
-        then neither packed nor written again."""
-        if job.analysis.note_values_refused(job.ingest.strings.limit_hits):
+        then neither packed nor written again; ``settle`` (a flush, a close): the stored
+        results are re-normalised too, if they wait for it."""
+        analysis = job.analysis
+        if analysis.note_values_refused(job.ingest.strings.limit_hits):
             unchanged = False  # the memory status changed: the state is packed anew
-        pending = job.analysis.take_pending()
+        pending = analysis.take_pending()
         if interim is not None:
             pending.extend(interim)
+        behind = analysis.stored_behind
+        rescore_since, rescore_stored = analysis.take_renormalisation(settle=settle)
+        written = analysis.results_written
+        if pending.buckets or pending.records or pending.influencers:
+            analysis.results_written = True
+        if (analysis.stored_behind, analysis.results_written) != (behind, written):
+            unchanged = False  # flags the state holds changed: it is packed anew
         # the stats first: they update the peak model size, which the state holds
-        stats = job.analysis.stats()
+        stats = analysis.stats()
         return AnalysisCommit(
-            state=None if unchanged else job.analysis.get_state(),
+            state=None if unchanged else analysis.get_state(),
             stats=stats,
             results=pending,
-            rescore_since=job.analysis.take_renormalisation(),
-            rescore=job.analysis.rescore,
-            rescore_batch=job.analysis.rescore_batch,
+            rescore_since=rescore_since,
+            rescore=analysis.rescore,
+            rescore_batch=analysis.rescore_batch,
+            rescore_stored=rescore_stored,
         )
 
     def _parse_reset(self, reset_start: Any, reset_end: Any) -> tuple[int, int] | None:
@@ -691,7 +711,8 @@ class JobService:
                 # state (not packed, nor written, again).
                 unchanged = (interim is None and job.analysis_stored
                              and (analysis.next_bucket, analysis.bucket_count) == before)
-                commit = self._analysis_commit(job, interim=interim, unchanged=unchanged)
+                commit = self._analysis_commit(job, interim=interim, unchanged=unchanged,
+                                               settle=True)
                 self._store.save_finalized(job_id, finalized, commit)
             except BaseException:
                 self._roll_back_analysis(job)
@@ -712,11 +733,22 @@ class JobService:
         """
         for one_id in self._expand(job_id, allow_no_match):
             with self._job_lock(one_id):
-                job = self._open.pop(one_id, None)
+                job = self._open.get(one_id)
                 if job is None:
                     if self._ownership.owned_by_other(one_id):
                         raise owned_elsewhere(one_id)
                     continue
+                if job.analysis.stored_behind:
+                    # Stored results wait to be re-normalised: as ES's close waits for its
+                    # renormaliser, they are before the job closes.
+                    try:
+                        self._store.save_finalized(
+                            one_id, job.last_finalized_bucket_end,
+                            self._analysis_commit(job, settle=True))
+                    except BaseException:
+                        self._roll_back_analysis(job)
+                        raise
+                del self._open[one_id]
                 try:
                     self._store.mark_closed(one_id)
                 finally:

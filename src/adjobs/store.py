@@ -122,6 +122,8 @@ class AnalysisCommit:
     #: ``rescored_batch(results, rescore_since, rescore)``, done by whoever knows a faster
     #: way for its own batch (optional).
     rescore_batch: Callable[[Any, int], Any] | None = None
+    #: Whether the stored results are rescored too, or only the batch's (theirs wait).
+    rescore_stored: bool = True
 
 
 def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommit) -> None:
@@ -132,11 +134,12 @@ def _write_analysis(db: sqlite3.Connection, job_id: str, analysis: AnalysisCommi
         # stored result the batch replaces is rescored in vain, then replaced.
         # rescore only looks at buckets with bucket influencers, and at the scores and
         # identities of records and influencers.
-        docs = list(iter_for_renormalisation(db, job_id, analysis.rescore_since,
-                                             scored_buckets_only=True, scores_only=True))
-        changes = analysis.rescore(docs)
-        if changes:
-            update_scores(db, job_id, changes)
+        if analysis.rescore_stored:
+            docs = list(iter_for_renormalisation(db, job_id, analysis.rescore_since,
+                                                 scored_buckets_only=True, scores_only=True))
+            changes = analysis.rescore(docs)
+            if changes:
+                update_scores(db, job_id, changes)
         if analysis.rescore_batch is not None:
             batch = analysis.rescore_batch(batch, analysis.rescore_since)
         else:
