@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import adjobs
-from adjobs import analysis
+from adjobs import analysis, results
 from adjobs.errors import ApiError
 
 SPAN = 600  # 10 minutes
@@ -1405,10 +1405,10 @@ def test_stored_results_are_renormalised_at_the_next_flush_or_close_as_es_does(s
     assert after["initial_record_score"] == before["initial_record_score"]
 
 
-def test_a_job_whose_close_fails_keeps_no_other_job_open(monkeypatch):
+def test_a_job_whose_close_fails_keeps_no_job_claimed(tmp_path, monkeypatch):
     from adjobs.errors import ApiError as StoreFailure
 
-    service = adjobs.JobService()
+    service = adjobs.JobService(tmp_path / "store")
     for job_id in ("a", "b"):
         service.put_job(job_id, config({"function": "mean", "field_name": "rt"}))
         service.open_job(job_id)
@@ -1426,7 +1426,42 @@ def test_a_job_whose_close_fails_keeps_no_other_job_open(monkeypatch):
     monkeypatch.setattr(service._store, "save_finalized", failing_for_a)
     with pytest.raises(StoreFailure, match="disk gone"):
         service.close()
-    assert list(service._open) == ["a"]  # b closed all the same
+    assert list(service._open) == []  # b closed, and a was forced closed
+    with adjobs.JobService(tmp_path / "store") as again:
+        again.open_job("a")  # not claimed by the service that failed to close it
+        assert again._open["a"].analysis.stored_behind  # the rescore is still due
+        again.flush_job("a")
+        assert not again._open["a"].analysis.stored_behind
+
+
+def test_a_renormalisation_due_reaches_back_to_where_it_was_due():
+    # ES widens its renormaliser's window to the earliest change it merged: results that
+    # were in the window when the rescore fell due are rescored however far it has moved.
+    rng = np.random.default_rng(4)
+    docs = []
+    for b in range(800):
+        rt = {200: 160.0, 300: 2_000.0}.get(b, float(rng.normal(100, 5)))
+        docs.append({"time": T0 + b * SPAN, "rt": rt})
+    body = config({"function": "mean", "field_name": "rt"})
+    body["renormalization_window_days"] = 1  # 144 buckets of 10 minutes
+    with adjobs.JobService() as service:
+        service.put_job("moved", body)
+        service.open_job("moved")
+        for part in (docs[:250], docs[250:320], docs[320:]):
+            service.post_data("moved", part)
+        analysis = service._open["moved"].analysis
+        due = analysis.behind_since
+        assert analysis.stored_behind and due <= (T0 + 200 * SPAN) * 1000
+        before = service.get_records("moved", start=(T0 + 200 * SPAN) * 1000,
+                                     end=(T0 + 201 * SPAN) * 1000)["records"][0]
+        service.flush_job("moved", advance_time=str(T0 + 900 * SPAN))
+        after = service.get_records("moved", start=(T0 + 200 * SPAN) * 1000,
+                                    end=(T0 + 201 * SPAN) * 1000)["records"][0]
+        stored = list(results.iter_for_renormalisation(
+            service._store._db, "moved", due, scored_buckets_only=True, scores_only=True))
+        assert analysis.behind_since is None and not analysis.stored_behind
+        assert analysis.rescore(stored) == []  # nothing left that a rescore would move
+    assert after["record_score"] != before["record_score"]
 
 
 def test_renormalisation_waiting_at_a_kill_is_done_by_the_next_flush(tmp_path):
@@ -1705,7 +1740,8 @@ def test_a_state_of_an_older_version_restores_every_array_and_the_new_one_round_
     new_meta, new_arrays = _unpack_state(new_blob)
     # what the older state did not keep, at its start values
     assert new_meta == {**old_meta, "last_failure_bucket": None, "bytes_exceeded": 0,
-                        "stored_behind": False, "results_written": True}
+                        "stored_behind": False, "behind_since": None,
+                        "results_written": True}
     assert list(new_arrays) == list(old_arrays)
     assert "buffer_times" in new_arrays and "d2_m_counts" in new_arrays  # buffered records
     for name, array in old_arrays.items():

@@ -911,6 +911,10 @@ class JobAnalysis:
         #: rescores its own results, the next flush or close the stored ones too, as ES's
         #: flush and close wait for its renormaliser and an upload does not.
         self.stored_behind = False
+        #: While stored_behind: the earliest start (ms) of the windows due since, which the
+        #: settling pass reaches back to however far the window has moved meanwhile (as
+        #: ES's renormaliser widens its window to the earliest change it merged).
+        self.behind_since: int | None = None
         #: Whether a commit has written results (before that, none wait to be rescored).
         self.results_written = False
         days = config.renormalization_window_days
@@ -1465,9 +1469,12 @@ class JobAnalysis:
         wanted, self.renormalise = self.renormalise, False
         if wanted and self.results_written:
             self.stored_behind = True
+            self.behind_since = since if self.behind_since is None else min(
+                self.behind_since, since)
         if settle and self.stored_behind:
-            self.stored_behind = False
-            return since, True
+            earliest = since if self.behind_since is None else min(self.behind_since, since)
+            self.stored_behind, self.behind_since = False, None
+            return earliest, True
         return (since if wanted else None), False
 
     def _record_doc_scope(self, doc: dict) -> str:
@@ -1777,6 +1784,7 @@ class JobAnalysis:
             "memory_status": self.memory_status,
             "allocation_failures": self.allocation_failures,
             "stored_behind": self.stored_behind,
+            "behind_since": self.behind_since,
             "results_written": self.results_written,
             "last_failure_bucket": self.last_failure_bucket,
             "bytes_exceeded": self.bytes_exceeded,
@@ -1817,6 +1825,7 @@ class JobAnalysis:
         # States saved before these were kept: counted anew from here; and results were
         # written, and rescored with every commit then.
         self.stored_behind = meta.get("stored_behind", False)
+        self.behind_since = meta.get("behind_since")
         self.results_written = meta.get("results_written", True)
         self.last_failure_bucket = meta.get("last_failure_bucket")
         self.bytes_exceeded = meta.get("bytes_exceeded", 0)

@@ -315,12 +315,17 @@ class RestApp:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                # Closing commits nothing new (uploads are committed as they end) but
-                # releases every job's ownership and the database cleanly.
-                await asyncio.get_running_loop().run_in_executor(None, self.service.close)
-                self._executor.shutdown(wait=False)
-                log.info("closed every open job; bye")
-                await send({"type": "lifespan.shutdown.complete"})
+                # Closing commits what is due (stored results waiting to be rescored; the
+                # uploads are committed as they end) and releases every job's ownership and
+                # the database cleanly. A failure is logged: the shutdown completes anyway.
+                try:
+                    await asyncio.get_running_loop().run_in_executor(None, self.service.close)
+                    log.info("closed every open job; bye")
+                except Exception:  # the server is going away: logged, not raised
+                    log.exception("closing the open jobs failed")
+                finally:
+                    self._executor.shutdown(wait=False)
+                    await send({"type": "lifespan.shutdown.complete"})
                 return
 
     # --------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ the upload started. See ``docs/store.md``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import math
@@ -162,16 +163,21 @@ class JobService:
         return self._store
 
     def close(self) -> None:
-        """Close every job this service has open, then the store. A job that fails to
-        close (its last rescoring cannot be written) does not keep the others open; the
-        first such error is raised once all are done."""
+        """Close every job this service has open, then the store. A job whose closing
+        rescore cannot be written is closed with ``force`` (the rescore stays due in its
+        stored state), so no job stays claimed; the first such error is raised once all
+        are closed."""
         failure: BaseException | None = None
         try:
             for job_id in list(self._open):
                 try:
                     self.close_job(job_id)
-                except ApiError as error:  # a store error: the other jobs still close
+                except Exception as error:  # noqa: BLE001 - raised below, once all are closed
                     failure = failure or error
+                    # its claim is released even if marking it closed fails too; the first
+                    # failure is the one raised
+                    with contextlib.suppress(Exception):
+                        self.close_job(job_id, force=True)
         finally:
             self._store.close()
         if failure is not None:
@@ -412,13 +418,12 @@ class JobService:
         pending = analysis.take_pending()
         if interim is not None:
             pending.extend(interim)
-        behind = analysis.stored_behind
+        held = (analysis.stored_behind, analysis.behind_since, analysis.results_written)
         rescore_since, rescore_stored = analysis.take_renormalisation(settle=settle)
-        written = analysis.results_written
         if pending.buckets or pending.records or pending.influencers:
             analysis.results_written = True
-        if (analysis.stored_behind, analysis.results_written) != (behind, written):
-            unchanged = False  # flags the state holds changed: it is packed anew
+        if (analysis.stored_behind, analysis.behind_since, analysis.results_written) != held:
+            unchanged = False  # what the state holds changed: it is packed anew
         # the stats first: they update the peak model size, which the state holds
         stats = analysis.stats()
         return AnalysisCommit(
@@ -738,9 +743,11 @@ class JobService:
                     if self._ownership.owned_by_other(one_id):
                         raise owned_elsewhere(one_id)
                     continue
-                if job.analysis.stored_behind:
+                if job.analysis.stored_behind and not force:
                     # Stored results wait to be re-normalised: as ES's close waits for its
-                    # renormaliser, they are before the job closes.
+                    # renormaliser, they are before the job closes. (A forced close does
+                    # not wait, as ES's does not: the rescore stays due in the stored state,
+                    # for the next flush or close.)
                     try:
                         self._store.save_finalized(
                             one_id, job.last_finalized_bucket_end,
