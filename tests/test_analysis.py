@@ -76,7 +76,7 @@ def test_a_planted_spike_is_the_top_record_with_the_values_of_the_data():
         top = records[0]
         assert REQUIRED_RECORD <= set(top)
         assert top["timestamp"] == (T0 + 300 * SPAN) * 1000
-        assert top["partition_field_value"] == "b" and top["host"] == "b"
+        assert top["partition_field_value"] == "b" and top["host"] == ["b"]  # a list, as ES
         expected = np.mean([d["rt"] for d in docs
                             if d["host"] == "b" and (d["time"] - T0) // SPAN == 300])
         assert top["actual"] == [pytest.approx(expected)]
@@ -652,10 +652,11 @@ def test_another_values_bigger_anomaly_does_not_hold_down_its_scores():
             influencers = {(i["timestamp"], i["influencer_field_value"]): i
                            for i in service.get_influencers(split, size=1000)["influencers"]}
         assert [(r["timestamp"], r["host"]) for r in records] == [
-            ((T0 + 300 * SPAN) * 1000, "b"), ((T0 + 380 * SPAN) * 1000, "c")]
+            ((T0 + 300 * SPAN) * 1000, ["b"]), ((T0 + 380 * SPAN) * 1000, ["c"])]
         for record in records:
-            influencer = influencers[(record["timestamp"], record["host"])]
-            scores[split, record["host"]] = (
+            (host,) = record["host"]
+            influencer = influencers[(record["timestamp"], host)]
+            scores[split, host] = (
                 record["initial_record_score"], record["record_score"],
                 influencer["initial_influencer_score"], influencer["influencer_score"])
     for host in ("b", "c"):
@@ -1092,17 +1093,25 @@ def test_settings_not_built_yet_are_a_400_at_put_and_update():
     categorised = config({"function": "count", "by_field_name": "mlcategory"})
     categorised["analysis_config"]["categorization_field_name"] = "message"
     ruled = config({"function": "mean", "field_name": "rt", "custom_rules": rules})
+    frequent = config({"function": "count", "over_field_name": "user",
+                       "exclude_frequent": "over"})
     with adjobs.JobService() as service:
         for job_id, body, reason in (
             ("categorised", categorised, ("categorization (categorization_field_name, "
                                           "mlcategory) is not supported by adjobs yet")),
             ("ruled", ruled, "custom_rules (detector [0]) are not supported by adjobs yet"),
+            ("frequent", frequent, ("exclude_frequent [over] (detector [0]) is not "
+                                    "supported by adjobs yet")),
         ):
             with pytest.raises(ApiError) as refused:
                 service.put_job(job_id, body)
             assert refused.value.status == 400
             assert refused.value.reason == reason
             assert service.get_jobs("_all")["count"] == 0
+        # exclude_frequent "none" excludes nothing: nothing to refuse
+        service.put_job("nothing-excluded", config({"function": "count", "by_field_name": "u",
+                                                    "exclude_frequent": "none"}))
+        service.delete_job("nothing-excluded")
         service.put_job("plain", config({"function": "mean", "field_name": "rt"}))
         with pytest.raises(ApiError) as refused:
             service.update_job("plain", {"detectors": [{"detector_index": 0,
@@ -1141,6 +1150,20 @@ def test_group_names_expand_to_their_jobs_and_never_clash_with_ids():
         with pytest.raises(ApiError) as unknown:
             service.get_jobs("nope")
         assert unknown.value.status == 404
+
+
+def test_a_summarised_sum_adds_the_values_which_are_sums_already():
+    # ES's sum gatherer adds a summarised record's value and leaves its count aside: the
+    # value of an aggregation posted with its doc_count is that many records' sum.
+    docs = [{"time": T0 + b * SPAN + m * 60, "value": 100.0 if b == 150 else 10.0,
+             "doc_count": 3} for b in range(200) for m in range(2)]
+    body = config({"function": "sum", "field_name": "value"},
+                  summary_count_field_name="doc_count")
+    with adjobs.JobService() as service:
+        run_job(service, "summed", body, docs)
+        top = service.get_records("summed", size=1)["records"][0]
+    assert (top["timestamp"], top["actual"]) == ((T0 + 150 * SPAN) * 1000, [200.0])
+    assert top["typical"][0] == pytest.approx(20.0, rel=0.05)
 
 
 def test_results_apis_check_their_parameters():

@@ -87,7 +87,8 @@ def _reference(function, columns, times, numeric, codes, weights):
             elif statistic == "distinct_count":
                 result.append(float(len({m[2] for m in members})))
             elif statistic == "sum":
-                result.append(sum(v * x for v, x in zip(values, w)))
+                # a summarised record's value is the sum of the records it stands for
+                result.append(sum(values))
             elif statistic == "min":
                 result.append(min(values))
             elif statistic == "max":
@@ -280,6 +281,9 @@ def test_influence_alternatives_take_each_value_out_or_alone():
                                            np.var([1, 2, 3, 5.0])])
     # summary counts weigh records: host 9's record counts twice
     assert alt("count", True, weights) == [4.0, 5.0, 4.0]
+    # ... but not a sum: a summarised record's value is already its records' sum
+    assert alt("sum", True, weights) == [18.0, 18.0, 11.0]
+    assert alt("sum", False, weights) == [3.0, 3.0, 10.0]
     assert alt("mean", True, weights) == [28.0 / 4, 28.0 / 5, 11.0 / 4]
     # and the records behind each alternative, for the count variance scale of a mean
     _, _, behind = influence_alternatives("mean", True, columns, numeric, weights, members,

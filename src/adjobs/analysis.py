@@ -1421,6 +1421,9 @@ class JobAnalysis:
         }
         if detector.field_name:
             doc["field_name"] = detector.field_name
+        # The split and influencer fields as top-level keys, each the list of its values
+        # (ES's inputFieldMap: a set per field, the splits' first), added after the rest.
+        terms: dict[str, dict[str, None]] = {}
         for name_key, value_key, name, codes in (
             ("partition_field_name", "partition_field_value", detector.partition_field_name,
              listed.partition),
@@ -1431,8 +1434,7 @@ class JobAnalysis:
                 value = self._name(codes[r])
                 doc[name_key] = name
                 doc[value_key] = value
-                if is_term_field_name(name):
-                    doc[name] = value
+                terms.setdefault(name, {})[value] = None
         if influencers:
             grouped: dict[str, list[str]] = {}
             for name, code in influencers:
@@ -1442,8 +1444,7 @@ class JobAnalysis:
                 for name, values in grouped.items()
             ]
             for name, values in grouped.items():
-                if is_term_field_name(name):
-                    doc.setdefault(name, values)
+                terms.setdefault(name, {}).update(dict.fromkeys(values))
         if detector.over_field_name and detector.function != "rare":
             cause = {key: doc[key] for key in ("probability", "function", "function_description",
                                                "typical", "actual") if key in doc}
@@ -1454,6 +1455,9 @@ class JobAnalysis:
                 if key in doc:
                     cause[key] = doc[key]
             doc["causes"] = [cause]
+        for name, values in terms.items():
+            if is_term_field_name(name):
+                doc[name] = list(values)
         return doc
 
     # -- renormalisation ---------------------------------------------------------------------

@@ -166,7 +166,7 @@ _ALL_FUNCTIONS = (
 
 def check_supported(config: JobConfig) -> None:
     """Refuse, with a 400, a valid ES job whose settings adjobs cannot honour yet:
-    categorization and detector ``custom_rules``. Running it without them would give
+    categorization, detector ``custom_rules`` and ``exclude_frequent`` (but ``none``). Running it without them would give
     results that silently differ from ES's (rules that never skip, categories never made)."""
     if config.categorization_field_name is not None:
         raise illegal_argument(
@@ -178,6 +178,11 @@ def check_supported(config: JobConfig) -> None:
             raise illegal_argument(
                 f"custom_rules (detector [{detector.detector_index}]) are not supported by "
                 "adjobs yet"
+            )
+        if detector.exclude_frequent not in (None, "none"):
+            raise illegal_argument(
+                f"exclude_frequent [{detector.exclude_frequent}] (detector "
+                f"[{detector.detector_index}]) is not supported by adjobs yet"
             )
 _EXCLUDE_FREQUENT_VALUES = ("all", "none", "by", "over")
 

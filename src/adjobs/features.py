@@ -417,10 +417,12 @@ def _statistic(
         return np.minimum.reduceat(v, first)
     if statistic == "max":
         return np.maximum.reduceat(v, first)
+    if statistic == "sum":
+        # A summarised record's value is already the sum of the records it stands for (ES's
+        # sum gatherer adds the value and ignores the count): not weighted.
+        return np.add.reduceat(v, first)
     # Without summary counts every weight is 1, and v * 1 is v.
     weighted = v if w is None else v * w
-    if statistic == "sum":
-        return np.add.reduceat(weighted, first)
     mean = np.add.reduceat(weighted, first) / count
     if statistic == "mean":
         overflowed = ~np.isfinite(mean)
@@ -511,7 +513,9 @@ def influence_alternatives(statistic: str, complement: bool, columns: DetectorCo
     if statistic == "count":
         return codes, count, count
     if statistic == "sum":
-        return codes, total, count
+        # a summarised record's value is its records' sum already (detector_features)
+        own = np.bincount(inverse, weights=vv, minlength=k)
+        return codes, (v.sum() - own if complement else own), count
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = np.where(count > 0, total / count, np.nan)
         if statistic == "mean":
