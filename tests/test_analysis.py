@@ -956,6 +956,35 @@ def test_the_memory_limit_stops_new_series_and_says_hard_limit():
     assert 0 < stats["model_bytes_exceeded"] < 64 * 1024
 
 
+@pytest.mark.parametrize(("detector", "counts"), [
+    ({"function": "count", "over_field_name": "user", "partition_field_name": "region"},
+     (0, 4, 2)),
+    ({"function": "rare", "by_field_name": "host", "partition_field_name": "region"},
+     (3, 0, 2)),
+    ({"function": "mean", "field_name": "rt", "over_field_name": "user",
+      "by_field_name": "host"}, (3, 4, 0)),
+    ({"function": "mean", "field_name": "rt", "by_field_name": "host",
+      "partition_field_name": "region"}, (3, 0, 2)),
+])
+def test_model_size_stats_count_the_entities_of_every_kind_of_detector(
+        tmp_path, detector, counts):
+    docs = [{"time": T0 + b * SPAN + i, "rt": 100.0 + i, "user": f"u{i % 4}",
+             "region": f"r{i % 2}", "host": f"h{i % 3}"} for b in range(60) for i in range(12)]
+    with adjobs.JobService(tmp_path / "store") as service:
+        run_job(service, "entities", config(detector), docs)
+        stats = service.get_job_stats("entities")["jobs"][0]["model_size_stats"]
+        service.close_job("entities")
+    got = (stats["total_by_field_count"], stats["total_over_field_count"],
+           stats["total_partition_field_count"])
+    assert got == counts
+    with adjobs.JobService(tmp_path / "store") as service:  # kept in the state
+        service.open_job("entities")
+        service.post_data("entities", [{**docs[-1], "time": T0 + 61 * SPAN}])
+        stats = service.get_job_stats("entities")["jobs"][0]["model_size_stats"]
+    assert (stats["total_by_field_count"], stats["total_over_field_count"],
+            stats["total_partition_field_count"]) == counts
+
+
 def test_values_past_the_table_of_distinct_values_say_hard_limit():
     from adjobs import _core
 

@@ -209,6 +209,10 @@ class _DetectorAnalysis:
             self.models = _ColumnModels(span_s)
         #: (partition, by, over) code triple -> first model column of the series.
         self.series: dict[tuple[int, int, int], int] = {}
+        #: Population and rare detectors, which model no series of their own: the codes
+        #: of the (partition, by, over) values they have seen, one set per field, for the
+        #: model size stats' entity counts.
+        self.entities: tuple[set[int], set[int], set[int]] = (set(), set(), set())
         #: The buckets (starts, ms) in which a series was not modelled because the memory
         #: limit was reached, in the run analysed last.
         self.refused_buckets = np.empty(0, np.int64)
@@ -236,13 +240,21 @@ class _DetectorAnalysis:
     def get_state(self) -> dict:
         keys = np.array(list(self.series), dtype=np.int64).reshape(-1, 3)
         columns = np.array(list(self.series.values()), dtype=np.int64)
-        return {"keys": keys, "columns": columns, "models": self.models.state()}
+        # (field index, code) pairs: 0 partition, 1 by, 2 over
+        entities = np.array([(field, code) for field, codes in enumerate(self.entities)
+                             for code in sorted(codes)], dtype=np.int64).reshape(-1, 2)
+        return {"keys": keys, "columns": columns, "entities": entities,
+                "models": self.models.state()}
 
     def set_state(self, state: dict) -> None:
         self.series = {
             tuple(int(x) for x in key): int(column)
             for key, column in zip(state["keys"], state["columns"], strict=True)
         }
+        self.entities = (set(), set(), set())
+        # a state saved before entities were kept has none: counted anew from here
+        for field, code in state.get("entities", np.empty((0, 2), np.int64)).tolist():
+            self.entities[field].add(code)
         self.models = type(self.models).from_state(state["models"])
         self._column_table = None
 
@@ -292,6 +304,9 @@ class _DetectorAnalysis:
             self.function, self.columns, times, numeric, codes, span_ms, weights
         )
         if self.function == "rare" or self.population:
+            for seen, field_codes in zip(self.entities, (features.partition, features.by,
+                                                         features.over), strict=True):
+                seen.update(np.unique(field_codes[field_codes >= 0]).tolist())
             out = self.models.step(features, buckets)
             return self._rows(features, out, buckets)
         return self._series_rows(features, buckets, span_ms, budget, numeric, codes, weights)
@@ -1734,13 +1749,14 @@ class JobAnalysis:
         self.peak_model_bytes = max(self.peak_model_bytes, model_bytes)
         values: dict[str, set] = {"by": set(), "over": set(), "partition": set()}
         for detector in self.detectors:
+            index = detector.detector.detector_index
             for key in detector.series:
                 for name, code in zip(("partition", "by", "over"), key, strict=True):
                     if code >= 0:
-                        values[name].add((detector.detector.detector_index, code))
-            if isinstance(detector.models, PopulationModels):
-                for partition, by in detector.models.attributes:
-                    values["by"].add((detector.detector.detector_index, by))
+                        values[name].add((index, code))
+            for name, codes in zip(("partition", "by", "over"), detector.entities,
+                                   strict=True):
+                values[name].update((index, code) for code in codes)
         return {
             "model_bytes": model_bytes,
             "peak_model_bytes": self.peak_model_bytes,
@@ -1807,6 +1823,8 @@ class JobAnalysis:
             state = detector.get_state()
             arrays[f"d{d}_keys"] = state["keys"]
             arrays[f"d{d}_columns"] = state["columns"]
+            if len(state["entities"]):
+                arrays[f"d{d}_entities"] = state["entities"]
             names = []
             for name, value in state["models"].items():
                 if isinstance(value, np.ndarray):
@@ -1853,5 +1871,6 @@ class JobAnalysis:
                     models[name] = value
             detector.set_state(
                 {"keys": data[f"d{d}_keys"], "columns": data[f"d{d}_columns"],
-                 "models": models}
+                 "models": models,
+                 **({"entities": data[f"d{d}_entities"]} if f"d{d}_entities" in data else {})}
             )
