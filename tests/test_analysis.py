@@ -985,6 +985,41 @@ def test_model_size_stats_count_the_entities_of_every_kind_of_detector(
             stats["total_partition_field_count"]) == counts
 
 
+@pytest.mark.parametrize("use_null", [False, True])
+def test_an_empty_split_value_is_a_missing_one_as_in_es(use_null):
+    # ES takes an empty field value for a missing one: no "" series or influencer, and with
+    # use_null the null series, the same as records without the field.
+    def docs(empty: dict) -> list[dict]:
+        out = []
+        for b in range(150):
+            for i, host in enumerate(("a", "b", "c", None)):
+                doc = {"time": T0 + b * SPAN + i, "rt": 100.0 + i,
+                       **({"host": host} if host else empty)}
+                if host is None and b == 140:
+                    doc["rt"] = 900.0
+                out.append(doc)
+        return out
+
+    body = config({"function": "mean", "field_name": "rt", "by_field_name": "host",
+                   "use_null": use_null}, influencers=("host",))
+    seen = []
+    for empty in ({"host": ""}, {}):
+        with adjobs.JobService() as service:
+            run_job(service, "empty", body, docs(empty))
+            got = _everything(service, "empty")
+            stats = service.get_job_stats("empty")["jobs"][0]["model_size_stats"]
+        got.pop("counts")  # the data counts tell an empty field from a missing one
+        seen.append((got, stats["total_by_field_count"]))
+    assert seen[0] == seen[1]
+    records = seen[0][0]["records"]
+    assert {r["by_field_value"] for r in records} <= ({"a", "b", "c", ""} if use_null
+                                                      else {"a", "b", "c"})
+    null_spike = [r for r in records if r["timestamp"] == (T0 + 140 * SPAN) * 1000
+                  and r["by_field_value"] == ""]
+    assert bool(null_spike) == use_null
+    assert all(i["influencer_field_value"] for i in seen[0][0]["influencers"])
+
+
 def test_values_past_the_table_of_distinct_values_say_hard_limit():
     from adjobs import _core
 

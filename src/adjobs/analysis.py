@@ -949,6 +949,9 @@ class JobAnalysis:
         self.total_processing_ms = 0.0
         self.average_processing_ms: float | None = None
         self.names: list[str] = []
+        #: The code of the empty value, once a record had one: ES takes an empty field
+        #: value for a missing one (no series, no influencer; a null one with use_null).
+        self.empty_code: int | None = None
         #: Decayed sum of the record counts of finalised buckets and of their weights: the
         #: expected count of a whole bucket, against which an interim bucket's completeness
         #: is measured.
@@ -961,6 +964,8 @@ class JobAnalysis:
         """Buffer a batch of processed records; finalise the buckets they complete."""
         if len(times) == 0:
             return
+        if self.empty_code is not None:
+            codes = np.where(codes == self.empty_code, -1, codes).astype(codes.dtype, copy=False)
         if self.next_bucket is not None:
             # Records of finalised buckets (possible with latency) are ignored, as ES does.
             keep = times >= self.next_bucket
@@ -1786,11 +1791,16 @@ class JobAnalysis:
     def sync_names(self, strings: Any) -> None:
         """Catch up with the job's string table (codes -> values for the documents)."""
         if len(strings) > len(self.names):
+            known = len(self.names)
             self.names.extend(
-                value.decode("utf-8", "replace") for value in strings.raw_values(len(self.names))
+                value.decode("utf-8", "replace") for value in strings.raw_values(known)
             )
+            if self.empty_code is None and "" in self.names[known:]:
+                self.empty_code = self.names.index("", known)
         elif len(strings) < len(self.names):  # rolled back
             del self.names[len(strings):]
+            if self.empty_code is not None and self.empty_code >= len(self.names):
+                self.empty_code = None
 
     def get_state(self) -> bytes:
         """Everything needed to continue exactly where this analysis is, as bytes."""
