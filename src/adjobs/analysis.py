@@ -1754,10 +1754,17 @@ class JobAnalysis:
         self.peak_model_bytes = max(self.peak_model_bytes, model_bytes)
         values: dict[str, set] = {"by": set(), "over": set(), "partition": set()}
         for detector in self.detectors:
-            index = detector.detector.detector_index
+            config = detector.detector
+            index = config.detector_index
+            # with use_null, a configured field's null value is an entity too (-1), as ES
+            # registers it
+            configured = (config.partition_field_name, config.by_field_name,
+                          config.over_field_name)
+            lowest = [-1 if config.use_null and field else 0 for field in configured]
             for key in detector.series:
-                for name, code in zip(("partition", "by", "over"), key, strict=True):
-                    if code >= 0:
+                for name, code, least in zip(("partition", "by", "over"), key, lowest,
+                                             strict=True):
+                    if code >= least:
                         values[name].add((index, code))
             for name, codes in zip(("partition", "by", "over"), detector.entities,
                                    strict=True):
