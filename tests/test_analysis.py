@@ -490,6 +490,31 @@ def test_an_interim_bucket_still_filling_up_is_not_a_drop_in_count(function):
         assert service.get_records("filling", start=open_bucket)["count"] == 0
 
 
+@pytest.mark.parametrize("function", ["low_count", "count", "low_sum"])
+def test_a_population_bucket_still_filling_up_is_no_drop_but_a_burst_in_it_is_one(function):
+    # ES's interim corrector moves each person toward what the population expects of it.
+    detector = {"function": function, "over_field_name": "user"}
+    if function == "low_sum":
+        detector["field_name"] = "v"
+    docs = [{"time": T0 + b * SPAN + j * 30, "user": f"u{u}", "v": 10.0}
+            for b in range(200) for u in range(4) for j in range(15)]
+    third = [{"time": T0 + 200 * SPAN + j * 30, "user": f"u{u}", "v": 10.0}
+             for u in range(4) for j in range(5)]
+    burst = [{"time": T0 + 200 * SPAN + 200 + j, "user": "u0", "v": 10.0} for j in range(60)]
+    with adjobs.JobService() as service:
+        run_job(service, "people", config(detector), docs + third)
+        service.flush_job("people", calc_interim=True)
+        interim = [r for r in service.get_records("people")["records"] if r["is_interim"]]
+        assert interim == []
+        if function == "count":
+            service.post_data("people", burst)
+            service.flush_job("people", calc_interim=True)
+            interim = [r for r in service.get_records("people")["records"] if r["is_interim"]]
+            # u0's burst is the top record (it also fills the bucket's expected count, so
+            # the others' thirds are then judged as whole buckets, as ES's corrector would)
+            assert interim[0]["over_field_value"] == "u0" and interim[0]["actual"] == [65.0]
+
+
 def test_an_interim_burst_is_still_flagged_and_not_made_larger():
     # 40 records already: above the typical 20, so no correction applies (ES only moves a
     # value toward the typical one) and the interim record shows the 40 that arrived.

@@ -307,6 +307,9 @@ class _DetectorAnalysis:
             for seen, field_codes in zip(self.entities, (features.partition, features.by,
                                                          features.over), strict=True):
                 seen.update(np.unique(field_codes[field_codes >= 0]).tolist())
+            if (self.population and self.incomplete_bucket is not None
+                    and self.function in INTERIM_CORRECTED):
+                self._correct_incomplete_persons(features)
             out = self.models.step(features, buckets)
             return self._rows(features, out, buckets)
         return self._series_rows(features, buckets, span_ms, budget, numeric, codes, weights)
@@ -530,6 +533,30 @@ class _DetectorAnalysis:
                              np.maximum(0.0, still_to_come))
         present = np.isfinite(values[row]) & np.isfinite(correction)
         values[row, present] += correction[present]
+
+    def _correct_incomplete_persons(self, features: Any) -> None:
+        """The population form of :meth:`_correct_incomplete_bucket`: each person's value in
+        the incomplete bucket moves toward its attribute's learnt location (what the
+        population model expects of a person), by at most ``(1 - completeness)`` of it."""
+        start, completeness = self.incomplete_bucket
+        rows = np.flatnonzero(features.bucket == start)
+        if completeness >= 1.0 or not len(rows):
+            return
+        models = self.models
+        typical = np.full((len(rows), features.values.shape[1]), np.nan)
+        for i, key in enumerate(zip(features.partition[rows].tolist(),
+                                    features.by[rows].tolist(), strict=True)):
+            attribute = models.attributes.get(key)
+            if attribute is not None and models.weight[attribute] > 0:
+                typical[i] = models.location[attribute]
+        values = features.values[rows]
+        still_to_come = (1.0 - completeness) * typical
+        with np.errstate(invalid="ignore"):
+            correction = np.clip(typical - values, np.minimum(0.0, still_to_come),
+                                 np.maximum(0.0, still_to_come))
+        present = np.isfinite(values) & np.isfinite(correction)
+        values[present] += correction[present]
+        features.values[rows] = values
 
     def _rows(self, features: Any, out: dict, buckets: np.ndarray) -> _Rows:
         """Rows of the population and rare models, which score feature rows directly."""
