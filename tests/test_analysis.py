@@ -1454,15 +1454,7 @@ def test_lazy_multi_bucket_probabilities_leave_every_result_as_it_was(monkeypatc
 
 
 def test_a_bigger_anomaly_later_lowers_the_earlier_score_but_not_its_initial_one():
-    rng = np.random.default_rng(21)
-    docs = []
-    for b in range(600):
-        rt = float(rng.normal(100, 5))
-        if b == 300:
-            rt = 160.0  # a clear anomaly...
-        if b == 500:
-            rt = 2_000.0  # ...dwarfed by a much bigger one later
-        docs.append({"time": T0 + b * SPAN, "rt": rt})
+    docs = _two_anomalies()
     body = config({"function": "mean", "field_name": "rt"})
     first = (T0 + 300 * SPAN) * 1000
     with adjobs.JobService() as service:

@@ -130,6 +130,19 @@ class _Rows:
     influences: dict[int, dict[int, list[tuple[int, float]]]] | None = None
 
 
+def _toward_typical(values: np.ndarray, typical: np.ndarray, completeness: float
+                    ) -> np.ndarray:
+    """``values`` of a bucket still filling up moved toward ``typical`` by at most
+    ``(1 - completeness) * typical`` (ES ``CInterimBucketCorrector::corrections``); a value
+    or a typical that is not finite stays as it is."""
+    still_to_come = (1.0 - completeness) * typical
+    with np.errstate(invalid="ignore"):
+        correction = np.clip(typical - values, np.minimum(0.0, still_to_come),
+                             np.maximum(0.0, still_to_come))
+        present = np.isfinite(values) & np.isfinite(correction)
+        return np.where(present, values + correction, values)
+
+
 class _ColumnModels:
     """:class:`~adjobs.model.SeriesModels` with the bookkeeping a detector needs: the
     first bucket of every column (a count is 0, not missing, only from then on)."""
@@ -528,11 +541,7 @@ class _DetectorAnalysis:
         saved = self.models.state()
         typical = self.models.step(values, buckets // span_ms)["typical"][row]
         self.models = type(self.models).from_state(saved)
-        still_to_come = (1.0 - completeness) * typical
-        correction = np.clip(typical - values[row], np.minimum(0.0, still_to_come),
-                             np.maximum(0.0, still_to_come))
-        present = np.isfinite(values[row]) & np.isfinite(correction)
-        values[row, present] += correction[present]
+        values[row] = _toward_typical(values[row], typical, completeness)
 
     def _correct_incomplete_persons(self, features: Any) -> None:
         """The population form of :meth:`_correct_incomplete_bucket`: each person's value in
@@ -549,14 +558,7 @@ class _DetectorAnalysis:
             attribute = models.attributes.get(key)
             if attribute is not None and models.weight[attribute] > 0:
                 typical[i] = models.location[attribute]
-        values = features.values[rows]
-        still_to_come = (1.0 - completeness) * typical
-        with np.errstate(invalid="ignore"):
-            correction = np.clip(typical - values, np.minimum(0.0, still_to_come),
-                                 np.maximum(0.0, still_to_come))
-        present = np.isfinite(values) & np.isfinite(correction)
-        values[present] += correction[present]
-        features.values[rows] = values
+        features.values[rows] = _toward_typical(features.values[rows], typical, completeness)
 
     def _rows(self, features: Any, out: dict, buckets: np.ndarray) -> _Rows:
         """Rows of the population and rare models, which score feature rows directly."""
@@ -949,13 +951,12 @@ class JobAnalysis:
         #: A normaliser's maximum grew by more than 10%: older scores are re-normalised at
         #: the next commit (A.6).
         self.renormalise = False
-        #: The results stored by earlier commits wait to be re-normalised: an upload's commit
-        #: rescores its own results, the next flush or close the stored ones too, as ES's
-        #: flush and close wait for its renormaliser and an upload does not.
-        self.stored_behind = False
-        #: While stored_behind: the earliest start (ms) of the windows due since, which the
-        #: settling pass reaches back to however far the window has moved meanwhile (as
-        #: ES's renormaliser widens its window to the earliest change it merged).
+        #: While the results stored by earlier commits wait to be re-normalised (an
+        #: upload's commit rescores its own results, the next flush or close the stored ones
+        #: too, as ES's flush and close wait for its renormaliser and an upload does not):
+        #: the earliest start (ms) of the windows due since, which the settling pass reaches
+        #: back to however far the window has moved meanwhile (as ES's renormaliser widens
+        #: its window to the earliest change it merged). None when none wait.
         self.behind_since: int | None = None
         #: Whether a commit has written results (before that, none wait to be rescored).
         self.results_written = False
@@ -1519,14 +1520,17 @@ class JobAnalysis:
         since = max(0, self.next_bucket - self.renormalization_window_ms)
         wanted, self.renormalise = self.renormalise, False
         if wanted and self.results_written:
-            self.stored_behind = True
             self.behind_since = since if self.behind_since is None else min(
                 self.behind_since, since)
-        if settle and self.stored_behind:
-            earliest = since if self.behind_since is None else min(self.behind_since, since)
-            self.stored_behind, self.behind_since = False, None
+        if settle and self.behind_since is not None:
+            earliest, self.behind_since = self.behind_since, None
             return earliest, True
         return (since if wanted else None), False
+
+    @property
+    def stored_behind(self) -> bool:
+        """Whether stored results wait to be re-normalised (:attr:`behind_since`)."""
+        return self.behind_since is not None
 
     def _record_doc_scope(self, doc: dict) -> str:
         """A stored record's max-score scope, as it was scored: the field names come from its
@@ -1890,7 +1894,6 @@ class JobAnalysis:
         self.allocation_failures = meta["allocation_failures"]
         # States saved before these were kept: counted anew from here; and results were
         # written, and rescored with every commit then.
-        self.stored_behind = meta.get("stored_behind", False)
         self.behind_since = meta.get("behind_since")
         self.results_written = meta.get("results_written", True)
         self.last_failure_bucket = meta.get("last_failure_bucket")

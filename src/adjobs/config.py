@@ -163,27 +163,6 @@ _ALL_FUNCTIONS = (
     _COUNT_WITHOUT_FIELD_FUNCTIONS | _FIELD_NAME_FUNCTIONS | _BY_FIELD_NAME_FUNCTIONS
 )
 
-
-def check_supported(config: JobConfig) -> None:
-    """Refuse, with a 400, a valid ES job whose settings adjobs cannot honour yet:
-    categorization, detector ``custom_rules`` and ``exclude_frequent`` (but ``none``). Running it without them would give
-    results that silently differ from ES's (rules that never skip, categories never made)."""
-    if config.categorization_field_name is not None:
-        raise illegal_argument(
-            "categorization (categorization_field_name, mlcategory) is not supported by "
-            "adjobs yet"
-        )
-    for detector in config.detectors:
-        if detector.custom_rules:
-            raise illegal_argument(
-                f"custom_rules (detector [{detector.detector_index}]) are not supported by "
-                "adjobs yet"
-            )
-        if detector.exclude_frequent not in (None, "none"):
-            raise illegal_argument(
-                f"exclude_frequent [{detector.exclude_frequent}] (detector "
-                f"[{detector.detector_index}]) is not supported by adjobs yet"
-            )
 _EXCLUDE_FREQUENT_VALUES = ("all", "none", "by", "over")
 
 # --------------------------------------------------------------------------- field sets
@@ -508,6 +487,29 @@ def validate_job_id(job_id: str) -> None:
         raise illegal_argument(
             f"The job id cannot contain more than {ID_LENGTH_LIMIT} characters."
         )
+
+
+def check_supported(config: JobConfig) -> None:
+    """Refuse, with a 400, a valid ES job whose settings adjobs cannot honour yet:
+    categorization, detector ``custom_rules`` and ``exclude_frequent`` (but ``none``).
+    Running it without them would give results that silently differ from ES's (rules that
+    never skip, categories never made, frequent values never left out)."""
+    if config.categorization_field_name is not None:
+        raise illegal_argument(
+            "categorization (categorization_field_name, mlcategory) is not supported by "
+            "adjobs yet"
+        )
+    for detector in config.detectors:
+        if detector.custom_rules:
+            raise illegal_argument(
+                f"custom_rules (detector [{detector.detector_index}]) are not supported by "
+                "adjobs yet"
+            )
+        if detector.exclude_frequent not in (None, "none"):
+            raise illegal_argument(
+                f"exclude_frequent [{detector.exclude_frequent}] (detector "
+                f"[{detector.detector_index}]) is not supported by adjobs yet"
+            )
 
 
 def parse_job_config(

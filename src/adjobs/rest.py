@@ -130,15 +130,14 @@ def match(method: str, path: str) -> tuple[Route, dict[str, str]]:
 
 def merge_params(route: Route, path: str, query: dict[str, str], body: Any) -> dict[str, Any]:
     """Query and body parameters merged (the body wins), each checked against the route."""
-    if body is not None and not isinstance(body, dict) and route.name not in (
-            "put_job", "update_job"):
-        # ES parses a request body as an object of parameters: anything else is refused.
+    # a job's own body is its configuration; every other body is an object of parameters
+    body_params = route.name not in ("put_job", "update_job")
+    if body_params and body is not None and not isinstance(body, dict):
         token = "START_ARRAY" if isinstance(body, list) else "VALUE"
         raise ApiError(400, "x_content_parse_exception",
                        f"[1:1] [{route.name}] Expected START_OBJECT but was: {token}")
     params: dict[str, Any] = {}
-    for source in (query, body if isinstance(body, dict) and route.name not in (
-            "put_job", "update_job") else {}):
+    for source in (query, body if body_params and isinstance(body, dict) else {}):
         for key, value in source.items():
             if key in GENERIC_PARAMS:
                 continue

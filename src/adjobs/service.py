@@ -44,13 +44,12 @@ from .errors import (
     job_not_found,
     job_not_open,
     malformed_json,
-    parse_exception,
 )
 from .ingest import iter_chunks, plan_for
 from .ownership import Claim, JobOwnership, owned_elsewhere
 from .plan import IngestPlan
 from .store import AnalysisCommit, Store, StoredJob
-from .timeparams import parse_time_param
+from .timeparams import parse_time_param, unparsable_time
 
 #: Records an upload that is not analysed gathers before they are handed to the listeners
 #: (8 bytes each, plus 8 per numeric and 4 per categorical field): fewer hand-overs than one
@@ -418,11 +417,11 @@ class JobService:
         pending = analysis.take_pending()
         if interim is not None:
             pending.extend(interim)
-        held = (analysis.stored_behind, analysis.behind_since, analysis.results_written)
+        held = (analysis.behind_since, analysis.results_written)
         rescore_since, rescore_stored = analysis.take_renormalisation(settle=settle)
         if pending.buckets or pending.records or pending.influencers:
             analysis.results_written = True
-        if (analysis.stored_behind, analysis.behind_since, analysis.results_written) != held:
+        if (analysis.behind_since, analysis.results_written) != held:
             unchanged = False  # what the state holds changed: it is packed anew
         # the stats first: they update the peak model size, which the state holds
         stats = analysis.stats()
@@ -1070,9 +1069,7 @@ class _ResultsQuery:
                 return parse_time_param(name, text)
             millis = int(text)
         if millis is None or not -(2**63) <= millis < 2**63:
-            raise parse_exception(
-                f"Query param [{name}] with value [{value}] cannot be parsed as a date or "
-                "converted to a number (epoch).")
+            raise unparsable_time(name, value)
         return millis
 
     @staticmethod

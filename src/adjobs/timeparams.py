@@ -12,7 +12,7 @@ import datetime as _dt
 import re
 import time
 
-from .errors import parse_exception
+from .errors import ApiError, parse_exception
 
 _DATE = re.compile(
     r"(?P<y>\d{4})(?:-(?P<mo>\d{2})(?:-(?P<d>\d{2})"
@@ -26,11 +26,16 @@ def parse_time_param(name: str, value: object) -> int:
     text = str(value).strip() if not isinstance(value, bool) else ""
     millis = _parse(text)
     if millis is None or millis < 0:
-        raise parse_exception(
-            f"Query param [{name}] with value [{value}] cannot be parsed as a date or "
-            "converted to a number (epoch)."
-        )
+        raise unparsable_time(name, value)
     return millis
+
+
+def unparsable_time(name: str, value: object) -> ApiError:
+    """ES's 400 ``parse_exception`` for a time parameter it cannot read."""
+    return parse_exception(
+        f"Query param [{name}] with value [{value}] cannot be parsed as a date or "
+        "converted to a number (epoch)."
+    )
 
 
 def _parse(text: str) -> int | None:
